@@ -1,0 +1,49 @@
+//! Talking to nu-session hosts from Rust, with no Nushell command code: the plugin is a thin layer
+//! over this crate.
+//!
+//! Layout:
+//! - [`transport`]: how bytes reach a host's manager and workers (today: local Unix sockets,
+//!   starting the manager on demand).
+//! - [`host`]: [`Host`], one machine's sessions: create, list, remove, attach.
+//! - [`session`]: [`SessionHandle`], an attached session: invoke with streaming results,
+//!   interrupt; and [`Call`], one invocation's events.
+//! - [`error`]: [`ClientError`].
+//!
+//! The API is blocking (the plugin's commands run on plain threads); a tokio runtime owned by
+//! [`Client`] does the I/O underneath.
+
+pub mod error;
+pub mod host;
+pub mod session;
+pub mod transport;
+
+pub use error::ClientError;
+pub use host::Host;
+pub use nu_session_protocol::layout::Layout;
+pub use nu_session_protocol::{
+    Binding, ErrorKind, OutputBuffering, RemoteError, RemoteLabel, SessionInfo, SessionSettings,
+};
+pub use session::{Call, CallEvent, SessionHandle};
+pub use transport::Transport;
+
+/// Owns the I/O runtime; create one per process and keep it.
+pub struct Client {
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Client {
+    pub fn new() -> Result<Client, ClientError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("nu-session-io")
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::transport("cannot start the I/O runtime", e))?;
+        Ok(Client { runtime })
+    }
+
+    /// The sessions of the host reached through `transport`.
+    pub fn host(&self, transport: Transport) -> Host {
+        Host::new(transport, self.runtime.handle().clone())
+    }
+}

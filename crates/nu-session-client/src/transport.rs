@@ -1,0 +1,163 @@
+//! How a client reaches a host's manager and session workers, and the hello on every connection.
+
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use nu_session_protocol::layout::Layout;
+use nu_session_protocol::{ClientMessage, FrameCodec, Hello, HostMessage};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UnixStream;
+use tokio_util::codec::Framed;
+use uuid::Uuid;
+
+use crate::ClientError;
+
+/// Any byte stream a host can be spoken to over.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+pub type Connection = Framed<Pin<Box<dyn Stream>>, FrameCodec<HostMessage, ClientMessage>>;
+
+/// Names the program clients start when no manager runs (`NU_SESSION_HOST` overrides the search).
+pub const HOST_PROGRAM_ENV: &str = "NU_SESSION_HOST";
+
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// This machine's host, over its Unix sockets. `program` is the `nu-session-host` to start
+    /// when no manager runs (found by [`host_program`] when `None`).
+    Local {
+        layout: Layout,
+        program: Option<PathBuf>,
+    },
+}
+
+impl Transport {
+    pub fn local(layout: Layout, program: Option<PathBuf>) -> Self {
+        Transport::Local { layout, program }
+    }
+
+    /// A connection to the manager, started if it does not run yet, after the hello.
+    pub(crate) async fn connect_manager(&self) -> Result<Connection, ClientError> {
+        match self {
+            Transport::Local { layout, program } => {
+                layout
+                    .ensure_private()
+                    .map_err(|e| ClientError::transport("unsafe runtime directory", e))?;
+                let socket = layout.manager_socket();
+                let stream = match UnixStream::connect(&socket).await {
+                    Ok(stream) => stream,
+                    Err(_) => {
+                        start_manager(layout, program.clone()).await?;
+                        connect_with_retry(&socket).await?
+                    }
+                };
+                hello(Box::pin(stream)).await
+            }
+        }
+    }
+
+    /// A connection to a session's worker, after the hello.
+    pub(crate) async fn connect_session(&self, id: Uuid) -> Result<Connection, ClientError> {
+        match self {
+            Transport::Local { layout, .. } => {
+                layout
+                    .check_private()
+                    .map_err(|e| ClientError::transport("unsafe runtime directory", e))?;
+                let stream = UnixStream::connect(layout.session_socket(id))
+                    .await
+                    .map_err(|e| ClientError::transport("cannot reach the session", e))?;
+                hello(Box::pin(stream)).await
+            }
+        }
+    }
+}
+
+async fn hello(stream: Pin<Box<dyn Stream>>) -> Result<Connection, ClientError> {
+    let mut conn = Framed::new(stream, FrameCodec::new());
+    conn.send(ClientMessage::Hello(Hello::current()))
+        .await
+        .map_err(|e| ClientError::transport("cannot greet the host", e))?;
+    match conn.next().await {
+        Some(Ok(HostMessage::Hello(_))) => Ok(conn),
+        Some(Ok(HostMessage::Error(e))) => Err(ClientError::Remote(e)),
+        Some(Ok(other)) => Err(ClientError::transport(
+            "unexpected answer to hello",
+            format!("{other:?}"),
+        )),
+        Some(Err(e)) => Err(ClientError::transport("bad answer to hello", e)),
+        None => Err(ClientError::transport(
+            "the host closed the connection",
+            "no hello",
+        )),
+    }
+}
+
+async fn connect_with_retry(socket: &std::path::Path) -> Result<UnixStream, ClientError> {
+    let mut last = None;
+    for _ in 0..500 {
+        match UnixStream::connect(socket).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(ClientError::transport(
+        "the session manager did not start",
+        last.map_or_else(|| "timed out".to_string(), |e| e.to_string()),
+    ))
+}
+
+async fn start_manager(layout: &Layout, program: Option<PathBuf>) -> Result<(), ClientError> {
+    let program = program.or_else(host_program).ok_or_else(|| {
+        ClientError::transport(
+            "cannot find the nu-session-host program",
+            "not next to this plugin, not on PATH, and NU_SESSION_HOST is not set",
+        )
+        .with_help("install it with `cargo install --path crates/nu-session-host` from the nu-session sources, or set NU_SESSION_HOST to its path")
+    })?;
+    let status = tokio::process::Command::new(&program)
+        .args(["manager", "--daemon", "--dir"])
+        .arg(layout.root())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .map_err(|e| {
+            ClientError::transport(&format!("cannot run {}", program.display()), e)
+        })?;
+    if !status.success() {
+        return Err(ClientError::transport(
+            &format!("{} manager --daemon failed", program.display()),
+            status,
+        ));
+    }
+    Ok(())
+}
+
+/// `$NU_SESSION_HOST`, else `nu-session-host` next to this executable, else on `PATH`.
+pub fn host_program() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(HOST_PROGRAM_ENV).filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let name = "nu-session-host";
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)));
+    if let Some(sibling) = sibling.filter(|p| p.is_file()) {
+        return Some(sibling);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::transport("I/O error", e)
+    }
+}

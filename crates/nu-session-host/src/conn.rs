@@ -1,0 +1,144 @@
+//! Blocking framed connections over Unix sockets, as the host serves them: only the user's own
+//! processes may connect, and every connection begins with a hello.
+
+use std::io::{self, BufReader, BufWriter, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+
+use nu_session_protocol::{
+    ClientMessage, ErrorKind, Hello, HostMessage, PROTOCOL_VERSION, ProtocolError, RemoteError,
+    read_frame, write_frame,
+};
+
+/// One accepted connection: a reader for this thread and a writer others may share.
+pub struct Conn {
+    pub reader: BufReader<UnixStream>,
+    pub writer: Writer,
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    stream: Arc<Mutex<BufWriter<UnixStream>>>,
+}
+
+impl Writer {
+    pub fn send(&self, message: &HostMessage) -> Result<(), ProtocolError> {
+        let mut stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+        write_frame(&mut *stream, message)
+    }
+
+    /// Unblocks the reader of this connection too.
+    pub fn shutdown(&self) {
+        let stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = stream.get_ref().shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Conn {
+    /// Checks the peer and exchanges hellos. `Ok(None)`: the peer was refused and told why.
+    pub fn accept(stream: UnixStream) -> io::Result<Option<Conn>> {
+        if !peer_is_same_user(&stream) {
+            return Ok(None);
+        }
+        let writer = Writer {
+            stream: Arc::new(Mutex::new(BufWriter::new(stream.try_clone()?))),
+        };
+        let mut conn = Conn {
+            reader: BufReader::new(stream),
+            writer,
+        };
+        match conn.recv()? {
+            Some(ClientMessage::Hello(hello)) if hello.protocol_version == PROTOCOL_VERSION => {
+                conn.writer.send(&HostMessage::Hello(Hello::current()))?;
+                Ok(Some(conn))
+            }
+            Some(ClientMessage::Hello(hello)) => {
+                let error = RemoteError::new(
+                    ErrorKind::Version,
+                    format!(
+                        "this nu-session-host {} speaks protocol {PROTOCOL_VERSION}, the client {} speaks protocol {}",
+                        nu_session_protocol::SOFTWARE_VERSION,
+                        hello.software_version,
+                        hello.protocol_version
+                    ),
+                )
+                .with_help("install the same version of nu-session on both sides");
+                conn.writer.send(&HostMessage::Error(error))?;
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The next message; `Ok(None)` when the client has gone. A malformed frame is an error:
+    /// the caller drops the connection.
+    pub fn recv(&mut self) -> io::Result<Option<ClientMessage>> {
+        match read_frame(&mut self.reader) {
+            Ok(message) => Ok(message),
+            Err(ProtocolError::Io(e)) => Err(e),
+            Err(e) => {
+                let _ = self.writer.send(&HostMessage::Error(RemoteError::new(
+                    ErrorKind::BadRequest,
+                    format!("closing the connection: {e}"),
+                )));
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Whether the process at the other end runs as this user (`SO_PEERCRED`).
+fn peer_is_same_user(stream: &UnixStream) -> bool {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: geteuid cannot fail.
+    rc == 0 && cred.uid == unsafe { libc::geteuid() }
+}
+
+/// Writes a line to this process's log (its stderr as started, before output capture).
+pub fn log(message: std::fmt::Arguments<'_>) {
+    if let Some(file) = LOG.get() {
+        let mut file = file;
+        let _ = writeln!(
+            file,
+            "{} [{}] {message}",
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+            std::process::id()
+        );
+    }
+}
+
+pub static LOG: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+
+/// Keeps a copy of the current stderr as the log, so later redirections of fd 2 don't hide it.
+pub fn init_log() {
+    // SAFETY: dup of fd 2 returns a new descriptor or -1.
+    let fd = unsafe { libc::dup(2) };
+    if fd >= 0 {
+        // SAFETY: fd is a fresh descriptor owned by nothing else; mark it close-on-exec.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        // SAFETY: as above.
+        let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let _ = LOG.set(file);
+    }
+}
+
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => { $crate::conn::log(format_args!($($arg)*)) };
+}

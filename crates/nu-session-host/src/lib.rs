@@ -1,0 +1,28 @@
+//! The nu-session host: what runs on the machine where sessions live.
+//!
+//! Layout:
+//! - [`manager`]: the per-user daemon on `manager.sock` that creates, lists and removes sessions.
+//! - [`worker`]: one process per session, embedding the Nushell engine and serving the session's
+//!   socket (attach, invoke, interrupt, output with acknowledgements, idle timeout).
+//! - [`conn`]: blocking framed connections, peer checks, and the process log.
+//!
+//! It depends on `nu-session-protocol` only; it knows nothing of clients or transports.
+
+pub mod conn;
+pub mod manager;
+pub mod worker;
+
+/// The name of the user this process runs as.
+pub fn current_user() -> String {
+    // SAFETY: getpwuid returns a pointer to static storage or null; we copy out at once, and the
+    // host calls this from one thread at start-up.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if !pw.is_null() && !(*pw).pw_name.is_null() {
+            return std::ffi::CStr::from_ptr((*pw).pw_name)
+                .to_string_lossy()
+                .into_owned();
+        }
+    }
+    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+}

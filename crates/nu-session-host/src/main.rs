@@ -1,0 +1,75 @@
+//! `nu-session-host`: the host side of nu-session.
+//!
+//! ```text
+//! nu-session-host manager [--daemon] [--dir D]   run the per-user manager (detached with --daemon)
+//! nu-session-host worker --dir D --id ID --settings JSON    (started by the manager)
+//! nu-session-host --version
+//! ```
+//! The runtime directory is taken from `NU_SESSION_DIR`, `XDG_RUNTIME_DIR` or `/tmp`.
+
+use std::process::ExitCode;
+
+use nu_session_host::{manager, worker};
+use nu_session_protocol::layout::Layout;
+
+const USAGE: &str = "usage: nu-session-host manager [--daemon] [--dir DIR] | nu-session-host --version";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("manager") => run_manager(&args[1..]),
+        Some("worker") => run_worker(&args[1..]),
+        Some("--version") | Some("-V") => {
+            println!("nu-session-host {}", nu_session_protocol::SOFTWARE_VERSION);
+            Ok(())
+        }
+        _ => Err(usage()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nu-session-host: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, USAGE)
+}
+
+fn run_manager(args: &[String]) -> std::io::Result<()> {
+    let (mut layout, mut daemon) = (Layout::from_env(), false);
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        match flag.as_str() {
+            "--daemon" => daemon = true,
+            "--dir" => layout = Layout::at(args.next().ok_or_else(usage)?),
+            _ => return Err(usage()),
+        }
+    }
+    manager::run(layout, daemon)
+}
+
+fn run_worker(args: &[String]) -> std::io::Result<()> {
+    let (mut dir, mut id, mut settings) = (None, None, None);
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(usage)?;
+        match flag.as_str() {
+            "--dir" => dir = Some(Layout::at(value)),
+            "--id" => id = Some(value.parse().map_err(|_| usage())?),
+            "--settings" => {
+                settings = Some(
+                    serde_json::from_str(value)
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+                )
+            }
+            _ => return Err(usage()),
+        }
+    }
+    match (dir, id, settings) {
+        (Some(dir), Some(id), Some(settings)) => worker::run(dir, id, settings),
+        _ => Err(usage()),
+    }
+}

@@ -1,0 +1,396 @@
+//! A session's worker: one process per session, the leader of its own process group, holding the
+//! session's Nushell engine and serving its socket.
+//!
+//! Threads: the accept loop (this one), one per connection (reading requests), one writer for the
+//! attached connection (sending output), the evaluation thread (one invocation at a time, in
+//! order), the idle timer, and the stdout/stderr forwarders.
+
+mod engine;
+mod outbox;
+mod output;
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use nu_session_protocol::layout::Layout;
+use nu_session_protocol::{
+    ClientMessage, ErrorKind, EventBody, HostMessage, Invocation, RemoteError, SessionInfo,
+    SessionSettings,
+};
+use uuid::Uuid;
+
+use crate::conn::{Conn, Writer};
+use crate::log;
+use engine::Engine;
+use outbox::Outbox;
+use output::OutputCapture;
+
+/// What the worker writes to `sessions/<id>.json`: enough for a manager to find it again.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct SessionFile {
+    pub info: SessionInfo,
+    pub pid: u32,
+}
+
+struct Worker {
+    layout: Layout,
+    id: Uuid,
+    state: Mutex<State>,
+    work: Condvar,
+    outbox: Arc<Outbox>,
+    interrupt: Arc<AtomicBool>,
+    next_conn: AtomicU64,
+}
+
+struct State {
+    info: SessionInfo,
+    attached_conn: Option<u64>,
+    /// Since when nobody is attached (the idle timeout counts from here).
+    idle_since: Option<Instant>,
+    queue: VecDeque<Invocation>,
+    running: Option<u64>,
+}
+
+impl Worker {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn info(&self) -> SessionInfo {
+        self.lock().info.clone()
+    }
+
+    /// Deletes the session: its files, then its whole process group, this process included.
+    fn terminate(&self, why: &str) -> ! {
+        log!("terminating: {why}");
+        for path in [
+            self.layout.session_socket(self.id),
+            self.layout.session_meta(self.id),
+            self.layout.session_log(self.id),
+        ] {
+            let _ = std::fs::remove_file(path);
+        }
+        // SAFETY: signalling our own process group.
+        unsafe { libc::kill(0, libc::SIGKILL) };
+        std::process::exit(1)
+    }
+
+    fn interrupt(&self, call_id: u64) {
+        let mut state = self.lock();
+        if state.running == Some(call_id) {
+            drop(state);
+            self.interrupt.store(true, Ordering::SeqCst);
+            // External commands stop on SIGINT as they would at a terminal; our own handler
+            // only sets the flag above.
+            // SAFETY: signalling our own process group.
+            unsafe { libc::kill(0, libc::SIGINT) };
+        } else if let Some(pos) = state.queue.iter().position(|i| i.call_id == call_id) {
+            state.queue.remove(pos);
+            drop(state);
+            self.outbox.push(EventBody::Finished {
+                call_id,
+                error: Some(RemoteError::new(ErrorKind::Interrupted, "Operation interrupted")),
+            });
+        }
+    }
+}
+
+/// Runs a worker; never returns. Writes the session's [`SessionInfo`] as one JSON line to stdout
+/// once it accepts connections.
+pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()> {
+    crate::conn::init_log();
+    let interrupt = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(libc::SIGINT, interrupt.clone())?;
+    let home = home_dir();
+    let mut engine = Engine::new(&home, interrupt.clone())
+        .map_err(|e| io::Error::other(format!("cannot start the Nushell engine: {e}")))?;
+
+    let socket = layout.session_socket(id);
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)?;
+    let info = SessionInfo {
+        instance_id: id,
+        name: settings.name,
+        configuration_name: settings.configuration_name,
+        user: crate::current_user(),
+        created: Utc::now(),
+        idle_timeout: settings.idle_timeout,
+        output_buffering: settings.output_buffering,
+        attached: false,
+        running: false,
+        disconnected_on: None,
+    };
+    let file = SessionFile {
+        info: info.clone(),
+        pid: std::process::id(),
+    };
+    std::fs::write(
+        layout.session_meta(id),
+        serde_json::to_vec(&file).map_err(io::Error::other)?,
+    )?;
+
+    let outbox = Arc::new(Outbox::new(outbox::DEFAULT_LIMIT, settings.output_buffering));
+    let worker = Arc::new(Worker {
+        layout,
+        id,
+        state: Mutex::new(State {
+            info: info.clone(),
+            attached_conn: None,
+            idle_since: Some(Instant::now()),
+            queue: VecDeque::new(),
+            running: None,
+        }),
+        work: Condvar::new(),
+        outbox: outbox.clone(),
+        interrupt,
+        next_conn: AtomicU64::new(1),
+    });
+
+    // Tell the manager we are ready, then let fds 1 and 2 become the session's output.
+    let mut ready = serde_json::to_vec(&info).map_err(io::Error::other)?;
+    ready.push(b'\n');
+    io::stdout().write_all(&ready)?;
+    io::stdout().flush()?;
+    let capture = OutputCapture::start(outbox)?;
+
+    {
+        let worker = worker.clone();
+        std::thread::Builder::new()
+            .name("idle-timer".into())
+            .spawn(move || idle_timer(&worker))?;
+    }
+    {
+        let worker = worker.clone();
+        std::thread::Builder::new()
+            .name("eval".into())
+            .spawn(move || evaluate(&worker, &mut engine, &capture))?;
+    }
+    log!("session {id} ready");
+    for stream in listener.incoming() {
+        match stream {
+            Ok(stream) => {
+                let worker = worker.clone();
+                let _ = std::thread::Builder::new()
+                    .name("conn".into())
+                    .spawn(move || serve(&worker, stream));
+            }
+            Err(e) => log!("accept failed: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn home_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn idle_timer(worker: &Worker) {
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let expired = {
+            let state = worker.lock();
+            state
+                .idle_since
+                .is_some_and(|since| since.elapsed() >= state.info.idle_timeout)
+        };
+        if expired {
+            worker.terminate("idle timeout expired with no client attached");
+        }
+    }
+}
+
+fn evaluate(worker: &Worker, engine: &mut Engine, capture: &OutputCapture) {
+    loop {
+        let invocation = {
+            let mut state = worker.lock();
+            loop {
+                if let Some(invocation) = state.queue.pop_front() {
+                    state.running = Some(invocation.call_id);
+                    state.info.running = true;
+                    break invocation;
+                }
+                state = worker.work.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        worker.interrupt.store(false, Ordering::SeqCst);
+        let call_id = invocation.call_id;
+        let mut emit = |event: EventBody| {
+            // Output printed before a value or the end reaches the client before it.
+            if !matches!(event, EventBody::Started { .. }) {
+                capture.drain();
+            }
+            worker.outbox.push(event);
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            engine.run(invocation, &mut emit)
+        }));
+        if outcome.is_err() {
+            emit(EventBody::Finished {
+                call_id,
+                error: Some(RemoteError::new(
+                    ErrorKind::Failed,
+                    "the session's engine panicked while running this code",
+                )),
+            });
+        }
+        let mut state = worker.lock();
+        state.running = None;
+        state.info.running = false;
+    }
+}
+
+/// Serves one connection until it closes.
+fn serve(worker: &Arc<Worker>, stream: UnixStream) {
+    let conn_id = worker.next_conn.fetch_add(1, Ordering::SeqCst);
+    let mut conn = match Conn::accept(stream) {
+        Ok(Some(conn)) => conn,
+        Ok(None) => return,
+        Err(e) => {
+            log!("connection {conn_id}: {e}");
+            return;
+        }
+    };
+    let writer = conn.writer.clone();
+    let closed = Arc::new(AtomicBool::new(false));
+    loop {
+        let message = match conn.recv() {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(e) => {
+                log!("connection {conn_id}: {e}");
+                break;
+            }
+        };
+        let reply = match message {
+            ClientMessage::Attach {
+                instance_id,
+                resume_after,
+            } => attach(worker, conn_id, instance_id, resume_after, &writer, &closed),
+            ClientMessage::Invoke(invocation) => {
+                let mut state = worker.lock();
+                if state.attached_conn == Some(conn_id) {
+                    state.queue.push_back(invocation);
+                    worker.work.notify_all();
+                    None
+                } else {
+                    Some(not_attached())
+                }
+            }
+            ClientMessage::Interrupt { call_id } => {
+                worker.interrupt(call_id);
+                None
+            }
+            ClientMessage::Ack { seq } => {
+                worker.outbox.ack(seq);
+                None
+            }
+            ClientMessage::ListSessions => Some(HostMessage::Sessions(vec![worker.info()])),
+            ClientMessage::RemoveSession { instance_id } if instance_id == worker.id => {
+                let _ = writer.send(&HostMessage::Removed { instance_id });
+                worker.terminate("removed by a client");
+            }
+            ClientMessage::RemoveSession { .. } => Some(HostMessage::Error(RemoteError::new(
+                ErrorKind::NotFound,
+                "this worker serves another session",
+            ))),
+            ClientMessage::Hello(_) | ClientMessage::CreateSession(_) => {
+                Some(HostMessage::Error(RemoteError::new(
+                    ErrorKind::BadRequest,
+                    "not a request a session worker answers",
+                )))
+            }
+        };
+        if let Some(reply) = reply
+            && writer.send(&reply).is_err()
+        {
+            break;
+        }
+    }
+    closed.store(true, Ordering::SeqCst);
+    writer.shutdown();
+    worker.outbox.wake();
+    let mut state = worker.lock();
+    if state.attached_conn == Some(conn_id) {
+        state.attached_conn = None;
+        state.info.attached = false;
+        state.info.disconnected_on = Some(Utc::now());
+        state.idle_since = Some(Instant::now());
+        log!("client detached");
+    }
+}
+
+fn not_attached() -> HostMessage {
+    HostMessage::Error(RemoteError::new(
+        ErrorKind::BadRequest,
+        "attach to the session before running code in it",
+    ))
+}
+
+fn attach(
+    worker: &Arc<Worker>,
+    conn_id: u64,
+    instance_id: Uuid,
+    resume_after: Option<u64>,
+    writer: &Writer,
+    closed: &Arc<AtomicBool>,
+) -> Option<HostMessage> {
+    if instance_id != worker.id {
+        return Some(HostMessage::Error(RemoteError::new(
+            ErrorKind::NotFound,
+            format!("no session {instance_id} here"),
+        )));
+    }
+    let info = {
+        let mut state = worker.lock();
+        match state.attached_conn {
+            Some(other) if other != conn_id => {
+                return Some(HostMessage::Error(
+                    RemoteError::new(
+                        ErrorKind::Busy,
+                        "the session is connected to another client",
+                    )
+                    .with_help("disconnect it there first, or wait until that client exits"),
+                ));
+            }
+            Some(_) => return Some(HostMessage::Attached(state.info.clone())),
+            None => {}
+        }
+        state.attached_conn = Some(conn_id);
+        state.info.attached = true;
+        state.idle_since = None;
+        state.info.clone()
+    };
+    if writer.send(&HostMessage::Attached(info)).is_err() {
+        return None;
+    }
+    let worker = worker.clone();
+    let writer = writer.clone();
+    let closed = closed.clone();
+    let _ = std::thread::Builder::new()
+        .name("send".into())
+        .spawn(move || send_output(&worker, &writer, &closed, resume_after.unwrap_or(0)));
+    None
+}
+
+/// Streams the session's output to the attached client, from just after `sent`.
+fn send_output(worker: &Worker, writer: &Writer, closed: &AtomicBool, mut sent: u64) {
+    while !closed.load(Ordering::SeqCst) {
+        let batch = worker.outbox.next_batch(sent, Duration::from_millis(500));
+        let Some(last) = batch.last() else { continue };
+        let last = last.seq;
+        if writer.send(&HostMessage::Events(batch)).is_err() {
+            writer.shutdown();
+            return;
+        }
+        sent = last;
+    }
+}

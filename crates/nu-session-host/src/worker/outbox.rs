@@ -1,0 +1,197 @@
+//! A session's output, numbered and kept until its client acknowledges it.
+//!
+//! Producers (the evaluation thread, the stdout/stderr forwarders) [`Outbox::push`] events; the
+//! attached connection's writer takes the events after the last one it sent
+//! ([`Outbox::next_batch`]) and the client [`Outbox::ack`]s what it has processed. The buffer is
+//! bounded in bytes: in `Block` mode a full buffer pauses the producer (nothing is lost); in `Drop`
+//! mode the oldest unacknowledged events make room and are counted.
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nu_session_protocol::{Event, EventBody, OutputBuffering};
+
+/// Default bound on buffered output: 16 MiB.
+pub const DEFAULT_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Most events and bytes sent in one frame.
+const BATCH_EVENTS: usize = 4096;
+const BATCH_BYTES: usize = 1024 * 1024;
+
+pub struct Outbox {
+    inner: Mutex<Inner>,
+    changed: Condvar,
+}
+
+struct Inner {
+    events: VecDeque<(Event, usize)>,
+    next_seq: u64,
+    bytes: usize,
+    limit: usize,
+    mode: OutputBuffering,
+    dropped: u64,
+}
+
+impl Outbox {
+    pub fn new(limit: usize, mode: OutputBuffering) -> Self {
+        Outbox {
+            inner: Mutex::new(Inner {
+                events: VecDeque::new(),
+                next_seq: 1,
+                bytes: 0,
+                limit,
+                mode,
+                dropped: 0,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the queue half-updated in a way that
+        // matters more than losing the session, so recover the guard.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends an event; in `Block` mode waits while the buffer is full.
+    pub fn push(&self, body: EventBody) {
+        let weight = body.weight();
+        let mut inner = self.lock();
+        loop {
+            let fits = inner.events.is_empty() || inner.bytes + weight <= inner.limit;
+            if fits {
+                break;
+            }
+            match inner.mode {
+                OutputBuffering::Block => {
+                    inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
+                }
+                OutputBuffering::Drop => {
+                    if let Some((_, w)) = inner.events.pop_front() {
+                        inner.bytes -= w;
+                        inner.dropped += 1;
+                    }
+                }
+            }
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.bytes += weight;
+        inner.events.push_back((Event { seq, body }, weight));
+        drop(inner);
+        self.changed.notify_all();
+    }
+
+    /// Forgets every event up to and including `seq`.
+    pub fn ack(&self, seq: u64) {
+        let mut inner = self.lock();
+        while inner.events.front().is_some_and(|(e, _)| e.seq <= seq) {
+            if let Some((_, w)) = inner.events.pop_front() {
+                inner.bytes -= w;
+            }
+        }
+        drop(inner);
+        self.changed.notify_all();
+    }
+
+    /// The events after `after`, waiting up to `wait` for one to arrive. Empty on timeout.
+    pub fn next_batch(&self, after: u64, wait: Duration) -> Vec<Event> {
+        let mut inner = self.lock();
+        if inner.next_seq <= after + 1 {
+            inner = self
+                .changed
+                .wait_timeout_while(inner, wait, |i| i.next_seq <= after + 1)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for (event, weight) in inner.events.iter().filter(|(e, _)| e.seq > after) {
+            if batch.len() >= BATCH_EVENTS || (bytes > 0 && bytes + weight > BATCH_BYTES) {
+                break;
+            }
+            bytes += weight;
+            batch.push(event.clone());
+        }
+        batch
+    }
+
+    /// Wakes any [`Outbox::next_batch`] waiter (used when its connection goes away).
+    pub fn wake(&self) {
+        self.changed.notify_all();
+    }
+
+    /// How many events `Drop` mode has discarded.
+    #[cfg(test)]
+    pub fn dropped(&self) -> u64 {
+        self.lock().dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn output(n: u8) -> EventBody {
+        EventBody::Output {
+            stderr: false,
+            bytes: vec![n; 100],
+        }
+    }
+
+    fn seqs(events: &[Event]) -> Vec<u64> {
+        events.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn events_stay_until_acknowledged_and_replay_from_any_point() {
+        let outbox = Outbox::new(DEFAULT_LIMIT, OutputBuffering::Block);
+        for n in 0..5 {
+            outbox.push(output(n));
+        }
+        assert_eq!(seqs(&outbox.next_batch(0, Duration::ZERO)), [1, 2, 3, 4, 5]);
+        assert_eq!(seqs(&outbox.next_batch(3, Duration::ZERO)), [4, 5]);
+        outbox.ack(2);
+        assert_eq!(seqs(&outbox.next_batch(0, Duration::ZERO)), [3, 4, 5]);
+        assert!(outbox.next_batch(5, Duration::from_millis(10)).is_empty());
+    }
+
+    #[test]
+    fn block_mode_pauses_the_producer_until_acknowledged() {
+        let outbox = Arc::new(Outbox::new(1000, OutputBuffering::Block));
+        let producer = {
+            let outbox = outbox.clone();
+            std::thread::spawn(move || {
+                for n in 0..50 {
+                    outbox.push(output(n));
+                }
+            })
+        };
+        let mut received = Vec::new();
+        while received.len() < 50 {
+            let batch = outbox.next_batch(received.len() as u64, Duration::from_secs(5));
+            assert!(!batch.is_empty(), "producer stalled");
+            // Never more than the limit allows is held at once.
+            assert!(batch.len() <= 1000 / 132 + 1, "{}", batch.len());
+            received.extend(seqs(&batch));
+            outbox.ack(*received.last().unwrap());
+        }
+        producer.join().unwrap();
+        assert_eq!(received, (1..=50).collect::<Vec<_>>());
+        assert_eq!(outbox.dropped(), 0);
+    }
+
+    #[test]
+    fn drop_mode_keeps_a_contiguous_newest_tail() {
+        let outbox = Outbox::new(1000, OutputBuffering::Drop);
+        for n in 0..50 {
+            outbox.push(output(n));
+        }
+        let kept = seqs(&outbox.next_batch(0, Duration::ZERO));
+        assert_eq!(*kept.last().unwrap(), 50);
+        assert!(kept.windows(2).all(|w| w[1] == w[0] + 1), "{kept:?}");
+        assert_eq!(outbox.dropped(), 50 - kept.len() as u64);
+    }
+}

@@ -1,0 +1,172 @@
+//! Where a host keeps its sockets: one private directory per user.
+//!
+//! ```text
+//! <runtime dir>/                 0700, owned by the user (checked, like tmux)
+//!   manager.sock                 the manager's socket
+//!   manager.lock                 held (flock) by the running manager
+//!   sessions/<instance id>.sock  a session's worker socket
+//!   sessions/<instance id>.json  the session's settings, written by its worker
+//!   sessions/<instance id>.log   the worker's own diagnostics
+//! ```
+//!
+//! The directory is `$NU_SESSION_DIR` if set, else `$XDG_RUNTIME_DIR/nu-session`, else
+//! `/tmp/nu-session-<uid>`.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+/// Overrides the runtime directory (tests and benchmarks use their own).
+pub const DIR_ENV: &str = "NU_SESSION_DIR";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// The layout for the current user, from the environment.
+    pub fn from_env() -> Self {
+        let root = match std::env::var_os(DIR_ENV).filter(|v| !v.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None => match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+                Some(xdg) => PathBuf::from(xdg).join("nu-session"),
+                // SAFETY: getuid has no preconditions and cannot fail.
+                None => PathBuf::from(format!("/tmp/nu-session-{}", unsafe { libc::getuid() })),
+            },
+        };
+        Layout { root }
+    }
+
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Layout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn manager_socket(&self) -> PathBuf {
+        self.root.join("manager.sock")
+    }
+
+    pub fn manager_lock(&self) -> PathBuf {
+        self.root.join("manager.lock")
+    }
+
+    pub fn sessions_dir(&self) -> PathBuf {
+        self.root.join("sessions")
+    }
+
+    pub fn session_socket(&self, id: Uuid) -> PathBuf {
+        self.sessions_dir().join(format!("{id}.sock"))
+    }
+
+    pub fn session_meta(&self, id: Uuid) -> PathBuf {
+        self.sessions_dir().join(format!("{id}.json"))
+    }
+
+    pub fn session_log(&self, id: Uuid) -> PathBuf {
+        self.sessions_dir().join(format!("{id}.log"))
+    }
+
+    /// Creates the directory tree (0700) if missing, and refuses to use it unless it is a real
+    /// directory owned by this user that nobody else can read or write.
+    pub fn ensure_private(&self) -> io::Result<()> {
+        for dir in [self.root.clone(), self.sessions_dir()] {
+            match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::DirBuilder::new()
+                        .mode(0o700)
+                        .recursive(true)
+                        .create(&dir)?;
+                }
+                Err(e) => return Err(e),
+            }
+            check_private(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Like [`Layout::ensure_private`] but never creates anything: for clients, which must not
+    /// talk to sockets in a directory someone else controls.
+    pub fn check_private(&self) -> io::Result<()> {
+        check_private(&self.root)?;
+        check_private(&self.sessions_dir())
+    }
+}
+
+fn check_private(dir: &Path) -> io::Result<()> {
+    let meta = fs::symlink_metadata(dir)?;
+    let refuse = |why: String| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("refusing to use {}: {why}", dir.display()),
+        ))
+    };
+    if !meta.file_type().is_dir() {
+        return refuse("it is not a directory (a symbolic link or a file)".into());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return refuse(format!("it is owned by uid {}, not by you (uid {me})", meta.uid()));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return refuse(format!(
+            "its mode is {:o}; it must be accessible only by you (chmod 700)",
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("nu-session-layout-{}", Uuid::new_v4()));
+        fs::create_dir(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn creates_a_private_tree() {
+        let base = scratch();
+        let layout = Layout::at(base.join("a/b"));
+        layout.ensure_private().unwrap();
+        let mode = fs::metadata(layout.sessions_dir()).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        layout.check_private().unwrap();
+        fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_directory_others_can_enter() {
+        let base = scratch();
+        let layout = Layout::at(base.join("rt"));
+        layout.ensure_private().unwrap();
+        fs::set_permissions(layout.root(), fs::Permissions::from_mode(0o755)).unwrap();
+        let err = layout.ensure_private().unwrap_err();
+        assert!(err.to_string().contains("chmod 700"), "{err}");
+        fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_symlink() {
+        let base = scratch();
+        let real = base.join("real");
+        Layout::at(&real).ensure_private().unwrap();
+        std::os::unix::fs::symlink(&real, base.join("link")).unwrap();
+        let err = Layout::at(base.join("link")).check_private().unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        fs::remove_dir_all(base).unwrap();
+    }
+}

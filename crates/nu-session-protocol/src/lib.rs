@@ -1,0 +1,24 @@
+//! The contract between nu-session clients and hosts: what crosses the wire and where the host
+//! keeps its sockets.
+//!
+//! Layout:
+//! - [`message`]: the messages, [`ClientMessage`] (client → host) and [`HostMessage`]
+//!   (host → client), and the types they carry ([`SessionInfo`], [`Event`], [`RemoteError`]).
+//! - [`codec`]: length-prefixed MessagePack frames, as a `tokio_util` codec and as blocking
+//!   `read_frame`/`write_frame`, both over one encoding with one size limit.
+//! - [`layout`]: the per-user runtime directory (private, owner-checked) and the socket paths in it.
+//!
+//! This crate does no I/O beyond reading and writing frames and checking the runtime directory.
+
+pub mod codec;
+pub mod layout;
+pub mod message;
+
+pub use codec::{FrameCodec, MAX_FRAME_LEN, ProtocolError, read_frame, write_frame};
+pub use message::*;
+
+/// Bumped on any incompatible change to [`message`]; the hello exchange refuses a mismatch.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// This build's version, reported in the hello so mismatches can be explained to the user.
+pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,294 @@
+//! The messages. Every connection starts with [`ClientMessage::Hello`] answered by
+//! [`HostMessage::Hello`] (or an error naming both versions); keep `Hello` the first variant of
+//! both enums so that exchange decodes across versions.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use nu_protocol::{ShellError, Span, Value};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Client → host (the manager or a session's worker).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClientMessage {
+    Hello(Hello),
+    /// Manager: create a session and answer [`HostMessage::Created`].
+    CreateSession(SessionSettings),
+    /// Manager: answer [`HostMessage::Sessions`] with every session of this user on the host.
+    ListSessions,
+    /// Manager or worker: stop everything in the session, delete it, answer
+    /// [`HostMessage::Removed`].
+    RemoveSession { instance_id: Uuid },
+    /// Worker: become the session's one attached client. `resume_after` is the last event
+    /// sequence number this client has processed; events after it are sent again.
+    Attach {
+        instance_id: Uuid,
+        resume_after: Option<u64>,
+    },
+    /// Worker: run code. Invocations run one at a time, in the order received.
+    Invoke(Invocation),
+    /// Worker: stop the invocation `call_id` (running or queued).
+    Interrupt { call_id: u64 },
+    /// Worker: every event up to and including `seq` has been processed and may be forgotten.
+    Ack { seq: u64 },
+}
+
+/// Host → client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum HostMessage {
+    Hello(Hello),
+    Created(SessionInfo),
+    Sessions(Vec<SessionInfo>),
+    Removed { instance_id: Uuid },
+    Attached(SessionInfo),
+    /// Output of invocations, in sequence order, batched.
+    Events(Vec<Event>),
+    /// The request failed; the connection stays usable unless the error says otherwise.
+    Error(RemoteError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u32,
+    pub software_version: String,
+}
+
+impl Hello {
+    pub fn current() -> Self {
+        Hello {
+            protocol_version: crate::PROTOCOL_VERSION,
+            software_version: crate::SOFTWARE_VERSION.to_string(),
+        }
+    }
+}
+
+/// What to do with output when no client reads it and the buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum OutputBuffering {
+    /// Pause the pipeline until output is read: nothing is lost.
+    #[default]
+    Block,
+    /// Keep the newest output, discarding the oldest.
+    Drop,
+}
+
+impl OutputBuffering {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputBuffering::Block => "Block",
+            OutputBuffering::Drop => "Drop",
+        }
+    }
+
+    /// Parses the user-facing spelling, case-insensitively.
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.eq_ignore_ascii_case("block") {
+            Some(OutputBuffering::Block)
+        } else if s.eq_ignore_ascii_case("drop") {
+            Some(OutputBuffering::Drop)
+        } else {
+            None
+        }
+    }
+}
+
+/// What a client asks for when it creates a session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionSettings {
+    pub name: String,
+    pub configuration_name: String,
+    pub idle_timeout: Duration,
+    pub output_buffering: OutputBuffering,
+}
+
+/// A session as its host describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub instance_id: Uuid,
+    pub name: String,
+    pub configuration_name: String,
+    /// The user the session runs as on the host.
+    pub user: String,
+    pub created: DateTime<Utc>,
+    pub idle_timeout: Duration,
+    pub output_buffering: OutputBuffering,
+    /// Whether a client is attached right now.
+    pub attached: bool,
+    /// Whether an invocation is running.
+    pub running: bool,
+    pub disconnected_on: Option<DateTime<Utc>>,
+}
+
+/// One piece of code to run in a session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Invocation {
+    /// Chosen by the client, unique on its connection; names the invocation's events.
+    pub call_id: u64,
+    /// Nushell source, evaluated at the session's top level (so `let`, `def`, `cd` persist).
+    pub source: String,
+    /// Variables set before `source` runs: closure parameters and captured variables.
+    pub bindings: Vec<Binding>,
+    /// The pipeline input, seen by `source` as `$in`.
+    pub input: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Binding {
+    /// Without the `$`.
+    pub name: String,
+    pub value: Value,
+}
+
+/// One unit of a session's output, numbered so it can be acknowledged and replayed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub body: EventBody,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum EventBody {
+    /// The invocation started. `stream` is false when it produces exactly one value (a single
+    /// value stays a value, as it would locally).
+    Started { call_id: u64, stream: bool },
+    Value { call_id: u64, value: Value },
+    /// Bytes the session wrote to its stdout or stderr (`print`, external commands that are not
+    /// the last in their pipeline).
+    Output { stderr: bool, bytes: Vec<u8> },
+    /// The invocation finished, with its error if it failed.
+    Finished {
+        call_id: u64,
+        error: Option<RemoteError>,
+    },
+}
+
+impl EventBody {
+    /// Bytes this event holds, roughly; buffers are bounded by this.
+    pub fn weight(&self) -> usize {
+        const BASE: usize = 32;
+        match self {
+            EventBody::Value { value, .. } => BASE + value_weight(value),
+            EventBody::Output { bytes, .. } => BASE + bytes.len(),
+            EventBody::Started { .. } | EventBody::Finished { .. } => BASE,
+        }
+    }
+}
+
+fn value_weight(value: &Value) -> usize {
+    match value {
+        Value::String { val, .. } => 24 + val.len(),
+        Value::Glob { val, .. } => 24 + val.len(),
+        Value::Binary { val, .. } => 24 + val.len(),
+        Value::List { vals, .. } => 24 + vals.iter().map(value_weight).sum::<usize>(),
+        Value::Record { val, .. } => {
+            24 + val
+                .iter()
+                .map(|(k, v)| k.len() + value_weight(v))
+                .sum::<usize>()
+        }
+        _ => 24,
+    }
+}
+
+/// An error from the host, with labels whose spans are relative to the invocation's source
+/// (byte offsets), so the client can point into the code the user wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RemoteError {
+    pub msg: String,
+    pub labels: Vec<RemoteLabel>,
+    pub help: Option<String>,
+    pub code: Option<String>,
+    pub inner: Vec<RemoteError>,
+    /// What kind of failure this is, for clients that react to it.
+    pub kind: ErrorKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ErrorKind {
+    #[default]
+    Failed,
+    /// The code was interrupted.
+    Interrupted,
+    /// The session is attached to another client.
+    Busy,
+    /// No such session on the host.
+    NotFound,
+    /// The peer speaks another protocol version.
+    Version,
+    /// The request was malformed or not valid on this connection.
+    BadRequest,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteLabel {
+    pub text: String,
+    /// `(start, end)` byte offsets into the invocation's source, when the label points there.
+    pub span: Option<(usize, usize)>,
+}
+
+impl RemoteError {
+    pub fn new(kind: ErrorKind, msg: impl Into<String>) -> Self {
+        RemoteError {
+            msg: msg.into(),
+            kind,
+            ..Default::default()
+        }
+    }
+
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    /// Converts a Nushell error raised while running source that was parsed into the range
+    /// `source_span` of the host's engine; spans outside that range are dropped.
+    pub fn from_shell_error(error: &ShellError, source_span: Span) -> Self {
+        let kind = if matches!(error, ShellError::Interrupted { .. }) {
+            ErrorKind::Interrupted
+        } else {
+            ErrorKind::Failed
+        };
+        let labeled = nu_protocol::LabeledError::from_diagnostic(error);
+        let mut remote = Self::from_labeled(&labeled, source_span);
+        remote.kind = kind;
+        remote
+    }
+
+    fn from_labeled(error: &nu_protocol::LabeledError, source_span: Span) -> Self {
+        RemoteError {
+            msg: error.msg.clone(),
+            labels: error
+                .labels
+                .iter()
+                .map(|label| RemoteLabel {
+                    text: label.text.clone(),
+                    span: relative_span(label.span, source_span),
+                })
+                .collect(),
+            help: error.help.clone(),
+            code: error.code.clone(),
+            inner: error
+                .inner
+                .iter()
+                .map(|inner| {
+                    Self::from_labeled(&nu_protocol::LabeledError::from_diagnostic(inner), source_span)
+                })
+                .collect(),
+            kind: ErrorKind::Failed,
+        }
+    }
+}
+
+fn relative_span(span: Span, source: Span) -> Option<(usize, usize)> {
+    (span.start >= source.start && span.end <= source.end && span.start <= span.end)
+        .then(|| (span.start - source.start, span.end - source.start))
+}
+
+impl std::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for RemoteError {}

@@ -1,0 +1,124 @@
+use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
+use nu_protocol::{
+    Example, LabeledError, PipelineData, Signature, Spanned, SyntaxShape, Type, Value,
+};
+
+use super::{category, sessions_value};
+use crate::SessionPlugin;
+use crate::select::Criteria;
+use crate::sessions::SessionState;
+
+pub struct GetSession;
+
+impl PluginCommand for GetSession {
+    type Plugin = SessionPlugin;
+
+    fn name(&self) -> &str {
+        "get-session"
+    }
+
+    fn description(&self) -> &str {
+        "List the sessions of this nu process."
+    }
+
+    fn extra_description(&self) -> &str {
+        "Without arguments, lists every session in id order. Ids, --name (a case-insensitive glob), \
+         --instance-id and piped sessions choose which; --state and --config-name filter them."
+    }
+
+    fn signature(&self) -> Signature {
+        Signature::build(self.name())
+            .input_output_types(vec![
+                (Type::Nothing, Type::table()),
+                (Type::Int, Type::table()),
+                (Type::list(Type::Int), Type::table()),
+                (Type::record(), Type::table()),
+                (Type::table(), Type::table()),
+            ])
+            .rest("id", SyntaxShape::Int, "Ids of the sessions to get.")
+            .named("name", SyntaxShape::String, "Sessions whose name matches this glob (case-insensitive).", Some('n'))
+            .named("instance-id", SyntaxShape::String, "The session with this instance id.", None)
+            .named("computer-name", SyntaxShape::String, "Sessions on this computer (a glob).", Some('c'))
+            .named("state", SyntaxShape::String, "Only sessions in this state: All, Opened, Disconnected, Broken or Closed.", Some('s'))
+            .named("config-name", SyntaxShape::String, "Only sessions of this configuration.", None)
+            .category(category())
+    }
+
+    fn search_terms(&self) -> Vec<&str> {
+        vec!["pssession", "list", "sessions"]
+    }
+
+    fn examples(&self) -> Vec<Example<'_>> {
+        vec![
+            Example {
+                example: "new-session --name web1; new-session --name web2; new-session --name db; get-session --name web* | get name",
+                description: "Get the sessions whose names start with web",
+                result: Some(Value::test_list(vec![
+                    Value::test_string("web1"),
+                    Value::test_string("web2"),
+                ])),
+            },
+            Example {
+                example: "new-session --name logs; get-session --state Opened --name logs | get 0.availability",
+                description: "Get open sessions: an idle one is available",
+                result: Some(Value::test_string("Available")),
+            },
+            Example {
+                example: "get-session --name nothing-like-this*",
+                description: "A glob that matches nothing gives nothing, without an error",
+                result: Some(Value::test_list(vec![])),
+            },
+        ]
+    }
+
+    fn run(
+        &self,
+        plugin: &SessionPlugin,
+        _engine: &EngineInterface,
+        call: &EvaluatedCall,
+        input: PipelineData,
+    ) -> Result<PipelineData, LabeledError> {
+        let span = call.head;
+        let mut criteria = Criteria::from_call(call, Some(0))?;
+        criteria.add_pipeline(input)?;
+        let states = state_filter(call)?;
+        let config = call.get_flag::<String>("config-name")?;
+        plugin.refresh();
+        let ids: Vec<i64> = {
+            let table = plugin.sessions();
+            let mut ids = if criteria.is_empty() {
+                table.listed().map(|s| s.id).collect()
+            } else {
+                criteria.select(&table)?
+            };
+            ids.sort_unstable();
+            ids.retain(|id| {
+                table.get(*id).is_some_and(|s| {
+                    states.contains(&s.state())
+                        && config
+                            .as_ref()
+                            .is_none_or(|c| c.eq_ignore_ascii_case(&s.configuration_name))
+                })
+            });
+            ids
+        };
+        Ok(PipelineData::value(sessions_value(plugin, &ids, span), None))
+    }
+}
+
+fn state_filter(call: &EvaluatedCall) -> Result<Vec<SessionState>, LabeledError> {
+    let Some(state) = call.get_flag::<Spanned<String>>("state")? else {
+        return Ok(SessionState::ALL.to_vec());
+    };
+    if state.item.eq_ignore_ascii_case("all") {
+        return Ok(SessionState::ALL.to_vec());
+    }
+    SessionState::ALL
+        .into_iter()
+        .find(|s| s.as_str().eq_ignore_ascii_case(&state.item))
+        .map(|s| vec![s])
+        .ok_or_else(|| {
+            LabeledError::new(format!("`{}` is not a session state", state.item))
+                .with_label("expected All, Opened, Disconnected, Broken or Closed", state.span)
+        })
+}

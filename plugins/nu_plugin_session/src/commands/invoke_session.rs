@@ -1,0 +1,397 @@
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
+use nu_protocol::{
+    Example, HandlerGuard, LabeledError, ListStream, PipelineData, ShellError, SignalAction,
+    Signature, Span, SyntaxShape, Type, Value,
+};
+use nu_session_client::{Call, CallEvent, ClientError};
+
+use super::category;
+use crate::SessionPlugin;
+use crate::code::Code;
+use crate::errors::{client_error, remote_error};
+use crate::select::Criteria;
+use crate::sessions::SessionState;
+
+pub struct InvokeSession;
+
+impl PluginCommand for InvokeSession {
+    type Plugin = SessionPlugin;
+
+    fn name(&self) -> &str {
+        "invoke-session"
+    }
+
+    fn description(&self) -> &str {
+        "Run code in sessions and stream back the values it produces."
+    }
+
+    fn extra_description(&self) -> &str {
+        "The code runs at the session's top level: variables, definitions, aliases, environment and \
+         working directory persist from one invocation to the next. A closure's captured variables \
+         travel with it, --args fills its parameters, and pipeline input becomes $in. The result \
+         has the shape it would have locally: a single value stays a value, a stream a stream."
+    }
+
+    fn signature(&self) -> Signature {
+        Signature::build(self.name())
+            .input_output_types(vec![(Type::Any, Type::Any)])
+            .required(
+                "session",
+                SyntaxShape::Any,
+                "The sessions: an id, a list of ids, a session record or a table of them.",
+            )
+            .required(
+                "code",
+                SyntaxShape::OneOf(vec![SyntaxShape::Closure(None), SyntaxShape::String]),
+                "The code to run: a closure, or a string of Nushell source.",
+            )
+            .named(
+                "args",
+                SyntaxShape::List(Box::new(SyntaxShape::Any)),
+                "Values for the closure's parameters.",
+                Some('a'),
+            )
+            .category(category())
+    }
+
+    fn search_terms(&self) -> Vec<&str> {
+        vec!["invoke-command", "icm", "remote", "run", "execute"]
+    }
+
+    fn examples(&self) -> Vec<Example<'_>> {
+        vec![
+            Example {
+                example: "let s = new-session; invoke-session $s { 1 + 1 }",
+                description: "Run a closure in a session",
+                result: Some(Value::test_int(2)),
+            },
+            Example {
+                example: "let s = new-session; invoke-session $s { let x = 21 }; invoke-session $s '$x * 2'",
+                description: "Variables persist in the session; refer to one that exists only there from a string (nu checks a closure's variables before sending it)",
+                result: Some(Value::test_int(42)),
+            },
+            Example {
+                example: "let n = 5; invoke-session (new-session) { $n * 2 }",
+                description: "Captured local variables travel with the closure",
+                result: Some(Value::test_int(10)),
+            },
+            Example {
+                example: "invoke-session (new-session) {|a, b| $a + $b } --args [3 4]",
+                description: "Pass the closure's parameters",
+                result: Some(Value::test_int(7)),
+            },
+            Example {
+                example: "[1 2 3] | invoke-session (new-session) { $in | math sum }",
+                description: "Pipeline input becomes $in",
+                result: Some(Value::test_int(6)),
+            },
+            Example {
+                example: "invoke-session (new-session) '1..3 | each { $in * 10 }'",
+                description: "Run a string of source; a stream comes back as a stream",
+                result: Some(Value::test_list(vec![
+                    Value::test_int(10),
+                    Value::test_int(20),
+                    Value::test_int(30),
+                ])),
+            },
+        ]
+    }
+
+    fn run(
+        &self,
+        plugin: &SessionPlugin,
+        engine: &EngineInterface,
+        call: &EvaluatedCall,
+        input: PipelineData,
+    ) -> Result<PipelineData, LabeledError> {
+        let head = call.head;
+        let target: Value = call.req(0)?;
+        let code_value: Value = call.req(1)?;
+        let args_span = call.get_flag_span("args").unwrap_or(head);
+        let args = call.get_flag::<Vec<Value>>("args")?.unwrap_or_default();
+        let code = Arc::new(Code::new(engine, &code_value, args, args_span)?);
+        let code_span = code_value.span();
+
+        let mut criteria = Criteria::default();
+        criteria.add_value(target)?;
+        let ids = criteria.select(&plugin.sessions())?;
+        if ids.is_empty() {
+            return Ok(PipelineData::empty());
+        }
+        let input = match input {
+            PipelineData::Empty => None,
+            other => Some(other.into_value(head)?),
+        };
+
+        // Start the code in every session at once; read the results session by session.
+        let mut runs: Vec<Result<Run, LabeledError>> = ids
+            .iter()
+            .map(|id| start(plugin, *id, &code, input.clone(), head, code_span))
+            .collect();
+        let guard = interrupt_on_ctrl_c(engine, &runs)?;
+        let output = OutputSink::new(engine);
+
+        if runs.len() == 1
+            && let Some(run) = runs.pop()
+        {
+            let mut run = run?;
+            run.guard = guard;
+            return run.into_pipeline(&output, engine);
+        }
+        let mut iter = Results {
+            runs: runs.into_iter().collect(),
+            output,
+            _guard: guard,
+        };
+        let stream = std::iter::from_fn(move || iter.next_value());
+        Ok(PipelineData::list_stream(
+            ListStream::new(stream, head, engine.signals().clone()),
+            None,
+        ))
+    }
+}
+
+fn not_opened(session: &crate::sessions::Session, span: Span) -> LabeledError {
+    LabeledError::new(format!(
+        "session {} ({}) is {}, not Opened: it cannot run code",
+        session.id,
+        session.name,
+        session.state().as_str()
+    ))
+    .with_label("this session", span)
+    .with_help(match session.state() {
+        SessionState::Closed => "the session was removed; open a new one with new-session",
+        _ => "connect it first, or use another session",
+    })
+}
+
+/// One invocation in one session.
+struct Run {
+    call: Call,
+    code: Arc<Code>,
+    code_span: Span,
+    head: Span,
+    _busy: Busy,
+    guard: Option<HandlerGuard>,
+    done: bool,
+}
+
+/// Marks a session busy while an invocation runs in it.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn new(counter: Arc<AtomicUsize>) -> Busy {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Busy(counter)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn start(
+    plugin: &SessionPlugin,
+    id: i64,
+    code: &Arc<Code>,
+    input: Option<Value>,
+    head: Span,
+    code_span: Span,
+) -> Result<Run, LabeledError> {
+    let (handle, running) = {
+        let table = plugin.sessions();
+        let session = table
+            .get(id)
+            .ok_or_else(|| LabeledError::new(format!("no session with id {id}")))?;
+        match (&session.handle, session.state()) {
+            (Some(handle), SessionState::Opened) => (handle.clone(), session.running.clone()),
+            _ => return Err(not_opened(session, head)),
+        }
+    };
+    let call = handle
+        .invoke(code.source.clone(), code.bindings.clone(), input)
+        .map_err(|e| client_error(&e, head))?;
+    Ok(Run {
+        call,
+        code: code.clone(),
+        code_span,
+        head,
+        _busy: Busy::new(running),
+        guard: None,
+        done: false,
+    })
+}
+
+/// Forwards Ctrl-C to the sessions running the code.
+fn interrupt_on_ctrl_c(
+    engine: &EngineInterface,
+    runs: &[Result<Run, LabeledError>],
+) -> Result<Option<HandlerGuard>, LabeledError> {
+    let interrupters: Vec<_> = runs
+        .iter()
+        .flatten()
+        .map(|run| run.call.interrupter())
+        .collect();
+    let guard = engine.register_signal_handler(Box::new(move |action| {
+        if action == SignalAction::Interrupt {
+            interrupters.iter().for_each(|interrupt| interrupt());
+        }
+    }))?;
+    Ok(Some(guard))
+}
+
+/// Where a session's printed output goes: stderr, or stdout when stdout is the terminal (not
+/// the plugin protocol).
+struct OutputSink {
+    stdout_ok: bool,
+}
+
+impl OutputSink {
+    fn new(engine: &EngineInterface) -> Self {
+        OutputSink {
+            stdout_ok: !engine.is_using_stdio(),
+        }
+    }
+
+    fn write(&self, stderr: bool, bytes: &[u8]) {
+        if stderr || !self.stdout_ok {
+            let _ = std::io::stderr().write_all(bytes);
+        } else {
+            let mut out = std::io::stdout();
+            let _ = out.write_all(bytes);
+            let _ = out.flush();
+        }
+    }
+}
+
+impl Run {
+    /// The next event that is not printed output.
+    fn next_event(&mut self, output: &OutputSink) -> Result<CallEvent, ClientError> {
+        loop {
+            match self.call.next()? {
+                CallEvent::Output { stderr, bytes } => output.write(stderr, &bytes),
+                event => return Ok(event),
+            }
+        }
+    }
+
+    fn error(&self, error: &nu_session_client::RemoteError) -> LabeledError {
+        remote_error(error, Some(&self.code), self.code_span)
+    }
+
+    /// The result shaped as it would be locally: nothing, one value, or a stream.
+    fn into_pipeline(
+        mut self,
+        output: &OutputSink,
+        engine: &EngineInterface,
+    ) -> Result<PipelineData, LabeledError> {
+        let head = self.head;
+        let lost = |e: ClientError| client_error(&e, head);
+        match self.next_event(output).map_err(lost)? {
+            CallEvent::Finished(Some(error)) => Err(self.error(&error)),
+            CallEvent::Finished(None) => Ok(PipelineData::empty()),
+            CallEvent::Started { stream: true } => {
+                let output = OutputSink {
+                    stdout_ok: output.stdout_ok,
+                };
+                let stream = std::iter::from_fn(move || self.next_value(&output));
+                Ok(PipelineData::list_stream(
+                    ListStream::new(stream, head, engine.signals().clone()),
+                    None,
+                ))
+            }
+            CallEvent::Started { stream: false } | CallEvent::Output { .. } => {
+                let mut result = PipelineData::empty();
+                loop {
+                    match self.next_event(output).map_err(lost)? {
+                        CallEvent::Value(value) => {
+                            result = PipelineData::value(local_value(value, head), None)
+                        }
+                        CallEvent::Finished(None) => return Ok(result),
+                        CallEvent::Finished(Some(error)) => return Err(self.error(&error)),
+                        CallEvent::Started { .. } | CallEvent::Output { .. } => {}
+                    }
+                }
+            }
+            CallEvent::Value(value) => Ok(PipelineData::value(local_value(value, head), None)),
+        }
+    }
+
+    /// The next value of a streaming result; errors become error values.
+    fn next_value(&mut self, output: &OutputSink) -> Option<Value> {
+        if self.done {
+            return None;
+        }
+        loop {
+            match self.next_event(output) {
+                Ok(CallEvent::Value(value)) => return Some(local_value(value, self.head)),
+                Ok(CallEvent::Started { .. }) | Ok(CallEvent::Output { .. }) => {}
+                Ok(CallEvent::Finished(None)) => {
+                    self.done = true;
+                    return None;
+                }
+                Ok(CallEvent::Finished(Some(error))) => {
+                    self.done = true;
+                    return Some(Value::error(
+                        ShellError::LabeledError(Box::new(self.error(&error))),
+                        self.head,
+                    ));
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Value::error(
+                        ShellError::LabeledError(Box::new(client_error(&e, self.head))),
+                        self.head,
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The values of several sessions, one session after the other; a session that could not run
+/// the code contributes its error.
+struct Results {
+    runs: std::collections::VecDeque<Result<Run, LabeledError>>,
+    output: OutputSink,
+    /// Keeps Ctrl-C forwarded while the results are read.
+    _guard: Option<HandlerGuard>,
+}
+
+impl Results {
+    fn next_value(&mut self) -> Option<Value> {
+        loop {
+            match self.runs.front_mut()? {
+                Err(_) => {
+                    let Some(Err(error)) = self.runs.pop_front() else {
+                        continue;
+                    };
+                    let span = error.labels.first().map_or(Span::unknown(), |l| l.span);
+                    return Some(Value::error(ShellError::LabeledError(Box::new(error)), span));
+                }
+                Ok(run) => match run.next_value(&self.output) {
+                    Some(value) => return Some(value),
+                    None => {
+                        self.runs.pop_front();
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Values from a session get the span of this call: their own spans point into the session's
+/// sources.
+fn local_value(mut value: Value, span: Span) -> Value {
+    let _ = value.recurse_mut(&mut |v: &mut Value| {
+        v.set_span(span);
+        Ok::<_, ShellError>(())
+    });
+    value
+}

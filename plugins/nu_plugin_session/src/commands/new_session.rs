@@ -1,0 +1,217 @@
+use std::time::Duration;
+
+use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
+use nu_protocol::{
+    Example, LabeledError, PipelineData, Record, Signature, Span, Spanned, SyntaxShape, Type,
+    Value,
+};
+use nu_session_client::{OutputBuffering, SessionSettings};
+
+use super::{category, local_host, sessions_value};
+use crate::SessionPlugin;
+use crate::errors::client_error;
+use crate::sessions::{Session, TransportKind};
+
+/// The shortest idle timeout a session accepts, as in PowerShell.
+pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
+
+pub struct NewSession;
+
+impl PluginCommand for NewSession {
+    type Plugin = SessionPlugin;
+
+    fn name(&self) -> &str {
+        "new-session"
+    }
+
+    fn description(&self) -> &str {
+        "Open persistent sessions: on this machine, or on remote computers over SSH."
+    }
+
+    fn extra_description(&self) -> &str {
+        "A session keeps its variables, definitions, environment and working directory between \
+         invocations, and lives on its host until it is removed or its idle timeout expires."
+    }
+
+    fn signature(&self) -> Signature {
+        Signature::build(self.name())
+            .input_output_types(vec![
+                (Type::Nothing, Type::table()),
+                (Type::String, Type::table()),
+                (Type::list(Type::String), Type::table()),
+                (Type::record(), Type::table()),
+                (Type::table(), Type::table()),
+            ])
+            .rest(
+                "computer_name",
+                SyntaxShape::String,
+                "Computers to open sessions on: host, user@host, host:port, or an ssh config alias. None: this machine.",
+            )
+            .named("name", SyntaxShape::String, "A friendly name for the sessions.", Some('n'))
+            .named("user", SyntaxShape::String, "The user to log in as (SSH).", Some('u'))
+            .named("port", SyntaxShape::Int, "The SSH port.", Some('p'))
+            .named("identity-file", SyntaxShape::Filepath, "The private key to log in with (SSH).", Some('i'))
+            .named("config-name", SyntaxShape::String, "The session configuration on the host (default: default).", None)
+            .named("idle-timeout", SyntaxShape::Duration, "How long the host keeps the session with nobody connected (at least 1min; default 2hr).", None)
+            .named("output-buffering", SyntaxShape::String, "When nobody reads the output and the buffer is full: Block (pause, default) or Drop (discard the oldest).", None)
+            .named("throttle-limit", SyntaxShape::Int, "How many sessions to open at once (default 32).", None)
+            .named("connect-timeout", SyntaxShape::Duration, "How long to wait for a computer to answer (SSH).", None)
+            .category(category())
+    }
+
+    fn search_terms(&self) -> Vec<&str> {
+        vec!["pssession", "remote", "ssh", "open"]
+    }
+
+    fn examples(&self) -> Vec<Example<'_>> {
+        let span = Span::test_data();
+        vec![
+            Example {
+                example: "new-session --name work | select name transport state",
+                description: "Open a session on this machine",
+                result: Some(Value::test_list(vec![Value::test_record(nu_protocol::record! {
+                    "name" => Value::test_string("work"),
+                    "transport" => Value::test_string("Local"),
+                    "state" => Value::test_string("Opened"),
+                })])),
+            },
+            Example {
+                example: "new-session --idle-timeout 10min --output-buffering Drop | select idle_timeout output_buffering_mode",
+                description: "Open a session that its host deletes after 10 minutes with nobody connected, and that keeps only the newest output when its buffer is full",
+                result: Some(Value::test_list(vec![Value::test_record(nu_protocol::record! {
+                    "idle_timeout" => Value::duration(600_000_000_000, span),
+                    "output_buffering_mode" => Value::test_string("Drop"),
+                })])),
+            },
+            Example {
+                example: "let s = new-session; invoke-session $s { $env.PWD == $nu.home-dir }",
+                description: "A new session starts in the user's home directory",
+                result: Some(Value::test_bool(true)),
+            },
+        ]
+    }
+
+    fn run(
+        &self,
+        plugin: &SessionPlugin,
+        engine: &EngineInterface,
+        call: &EvaluatedCall,
+        input: PipelineData,
+    ) -> Result<PipelineData, LabeledError> {
+        let span = call.head;
+        let mut computers: Vec<Spanned<String>> = call.rest(0)?;
+        computers.extend(computers_from_input(input)?);
+        let idle_timeout = idle_timeout(call)?.unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        let output_buffering = output_buffering(call)?.unwrap_or_default();
+        let configuration_name = call
+            .get_flag::<String>("config-name")?
+            .unwrap_or_else(|| "default".into());
+        if let Some(limit) = call.get_flag::<Spanned<i64>>("throttle-limit")?
+            && limit.item < 0
+        {
+            return Err(LabeledError::new("the throttle limit cannot be negative")
+                .with_label("must be 0 (meaning 32) or more", limit.span));
+        }
+        if let Some(computer) = computers.first() {
+            return Err(LabeledError::new(format!(
+                "cannot open a session on {}: SSH sessions are not available in this version",
+                computer.item
+            ))
+            .with_label("remote computer", computer.span)
+            .with_help("run new-session without a computer name for a session on this machine"));
+        }
+
+        let host = local_host(plugin, engine)?;
+        let id = plugin.sessions().next_id();
+        let name = call
+            .get_flag::<String>("name")?
+            .unwrap_or_else(|| format!("Session{id}"));
+        let settings = SessionSettings {
+            name,
+            configuration_name,
+            idle_timeout,
+            output_buffering,
+        };
+        let info = host
+            .create_session(settings)
+            .map_err(|e| client_error(&e, span))?;
+        let handle = host
+            .attach(info.instance_id, None)
+            .map_err(|e| client_error(&e, span))?;
+        let session = Session::from_info(
+            id,
+            handle.info().clone(),
+            "localhost".into(),
+            TransportKind::Local,
+            None,
+            host,
+            Some(handle),
+        );
+        plugin.sessions().insert(session);
+        plugin.keep_alive(engine);
+        Ok(PipelineData::value(sessions_value(plugin, &[id], span), None))
+    }
+}
+
+/// `--idle-timeout`, checked against the minimum.
+pub fn idle_timeout(call: &EvaluatedCall) -> Result<Option<Duration>, LabeledError> {
+    let Some(value) = call.get_flag_value("idle-timeout") else {
+        return Ok(None);
+    };
+    let span = value.span();
+    let nanos = value.as_duration()?;
+    let timeout = u64::try_from(nanos).map(Duration::from_nanos).ok();
+    match timeout {
+        Some(t) if t >= MIN_IDLE_TIMEOUT => Ok(Some(t)),
+        _ => Err(LabeledError::new("the idle timeout is too short")
+            .with_label("must be at least 1min", span)
+            .with_help("the host keeps a session with nobody connected for at least 1min (60sec)")),
+    }
+}
+
+/// `--output-buffering`: `Block` or `Drop`.
+pub fn output_buffering(call: &EvaluatedCall) -> Result<Option<OutputBuffering>, LabeledError> {
+    let Some(mode) = call.get_flag::<Spanned<String>>("output-buffering")? else {
+        return Ok(None);
+    };
+    OutputBuffering::parse(&mode.item).map(Some).ok_or_else(|| {
+        LabeledError::new(format!("`{}` is not an output buffering mode", mode.item))
+            .with_label("expected Block or Drop", mode.span)
+    })
+}
+
+/// Computer names piped in: strings, or records with `computer_name` (or `host`) columns.
+fn computers_from_input(input: PipelineData) -> Result<Vec<Spanned<String>>, LabeledError> {
+    let mut out = Vec::new();
+    for value in input {
+        let span = value.span();
+        match value {
+            Value::String { val, .. } => out.push(Spanned { item: val, span }),
+            Value::Record { val, .. } => out.push(computer_from_record(&val, span)?),
+            Value::Nothing { .. } => {}
+            other => {
+                return Err(LabeledError::new(format!(
+                    "expected computer names, got {}",
+                    other.get_type()
+                ))
+                .with_label("not a computer name or record", span));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn computer_from_record(record: &Record, span: Span) -> Result<Spanned<String>, LabeledError> {
+    let value = record
+        .get("computer_name")
+        .or_else(|| record.get("host"))
+        .ok_or_else(|| {
+            LabeledError::new("this record names no computer")
+                .with_label("needs a computer_name or host column", span)
+        })?;
+    Ok(Spanned {
+        item: value.coerce_string()?,
+        span: value.span(),
+    })
+}

@@ -1,0 +1,119 @@
+use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
+use nu_protocol::{Example, LabeledError, PipelineData, Signature, SyntaxShape, Type, Value};
+use nu_session_client::ErrorKind;
+
+use super::category;
+use crate::SessionPlugin;
+use crate::errors::client_error;
+use crate::select::Criteria;
+
+pub struct RemoveSession;
+
+impl PluginCommand for RemoveSession {
+    type Plugin = SessionPlugin;
+
+    fn name(&self) -> &str {
+        "remove-session"
+    }
+
+    fn description(&self) -> &str {
+        "Close sessions: stop what runs in them and delete them on their hosts."
+    }
+
+    fn extra_description(&self) -> &str {
+        "Everything running in the session is stopped, external commands included. A record of a \
+         removed session shows state Closed when fetched again."
+    }
+
+    fn signature(&self) -> Signature {
+        Signature::build(self.name())
+            .input_output_types(vec![
+                (Type::Nothing, Type::Nothing),
+                (Type::Int, Type::Nothing),
+                (Type::list(Type::Int), Type::Nothing),
+                (Type::record(), Type::Nothing),
+                (Type::table(), Type::Nothing),
+            ])
+            .rest("id", SyntaxShape::Int, "Ids of the sessions to remove.")
+            .named("name", SyntaxShape::String, "Sessions whose name matches this glob (case-insensitive).", Some('n'))
+            .named("instance-id", SyntaxShape::String, "The session with this instance id.", None)
+            .named("computer-name", SyntaxShape::String, "Sessions on this computer (a glob).", Some('c'))
+            .switch("what-if", "Print what would be removed and change nothing.", None)
+            .category(category())
+    }
+
+    fn search_terms(&self) -> Vec<&str> {
+        vec!["pssession", "close", "delete", "kill"]
+    }
+
+    fn examples(&self) -> Vec<Example<'_>> {
+        vec![
+            Example {
+                example: "new-session --name scratch | remove-session; get-session --name scratch*",
+                description: "Remove a session piped from new-session",
+                result: Some(Value::test_list(vec![])),
+            },
+            Example {
+                example: "let s = new-session; remove-session --instance-id $s.0.instance_id; $s | get-session | get 0.state",
+                description: "A removed session shows Closed when fetched again",
+                result: Some(Value::test_string("Closed")),
+            },
+            Example {
+                example: "get-session | remove-session",
+                description: "Remove every session of this nu process",
+                result: None,
+            },
+        ]
+    }
+
+    fn run(
+        &self,
+        plugin: &SessionPlugin,
+        engine: &EngineInterface,
+        call: &EvaluatedCall,
+        input: PipelineData,
+    ) -> Result<PipelineData, LabeledError> {
+        let span = call.head;
+        let mut criteria = Criteria::from_call(call, Some(0))?;
+        criteria.add_pipeline(input)?;
+        if criteria.is_empty() {
+            return Err(LabeledError::new("no sessions to remove")
+                .with_label("needs session ids, --name, --instance-id, --computer-name or piped sessions", span)
+                .with_help("`get-session | remove-session` removes them all"));
+        }
+        let ids = criteria.select(&plugin.sessions())?;
+        if call.has_flag("what-if")? {
+            let table = plugin.sessions();
+            for session in ids.iter().filter_map(|id| table.get(*id)) {
+                eprintln!(
+                    "What if: Performing the operation \"Remove\" on target \"{}\" (session {}, {}).",
+                    session.computer_name, session.id, session.name
+                );
+            }
+            return Ok(PipelineData::empty());
+        }
+        let mut failures = Vec::new();
+        for id in ids {
+            let target = {
+                let mut table = plugin.sessions();
+                table.get_mut(id).and_then(|session| {
+                    let open = !session.closed;
+                    session.close();
+                    session.removed = true;
+                    open.then(|| (session.host.clone(), session.instance_id))
+                })
+            };
+            if let Some((host, instance_id)) = target
+                && let Err(e) = host.remove_session(instance_id)
+                && e.kind() != ErrorKind::NotFound
+            {
+                failures.push(client_error(&e, span));
+            }
+        }
+        plugin.keep_alive(engine);
+        match failures.into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(PipelineData::empty()),
+        }
+    }
+}

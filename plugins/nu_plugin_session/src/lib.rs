@@ -1,0 +1,87 @@
+//! `nu_plugin_session`: PowerShell-style persistent sessions for Nushell.
+//!
+//! Layout:
+//! - [`commands`]: one file per command, each a `PluginCommand`.
+//! - [`sessions`]: the session table of this `nu` process (ids, names, states, connections).
+//! - [`record`]: a session as the record users see (the one place that builds it).
+//! - [`select`]: choosing sessions from ids, flags and pipeline input (every command uses it).
+//! - [`code`]: turning a closure or a string into code a session can run, with its captured
+//!   variables and parameters.
+//! - [`errors`]: building the errors users see.
+//!
+//! Everything that talks to hosts lives in `nu-session-client`.
+
+pub mod code;
+pub mod commands;
+pub mod errors;
+pub mod record;
+pub mod select;
+pub mod sessions;
+
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use nu_plugin::{EngineInterface, Plugin, PluginCommand};
+use nu_protocol::LabeledError;
+use nu_session_client::Client;
+
+use sessions::SessionTable;
+
+#[derive(Default)]
+pub struct SessionPlugin {
+    client: OnceLock<Result<Client, String>>,
+    sessions: Mutex<SessionTable>,
+}
+
+impl Plugin for SessionPlugin {
+    fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").into()
+    }
+
+    fn commands(&self) -> Vec<Box<dyn PluginCommand<Plugin = Self>>> {
+        vec![
+            Box::new(commands::NewSession),
+            Box::new(commands::GetSession),
+            Box::new(commands::RemoveSession),
+            Box::new(commands::InvokeSession),
+        ]
+    }
+}
+
+impl SessionPlugin {
+    pub fn client(&self) -> Result<&Client, LabeledError> {
+        self.client
+            .get_or_init(|| Client::new().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| LabeledError::new(format!("cannot start the session client: {e}")))
+    }
+
+    pub fn sessions(&self) -> MutexGuard<'_, SessionTable> {
+        // The table stays consistent between statements; a panic elsewhere must not lose it.
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Finds out what happened to sessions whose connection is gone: deleted on their host
+    /// (Closed) or not (Broken).
+    pub fn refresh(&self) {
+        let dead: Vec<(i64, nu_session_client::Host, uuid::Uuid)> = self
+            .sessions()
+            .all()
+            .filter(|s| !s.closed && s.handle.as_ref().is_some_and(|h| !h.is_alive()))
+            .map(|s| (s.id, s.host.clone(), s.instance_id))
+            .collect();
+        for (id, host, instance_id) in dead {
+            let gone = host
+                .list_sessions()
+                .is_ok_and(|all| all.iter().all(|info| info.instance_id != instance_id));
+            if gone && let Some(session) = self.sessions().get_mut(id) {
+                session.close();
+            }
+        }
+    }
+
+    /// Keeps the plugin (and so its connections) alive while it holds sessions.
+    pub fn keep_alive(&self, engine: &EngineInterface) {
+        let live = self.sessions().has_live();
+        let _ = engine.set_gc_disabled(live);
+    }
+}

@@ -1,0 +1,308 @@
+//! Choosing sessions: positional ids, `--name` / `--instance-id` / `--computer-name`, and pipeline
+//! input by value (session records, plain ints) or by property name (records with `instance_id`,
+//! `computer_name` + `name`, `id`, or `name` columns, matched in that order of preference).
+//!
+//! A literal id, name or instance id that matches nothing is an error naming it; a glob that
+//! matches nothing selects nothing. A session matched several times is selected once.
+
+use nu_plugin::EvaluatedCall;
+use nu_protocol::{LabeledError, PipelineData, Span, Spanned, Value};
+use uuid::Uuid;
+
+use crate::sessions::{Session, SessionTable};
+
+#[derive(Debug, Default)]
+pub struct Criteria {
+    ids: Vec<Spanned<i64>>,
+    names: Vec<Spanned<String>>,
+    instance_ids: Vec<Spanned<String>>,
+    computer_names: Vec<Spanned<String>>,
+    /// `computer_name` + `name` from records bound by property name.
+    pairs: Vec<(Spanned<String>, Spanned<String>)>,
+}
+
+impl Criteria {
+    /// The criteria given as arguments: ids from the rest positionals starting at `ids_from`
+    /// (when the command takes ids), and the selection flags the command declares.
+    pub fn from_call(call: &EvaluatedCall, ids_from: Option<usize>) -> Result<Self, LabeledError> {
+        let mut criteria = Criteria::default();
+        if let Some(start) = ids_from {
+            criteria.ids = call.rest::<Spanned<i64>>(start)?;
+        }
+        criteria.names.extend(call.get_flag::<Spanned<String>>("name")?);
+        criteria
+            .instance_ids
+            .extend(call.get_flag::<Spanned<String>>("instance-id")?);
+        criteria
+            .computer_names
+            .extend(call.get_flag::<Spanned<String>>("computer-name")?);
+        Ok(criteria)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+            && self.names.is_empty()
+            && self.instance_ids.is_empty()
+            && self.computer_names.is_empty()
+            && self.pairs.is_empty()
+    }
+
+    /// Adds pipeline input (by value or by property name).
+    pub fn add_pipeline(&mut self, input: PipelineData) -> Result<(), LabeledError> {
+        match input {
+            PipelineData::Empty => Ok(()),
+            PipelineData::Value(value, _) => self.add_value(value),
+            PipelineData::ListStream(stream, _) => {
+                stream.into_iter().try_for_each(|value| self.add_value(value))
+            }
+            PipelineData::ByteStream(stream, _) => Err(LabeledError::new(
+                "expected sessions, got a byte stream",
+            )
+            .with_label("this input", stream.span())),
+        }
+    }
+
+    /// Adds one value given by value: an id, a session record, a record by property name, or a
+    /// list of those.
+    pub fn add_value(&mut self, value: Value) -> Result<(), LabeledError> {
+        let span = value.span();
+        match value {
+            Value::Int { val, .. } => self.ids.push(Spanned { item: val, span }),
+            Value::Nothing { .. } => {}
+            Value::List { vals, .. } => {
+                for value in vals {
+                    self.add_value(value)?;
+                }
+            }
+            Value::Range { val, .. } => {
+                for value in val.into_range_iter(span, nu_protocol::Signals::empty()) {
+                    self.add_value(value)?;
+                }
+            }
+            Value::Record { val, .. } => {
+                let text = |column: &str| -> Result<Option<Spanned<String>>, LabeledError> {
+                    match val.get(column) {
+                        None | Some(Value::Nothing { .. }) => Ok(None),
+                        Some(v) => Ok(Some(Spanned {
+                            item: v.coerce_string()?,
+                            span: v.span(),
+                        })),
+                    }
+                };
+                if let Some(instance_id) = text("instance_id")? {
+                    self.instance_ids.push(instance_id);
+                } else if let (Some(computer), Some(name)) = (text("computer_name")?, text("name")?) {
+                    self.pairs.push((computer, name));
+                } else if let Some(id) = val.get("id") {
+                    self.ids.push(Spanned {
+                        item: id.as_int()?,
+                        span: id.span(),
+                    });
+                } else if let Some(name) = text("name")? {
+                    self.names.push(name);
+                } else if let Some(computer) = text("computer_name")? {
+                    self.computer_names.push(computer);
+                } else {
+                    return Err(LabeledError::new("this record names no session")
+                        .with_label("no instance_id, id, name or computer_name column", span)
+                        .with_help("pipe session records (from get-session), ids, or records with those columns"));
+                }
+            }
+            other => {
+                return Err(LabeledError::new(format!(
+                    "expected a session, got {}",
+                    other.get_type()
+                ))
+                .with_label("not a session id, record or table", span)
+                .with_help("pass session ids, session records, or use --name"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The local ids of the selected sessions, each once, in the order first matched.
+    pub fn select(&self, table: &SessionTable) -> Result<Vec<i64>, LabeledError> {
+        let mut selected: Vec<i64> = Vec::new();
+        let mut add = |id: i64| {
+            if !selected.contains(&id) {
+                selected.push(id);
+            }
+        };
+        for id in &self.ids {
+            match table.get(id.item) {
+                Some(session) => add(session.id),
+                None => return Err(not_found(format!("no session with id {}", id.item), id.span)),
+            }
+        }
+        for instance_id in &self.instance_ids {
+            let wanted: Uuid = instance_id.item.trim().parse().map_err(|_| {
+                LabeledError::new(format!("`{}` is not an instance id", instance_id.item))
+                    .with_label("expected a UUID like 5f0c6f1e-…", instance_id.span)
+            })?;
+            match table.all().find(|s| s.instance_id == wanted) {
+                Some(session) => add(session.id),
+                None => {
+                    return Err(not_found(
+                        format!("no session with instance id {wanted}"),
+                        instance_id.span,
+                    ));
+                }
+            }
+        }
+        for name in &self.names {
+            let matched = matching(table, |s| matches(&name.item, &s.name))?;
+            if matched.is_empty() && !is_glob(&name.item) {
+                return Err(not_found(format!("no session named {}", name.item), name.span));
+            }
+            matched.into_iter().for_each(&mut add);
+        }
+        for computer in &self.computer_names {
+            let matched = matching(table, |s| matches(&computer.item, &s.computer_name))?;
+            if matched.is_empty() && !is_glob(&computer.item) {
+                return Err(not_found(
+                    format!("no session on computer {}", computer.item),
+                    computer.span,
+                ));
+            }
+            matched.into_iter().for_each(&mut add);
+        }
+        for (computer, name) in &self.pairs {
+            let matched = matching(table, |s| {
+                matches(&computer.item, &s.computer_name) && matches(&name.item, &s.name)
+            })?;
+            if matched.is_empty() && !is_glob(&name.item) && !is_glob(&computer.item) {
+                return Err(not_found(
+                    format!("no session named {} on computer {}", name.item, computer.item),
+                    name.span,
+                ));
+            }
+            matched.into_iter().for_each(&mut add);
+        }
+        Ok(selected)
+    }
+}
+
+fn matching(
+    table: &SessionTable,
+    predicate: impl Fn(&Session) -> bool,
+) -> Result<Vec<i64>, LabeledError> {
+    Ok(table.listed().filter(|s| predicate(s)).map(|s| s.id).collect())
+}
+
+fn not_found(msg: String, span: Span) -> LabeledError {
+    LabeledError::new(msg)
+        .with_label("not found", span)
+        .with_help("`get-session` lists the sessions of this nu process")
+}
+
+/// Whether a name pattern has wildcards (`*`, `?`, `[...]`).
+pub fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '['])
+}
+
+/// Case-insensitive wildcard match, as PowerShell's `-Name` does.
+pub fn matches(pattern: &str, text: &str) -> bool {
+    if !is_glob(pattern) {
+        return pattern.to_lowercase() == text.to_lowercase();
+    }
+    let pattern: Vec<char> = pattern.to_lowercase().chars().collect();
+    let text: Vec<char> = text.to_lowercase().chars().collect();
+    wildcard(&pattern, &text)
+}
+
+fn wildcard(pattern: &[char], text: &[char]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some(('*', rest)) => (0..=text.len()).any(|skip| wildcard(rest, &text[skip..])),
+        Some(('?', rest)) => !text.is_empty() && wildcard(rest, &text[1..]),
+        Some(('[', rest)) => match (rest.iter().position(|c| *c == ']'), text.split_first()) {
+            (Some(close), Some((c, text_rest))) => {
+                class_matches(&rest[..close], *c) && wildcard(&rest[close + 1..], text_rest)
+            }
+            // An unclosed `[` is a literal character.
+            (None, Some(('[', text_rest))) => wildcard(rest, text_rest),
+            _ => false,
+        },
+        Some((p, rest)) => text.first() == Some(p) && wildcard(rest, &text[1..]),
+    }
+}
+
+fn class_matches(class: &[char], c: char) -> bool {
+    let mut i = 0;
+    while i < class.len() {
+        if i + 2 < class.len() && class[i + 1] == '-' {
+            if class[i] <= c && c <= class[i + 2] {
+                return true;
+            }
+            i += 3;
+        } else {
+            if class[i] == c {
+                return true;
+            }
+            i += 1;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_are_case_insensitive() {
+        assert!(matches("web*", "WEB1"));
+        assert!(matches("w?b1", "web1"));
+        assert!(matches("web[1-3]", "Web2"));
+        assert!(!matches("web[1-3]", "web4"));
+        assert!(matches("Session1", "session1"));
+        assert!(!matches("Session1", "Session10"));
+        assert!(matches("*", ""));
+        assert!(matches("a*b*c", "aXbYc"));
+        assert!(!matches("a*b*c", "aXbY"));
+    }
+
+    #[test]
+    fn literal_patterns_are_not_globs() {
+        assert!(!is_glob("web1"));
+        assert!(is_glob("web*"));
+        assert!(is_glob("web[12]"));
+    }
+
+    #[test]
+    fn records_bind_by_the_preferred_property() {
+        let span = Span::test_data();
+        let mut c = Criteria::default();
+        let record = |cols: &[(&str, Value)]| {
+            let mut r = nu_protocol::Record::new();
+            for (k, v) in cols {
+                r.push(*k, v.clone());
+            }
+            Value::record(r, span)
+        };
+        let s = |x: &str| Value::string(x, span);
+        c.add_value(record(&[
+            ("id", Value::int(4, span)),
+            ("name", s("a")),
+            ("computer_name", s("h")),
+            ("instance_id", s("x")),
+        ]))
+        .unwrap();
+        c.add_value(record(&[("name", s("a")), ("computer_name", s("h"))]))
+            .unwrap();
+        c.add_value(record(&[("id", Value::int(2, span)), ("name", s("b"))]))
+            .unwrap();
+        c.add_value(record(&[("name", s("c"))])).unwrap();
+        c.add_value(Value::list(vec![Value::int(7, span)], span))
+            .unwrap();
+        assert_eq!(c.instance_ids.len(), 1);
+        assert_eq!(c.pairs.len(), 1);
+        assert_eq!(
+            c.ids.iter().map(|i| i.item).collect::<Vec<_>>(),
+            vec![2, 7]
+        );
+        assert_eq!(c.names.len(), 1);
+        assert!(c.add_value(s("web1")).is_err());
+        assert!(c.add_value(record(&[("other", s("x"))])).is_err());
+    }
+}

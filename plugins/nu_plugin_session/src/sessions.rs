@@ -1,0 +1,200 @@
+//! The sessions this `nu` process knows, with their local ids and connections.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use indexmap::IndexMap;
+use nu_session_client::{Host, OutputBuffering, SessionHandle, SessionInfo};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    Opened,
+    Disconnected,
+    Broken,
+    Closed,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Opened => "Opened",
+            SessionState::Disconnected => "Disconnected",
+            SessionState::Broken => "Broken",
+            SessionState::Closed => "Closed",
+        }
+    }
+
+    pub const ALL: [SessionState; 4] = [
+        SessionState::Opened,
+        SessionState::Disconnected,
+        SessionState::Broken,
+        SessionState::Closed,
+    ];
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    Available,
+    Busy,
+    None,
+}
+
+impl Availability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Availability::Available => "Available",
+            Availability::Busy => "Busy",
+            Availability::None => "None",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Local,
+    Ssh,
+}
+
+impl TransportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Local => "Local",
+            TransportKind::Ssh => "SSH",
+        }
+    }
+}
+
+pub struct Session {
+    pub id: i64,
+    pub name: String,
+    pub computer_name: String,
+    pub transport: TransportKind,
+    pub instance_id: Uuid,
+    pub configuration_name: String,
+    pub user: String,
+    pub port: Option<u16>,
+    pub idle_timeout: Duration,
+    pub output_buffering: OutputBuffering,
+    pub created: DateTime<Utc>,
+    pub disconnected_on: Option<DateTime<Utc>>,
+    pub host: Host,
+    /// The attached connection, while there is one.
+    pub handle: Option<SessionHandle>,
+    /// Closed by `remove-session` (or found deleted on its host).
+    pub closed: bool,
+    /// Removed with `remove-session`: hidden from listings, still found by id or instance id.
+    pub removed: bool,
+    /// Invocations running through this process right now.
+    pub running: Arc<AtomicUsize>,
+}
+
+impl Session {
+    pub fn from_info(
+        id: i64,
+        info: SessionInfo,
+        computer_name: String,
+        transport: TransportKind,
+        port: Option<u16>,
+        host: Host,
+        handle: Option<SessionHandle>,
+    ) -> Session {
+        Session {
+            id,
+            name: info.name,
+            computer_name,
+            transport,
+            instance_id: info.instance_id,
+            configuration_name: info.configuration_name,
+            user: info.user,
+            port,
+            idle_timeout: info.idle_timeout,
+            output_buffering: info.output_buffering,
+            created: info.created,
+            disconnected_on: info.disconnected_on,
+            host,
+            handle,
+            closed: false,
+            removed: false,
+            running: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub fn state(&self) -> SessionState {
+        if self.closed {
+            SessionState::Closed
+        } else {
+            match &self.handle {
+                Some(handle) if handle.is_alive() => SessionState::Opened,
+                Some(_) => SessionState::Broken,
+                None => SessionState::Disconnected,
+            }
+        }
+    }
+
+    pub fn availability(&self) -> Availability {
+        match self.state() {
+            SessionState::Opened if self.running.load(Ordering::SeqCst) > 0 => Availability::Busy,
+            SessionState::Opened => Availability::Available,
+            _ => Availability::None,
+        }
+    }
+
+    pub fn expires_on(&self) -> Option<DateTime<Utc>> {
+        match self.state() {
+            SessionState::Disconnected => self
+                .disconnected_on
+                .and_then(|d| chrono::Duration::from_std(self.idle_timeout).ok().map(|t| d + t)),
+            _ => None,
+        }
+    }
+
+    /// Marks the session closed and lets go of its connection.
+    pub fn close(&mut self) {
+        self.closed = true;
+        self.handle = None;
+    }
+}
+
+#[derive(Default)]
+pub struct SessionTable {
+    last_id: i64,
+    sessions: IndexMap<i64, Session>,
+}
+
+impl SessionTable {
+    /// The next local id: counting up from 1, never reused.
+    pub fn next_id(&mut self) -> i64 {
+        self.last_id += 1;
+        self.last_id
+    }
+
+    pub fn insert(&mut self, session: Session) {
+        self.sessions.insert(session.id, session);
+    }
+
+    pub fn get(&self, id: i64) -> Option<&Session> {
+        self.sessions.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: i64) -> Option<&mut Session> {
+        self.sessions.get_mut(&id)
+    }
+
+    /// Every session, removed ones included, in id order.
+    pub fn all(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
+    }
+
+    /// The sessions `get-session` lists: all but the removed ones.
+    pub fn listed(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values().filter(|s| !s.removed)
+    }
+
+    /// Whether any session still needs this process to stay alive.
+    pub fn has_live(&self) -> bool {
+        self.sessions.values().any(|s| !s.closed)
+    }
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, in-process plugin tests (every `help` example), and the end-to-end
+# tests that drive a real nu 0.115 with the built plugin and real host processes.
+# Installs what the tests need when it is missing (nu 0.115.1, cached outside the clone).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+NU="$(ensure_nu)"
+say "using $NU ($("$NU" --version))"
+say "building the workspace (target dir: $CARGO_TARGET_DIR)"
+cargo build --workspace --bins --quiet
+say "running the tests"
+NU_SESSION_TEST_NU="$NU" cargo test --workspace --quiet "$@"

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The main job: build the plugin and host (release), register the plugin with nu (installing
+# nu 0.115.1 when no nu 0.115.x is on PATH), and take a short tour of a local session.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+NU="$(ensure_nu)"
+say "using $NU ($("$NU" --version))"
+say "building nu_plugin_session and nu-session-host (release)"
+cargo build --release --quiet -p nu_plugin_session -p nu-session-host
+PLUGIN="$CARGO_TARGET_DIR/release/nu_plugin_session"
+say "registering $PLUGIN with nu"
+"$NU" -c "plugin add '$PLUGIN'"
+say "the tour (scripts/tour.nu)"
+"$NU" scripts/tour.nu
+say "done: in nu, run \`plugin use session\` (or restart nu) and try \`new-session\`"

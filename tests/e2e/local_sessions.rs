@@ -1,0 +1,460 @@
+//! Local sessions, end to end: a real `nu` 0.115 with the built plugin, real host processes.
+
+use std::time::Duration;
+
+use nu_session_tests::{Sandbox, alive, eventually};
+use serde_json::{Value, json};
+
+#[test]
+fn new_session_returns_the_contract_record() {
+    let sb = Sandbox::new();
+    let out = sb.json(
+        "let s = new-session | first
+         {
+           columns: ($s | columns)
+           types: ($s | values | each { describe })
+           record: ($s | reject created instance_id)
+           instance_ok: ($s.instance_id =~ '^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$')
+           created_recent: (((date now) - $s.created) < 1min)
+           idle_secs: ($s.idle_timeout / 1sec)
+           me: (whoami)
+         }",
+    );
+    assert_eq!(
+        out["columns"],
+        json!([
+            "id", "name", "computer_name", "transport", "state", "availability",
+            "configuration_name", "instance_id", "user", "port", "idle_timeout",
+            "output_buffering_mode", "created", "disconnected_on", "expires_on"
+        ])
+    );
+    assert_eq!(
+        out["types"],
+        json!([
+            "int", "string", "string", "string", "string", "string", "string", "string",
+            "string", "nothing", "duration", "string", "datetime", "nothing", "nothing"
+        ])
+    );
+    let record = &out["record"];
+    assert_eq!(record["id"], 1);
+    assert_eq!(record["name"], "Session1");
+    assert_eq!(record["computer_name"], "localhost");
+    assert_eq!(record["transport"], "Local");
+    assert_eq!(record["state"], "Opened");
+    assert_eq!(record["availability"], "Available");
+    assert_eq!(record["configuration_name"], "default");
+    assert_eq!(record["user"], out["me"]);
+    assert_eq!(record["output_buffering_mode"], "Block");
+    assert_eq!(out["idle_secs"], 7200);
+    assert_eq!(out["instance_ok"], true);
+    assert_eq!(out["created_recent"], true);
+}
+
+#[test]
+fn ids_count_up_names_default_and_flags_apply() {
+    let sb = Sandbox::new();
+    let out = sb.json(
+        "new-session; new-session --name web --idle-timeout 5min --output-buffering drop --config-name default
+         get-session | select id name idle_timeout output_buffering_mode | update idle_timeout { $in / 1sec }",
+    );
+    assert_eq!(
+        out,
+        json!([
+            {"id": 1, "name": "Session1", "idle_timeout": 7200, "output_buffering_mode": "Block"},
+            {"id": 2, "name": "web", "idle_timeout": 300, "output_buffering_mode": "Drop"},
+        ])
+    );
+}
+
+#[test]
+fn state_persists_between_invocations() {
+    let sb = Sandbox::new();
+    let out = sb.json(
+        "let s = new-session
+         invoke-session $s { let x = 41; def greet [who] { $'hello ($who)' }; alias ll = ls -l }
+         invoke-session $s { $env.FOO = 'bar'; mkdir sub; cd sub }
+         invoke-session $s '{x: ($x + 1), greet: (greet nu), env: $env.FOO, pwd: ($env.PWD | path basename), alias: (scope aliases | where name == ll | length)}'",
+    );
+    assert_eq!(
+        out,
+        json!({"x": 42, "greet": "hello nu", "env": "bar", "pwd": "sub", "alias": 1})
+    );
+}
+
+#[test]
+fn typed_values_round_trip() {
+    let sb = Sandbox::new();
+    // Each value is produced remotely and compared with the same literal made locally.
+    let out = sb.json(
+        r#"let s = new-session
+        let cases = {
+            int: { 42 }
+            negative: { -9223372036854775808 }
+            float: { 3.25 }
+            string: { "héllo\nworld" }
+            bool: { true }
+            datetime: { 2024-02-29T12:34:56.789+05:00 }
+            duration: { 3day + 4hr + 5ns }
+            filesize: { 1.5GiB }
+            list: { [1 "two" 3.0 [4]] }
+            record: { {a: {b: {c: [1 2 {d: null}]}}} }
+            binary: { 0x[00 ff 10 80] }
+            null: { null }
+            range: { 1..5 | each { $in } }
+        }
+        $cases | transpose name code | each {|case|
+            let remote = invoke-session $s $case.code
+            let local = do $case.code
+            {name: $case.name, same: ($remote == $local), type: ($remote | describe)}
+        }"#,
+    );
+    let rows = out.as_array().expect("table");
+    assert_eq!(rows.len(), 13);
+    for row in rows {
+        assert_eq!(row["same"], true, "{row}");
+    }
+    let types: Vec<&str> = rows.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "int", "int", "float", "string", "bool", "datetime", "duration", "filesize",
+            "list<any>", "record<a: record<b: record<c: list<any>>>>", "binary", "nothing",
+            "list<int>"
+        ]
+    );
+}
+
+#[test]
+fn a_single_value_stays_a_value_and_a_stream_stays_a_stream() {
+    let sb = Sandbox::new();
+    let out = sb.json(
+        "let s = new-session
+         [
+           (invoke-session $s { [1 2 3] } | describe)
+           (invoke-session $s { 1..3 | each { $in } } | describe)
+           (invoke-session $s { let y = 1 } | describe)
+           (invoke-session $s { ^echo hi } | describe)
+         ]",
+    );
+    assert_eq!(
+        out,
+        json!(["list<int>", "list<int> (stream)", "nothing", "string"])
+    );
+}
+
+#[test]
+fn a_large_stream_arrives_whole_and_in_order() {
+    let sb = Sandbox::new();
+    let out = sb.json(
+        "let s = new-session
+         let got = invoke-session $s { 1..200000 | each { $in } }
+         {len: ($got | length), sum: ($got | math sum), ordered: ($got | window 2 | all {|w| $w.1 == $w.0 + 1}), first: ($got | first), last: ($got | last)}",
+    );
+    assert_eq!(
+        out,
+        json!({"len": 200000, "sum": 20000100000i64, "ordered": true, "first": 1, "last": 200000})
+    );
+}
+
+#[test]
+fn closures_carry_captures_args_and_input() {
+    let sb = Sandbox::new();
+    let out = sb.json(
+        "let s = new-session
+         let n = 5
+         let r = {k: [1 2]}
+         def helper [] { let inner = 7; invoke-session $s { $inner * 6 } }
+         let c = {|| $n + 100 }
+         {
+           capture: (invoke-session $s { $n * 2 })
+           nested: (invoke-session $s { [1 2] | each {|x| $x * $n } })
+           record: (invoke-session $s { $r.k | math sum })
+           args: (invoke-session $s {|a, b| $a - $b } --args [10 3])
+           rest: (invoke-session $s {|first, ...more| $more | length } --args [1 2 3 4])
+           default: (invoke-session $s {|x = 8| $x + 1 })
+           input: ([1 2 3] | invoke-session $s { $in | math sum })
+           in_def: (helper)
+           via_variable: (invoke-session $s $c)
+           string: (invoke-session $s '6 * 7')
+         }",
+    );
+    assert_eq!(
+        out,
+        json!({"capture": 10, "nested": [5, 10], "record": 3, "args": 7, "rest": 3,
+               "default": 9, "input": 6, "in_def": 42, "via_variable": 105, "string": 42})
+    );
+}
+
+#[test]
+fn remote_errors_come_back_as_errors_with_the_remote_message() {
+    let sb = Sandbox::new();
+    let out = sb.json(
+        "let s = new-session
+         [
+           (try { invoke-session $s { error make {msg: 'boom from the session'} } } catch {|e| $e.msg })
+           (try { invoke-session $s { 1 / 0 } } catch {|e| $e.msg })
+           (try { invoke-session $s 'let = ' } catch {|e| $e.msg | str length | $in > 0 })
+           (try { invoke-session $s { ^false } } catch {|e| $e.msg | str contains 'exit' })
+           (invoke-session $s { 'still usable' })
+         ]",
+    );
+    assert_eq!(out[0], "boom from the session");
+    assert_eq!(out[1], "Division by zero.");
+    assert_eq!(out[2], true);
+    assert_eq!(out[3], true);
+    assert_eq!(out[4], "still usable");
+    // Uncaught, the error is rendered by the local nu, pointing into the code the user wrote.
+    let stderr = sb.fails("let s = new-session; invoke-session $s { error make {msg: 'kaput'} }");
+    assert!(stderr.contains("kaput"), "{stderr}");
+    assert!(stderr.contains("error make {msg: 'kaput'}"), "{stderr}");
+}
+
+#[test]
+fn an_error_in_the_middle_of_a_stream_ends_it_with_that_error() {
+    let sb = Sandbox::new();
+    let out = sb.json(
+        "let s = new-session
+         try { invoke-session $s { 1..10 | each { if $in == 4 { error make {msg: 'at four'} } else { $in } } } | collect } catch {|e| $e.msg }",
+    );
+    assert_eq!(out, json!("at four"));
+}
+
+#[test]
+fn printed_output_reaches_the_user() {
+    let sb = Sandbox::new();
+    let out = sb.run(
+        "let s = new-session; invoke-session $s { print 'printed remotely'; ^sh -c 'echo from-external >&2'; 5 } | $in + 1",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "6");
+    assert!(stderr.contains("printed remotely"), "{stderr}");
+    assert!(stderr.contains("from-external"), "{stderr}");
+}
+
+#[test]
+fn selection_rules() {
+    let sb = Sandbox::new();
+    let out = sb.json(
+        "new-session --name Web1; new-session --name web2; new-session --name db
+         let s3 = get-session 3
+         {
+           ids: (get-session 3 1 | get id)
+           glob: (get-session --name WEB* | get id)
+           literal_case: (get-session --name DB | get id)
+           glob_miss: (get-session --name zzz* | length)
+           instance: (get-session --instance-id $s3.0.instance_id | get id)
+           by_value_record: ($s3.0 | get-session | get id)
+           by_value_table: (get-session 1 2 | get-session | get id)
+           by_property_name: ([[name]; [web2]] | get-session | get id)
+           by_property_id: ([[id]; [2]] | get-session | get id)
+           computer_and_name: ([[computer_name name]; [localhost db]] | get-session | get id)
+           plain_ints: (1..2 | get-session | get id)
+           once: ([1 1 2] | get-session --name web* | get id)
+           state: (get-session --state Opened | length)
+           state_none: (get-session --state Closed | length)
+           computer: (get-session --computer-name LOCALHOST | length)
+         }",
+    );
+    assert_eq!(
+        out,
+        json!({
+            "ids": [1, 3], "glob": [1, 2], "literal_case": [3], "glob_miss": 0, "instance": [3],
+            "by_value_record": [3], "by_value_table": [1, 2], "by_property_name": [2],
+            "by_property_id": [2], "computer_and_name": [3], "plain_ints": [1, 2],
+            "once": [1, 2], "state": 3, "state_none": 0, "computer": 3
+        })
+    );
+}
+
+#[test]
+fn literal_misses_are_errors_naming_what_was_not_found() {
+    let sb = Sandbox::new();
+    let out = sb.json(
+        "new-session --name a
+         [
+           (try { get-session 7 } catch {|e| $e.msg })
+           (try { get-session --name nope } catch {|e| $e.msg })
+           (try { get-session --instance-id 00000000-0000-4000-8000-000000000000 } catch {|e| $e.msg })
+           (try { remove-session 9 } catch {|e| $e.msg })
+           (try { invoke-session 9 { 1 } } catch {|e| $e.msg })
+           (try { [[computer_name name]; [localhost b]] | get-session } catch {|e| $e.msg })
+         ]",
+    );
+    assert_eq!(
+        out,
+        json!([
+            "no session with id 7",
+            "no session named nope",
+            "no session with instance id 00000000-0000-4000-8000-000000000000",
+            "no session with id 9",
+            "no session with id 9",
+            "no session named b on computer localhost"
+        ])
+    );
+}
+
+#[test]
+fn remove_session_kills_running_external_commands_and_deletes_the_session() {
+    let sb = Sandbox::new();
+    let pidfile = sb.path().join("sleep.pid");
+    let script = format!(
+        "let s = new-session
+         job spawn {{ invoke-session $s {{ ^sh -c 'echo $$ > {pid}; exec sleep 1000' }} }}
+         loop {{ if ('{pid}' | path exists) and (open {pid} | str trim | is-not-empty) {{ break }}; sleep 50ms }}
+         let busy = get-session | get 0.availability
+         remove-session $s
+         {{busy: $busy, state: ($s | get-session | get 0.state), listed: (get-session | length)}}",
+        pid = pidfile.display()
+    );
+    let out = sb.json(&script);
+    assert_eq!(out, json!({"busy": "Busy", "state": "Closed", "listed": 0}));
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(pid)),
+        "sleep {pid} survived remove-session"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || sb.session_files().is_empty()),
+        "files left: {:?}",
+        sb.session_files()
+    );
+    assert!(sb.worker_pids().is_empty());
+}
+
+#[test]
+fn what_if_changes_nothing() {
+    let sb = Sandbox::new();
+    let out = sb.run("new-session --name keep; remove-session --name keep --what-if; get-session | get 0.state");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Opened");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("What if: Performing the operation \"Remove\" on target \"localhost\" (session 1, keep)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn ctrl_c_interrupts_the_remote_code() {
+    let sb = Sandbox::new();
+    let pidfile = sb.path().join("sleep.pid");
+    let mut child = sb.spawn(&format!(
+        "let s = new-session; invoke-session $s {{ ^sh -c 'echo $$ > {}; exec sleep 1000' }}",
+        pidfile.display()
+    ));
+    assert!(
+        eventually(Duration::from_secs(20), || std::fs::read_to_string(&pidfile)
+            .is_ok_and(|s| !s.trim().is_empty())),
+        "the remote command did not start"
+    );
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // What the terminal does on Ctrl-C: SIGINT to nu.
+    // SAFETY: signalling a child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(pid)),
+        "the remote sleep survived Ctrl-C"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || child.try_wait().unwrap().is_some()),
+        "nu did not return after Ctrl-C"
+    );
+    // The session itself survives the interrupt.
+    assert_eq!(sb.worker_pids().len(), 1);
+}
+
+#[test]
+fn dropping_a_stream_early_stops_the_remote_producer() {
+    let sb = Sandbox::new();
+    let out = sb.json(
+        "let s = new-session
+         let first = invoke-session $s { 1.. | each { $in } } | first 3
+         {first: $first, after: (invoke-session $s { 'next' })}",
+    );
+    assert_eq!(out, json!({"first": [1, 2, 3], "after": "next"}));
+}
+
+#[test]
+fn bad_input_gives_clear_errors_and_never_kills_the_plugin() {
+    let sb = Sandbox::new();
+    let out = sb.json(
+        "let s = new-session
+         let pid = plugin list | where name == session | get 0.pid
+         let errors = [
+           (try { new-session --idle-timeout 10sec } catch {|e| $e.msg })
+           (try { new-session --output-buffering Sometimes } catch {|e| $e.msg })
+           (try { get-session --state Happy } catch {|e| $e.msg })
+           (try { 'web' | get-session } catch {|e| $e.msg })
+           (try { {foo: 1} | remove-session } catch {|e| $e.msg })
+           (try { remove-session } catch {|e| $e.msg })
+           (try { invoke-session $s {|x| $x } } catch {|e| $e.msg })
+           (try { invoke-session $s {|| 1 } --args [1] } catch {|e| $e.msg })
+           (try { invoke-session $s 'x' --args [1] } catch {|e| $e.msg })
+           (try { get-session --instance-id not-a-uuid } catch {|e| $e.msg })
+           (try { let f = {|| 1 }; invoke-session $s { do $f } } catch {|e| $e.msg })
+         ]
+         {errors: $errors, same_plugin: ((plugin list | where name == session | get 0.pid) == $pid), still: (invoke-session $s { 'ok' })}",
+    );
+    assert_eq!(
+        out["errors"],
+        json!([
+            "the idle timeout is too short",
+            "`Sometimes` is not an output buffering mode",
+            "`Happy` is not a session state",
+            "expected a session, got string",
+            "this record names no session",
+            "no sessions to remove",
+            "the closure's parameter `x` has no value",
+            "1 more argument(s) than the closure has parameters",
+            "--args needs a closure with parameters",
+            "`not-a-uuid` is not an instance id",
+            "`$f` holds a closure, which cannot be sent to a session"
+        ])
+    );
+    assert_eq!(out["same_plugin"], true);
+    assert_eq!(out["still"], "ok");
+}
+
+#[test]
+fn the_plugin_stays_loaded_while_it_holds_sessions() {
+    let sb = Sandbox::new();
+    // With the plugin GC set to stop idle plugins at once, a plugin holding sessions stays.
+    let out = sb.json(
+        "$env.config.plugin_gc = {default: {enabled: true, stop_after: 0sec}}
+         let s = new-session
+         let pid = plugin list | where name == session | get 0.pid
+         sleep 1500ms
+         {running: (plugin list | where name == session | get 0.is_running), same: ((plugin list | where name == session | get 0.pid) == $pid), value: (invoke-session $s { 3 })}",
+    );
+    assert_eq!(out, json!({"running": true, "same": true, "value": 3}));
+}
+
+#[test]
+fn sessions_outlive_the_nu_process_that_made_them() {
+    let sb = Sandbox::new();
+    sb.ok("new-session --name survivor");
+    // The nu process is gone; the session still lives on its host, disconnected.
+    assert_eq!(sb.worker_pids().len(), 1);
+}
+
+#[test]
+fn help_examples_are_shown() {
+    let sb = Sandbox::new();
+    let out = sb.ok("help invoke-session");
+    assert!(out.contains("Captured local variables travel with the closure"), "{out}");
+    let value: Value = sb.json("help commands | where name =~ '-session$' | get name | sort");
+    assert_eq!(
+        value,
+        json!(["get-session", "invoke-session", "new-session", "remove-session"])
+    );
+}

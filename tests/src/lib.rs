@@ -1,0 +1,214 @@
+//! Harness for nu-session's end-to-end tests: real `nu` processes with the built plugin, real
+//! host processes, each test in a sandbox of its own.
+//!
+//! - [`Sandbox`]: a private runtime directory (so tests never see each other's sessions or the
+//!   user's), `nu` runs inside it, and on drop every worker and manager it started is killed.
+//! - [`nu_binary`], [`bin_dir`]: where the tools under test are.
+//!
+//! The test command (`scripts/test.sh`) builds the binaries and provides `nu`; run directly,
+//! set `NU_SESSION_TEST_NU` to a nu 0.115.x binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The directory holding the built `nu_plugin_session` and `nu-session-host`.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("NU_SESSION_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/<test binary> → target/<profile>
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    for name in ["nu_plugin_session", "nu-session-host"] {
+        assert!(
+            dir.join(name).is_file(),
+            "{} is missing in {}: build the workspace first (scripts/test.sh does)",
+            name,
+            dir.display()
+        );
+    }
+    dir.to_path_buf()
+}
+
+/// The `nu` to test with: `$NU_SESSION_TEST_NU`, else `nu` on PATH.
+pub fn nu_binary() -> PathBuf {
+    let nu = std::env::var_os("NU_SESSION_TEST_NU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("nu"));
+    let version = Command::new(&nu).arg("--version").output();
+    match version {
+        Ok(out) if String::from_utf8_lossy(&out.stdout).starts_with("0.115.") => nu,
+        _ => panic!(
+            "no nu 0.115.x at {}: run scripts/test.sh, or set NU_SESSION_TEST_NU",
+            nu.display()
+        ),
+    }
+}
+
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        // Short paths: Unix socket paths are limited to 108 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("nst")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        Sandbox { dir }
+    }
+
+    /// The scratch directory of this test (files the scripts write, for example).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The host's runtime directory for this sandbox.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.path().join("rt")
+    }
+
+    /// `nu -c script` with the plugin loaded and this sandbox's runtime directory.
+    pub fn command(&self, script: &str) -> Command {
+        let bin = bin_dir();
+        let mut command = Command::new(nu_binary());
+        command
+            .arg("-n")
+            .arg("--no-std-lib")
+            .arg("--plugins")
+            .arg(format!("[{}]", bin.join("nu_plugin_session").display()))
+            .arg("-c")
+            .arg(script)
+            .env("NU_SESSION_DIR", self.runtime_dir())
+            .env("NU_SESSION_HOST", bin.join("nu-session-host"))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs a script to completion.
+    pub fn run(&self, script: &str) -> Output {
+        self.command(script).output().expect("run nu")
+    }
+
+    /// Runs a script that must succeed and returns its stdout, trimmed.
+    pub fn ok(&self, script: &str) -> String {
+        let out = self.run(script);
+        assert!(
+            out.status.success(),
+            "script failed: {script}\n--- stdout\n{}\n--- stderr\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Runs a script whose value is printed as JSON (`| to json -r` is appended).
+    pub fn json(&self, script: &str) -> serde_json::Value {
+        let text = self.ok(&format!("{script} | to json -r"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// Runs a script that must fail, and returns its stderr.
+    pub fn fails(&self, script: &str) -> String {
+        let out = self.run(script);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success(),
+            "script succeeded but should fail: {script}\n--- stdout\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            !stderr.contains("panicked"),
+            "the plugin panicked:\n{stderr}"
+        );
+        stderr
+    }
+
+    pub fn spawn(&self, script: &str) -> Child {
+        self.command(script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nu")
+    }
+
+    /// Pids of the session workers alive in this sandbox.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        let Ok(entries) = std::fs::read_dir(self.runtime_dir().join("sessions")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .filter_map(|v| v["pid"].as_i64())
+            .map(|pid| pid as i32)
+            .filter(|pid| alive(*pid))
+            .collect()
+    }
+
+    /// Files left in the sessions directory.
+    pub fn session_files(&self) -> Vec<String> {
+        std::fs::read_dir(self.runtime_dir().join("sessions"))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for pid in self.worker_pids() {
+            // Each worker leads its own process group: this takes what it started too.
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+        if let Some(pid) = std::fs::read_to_string(self.runtime_dir().join("manager.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+/// Waits until `condition` holds, up to `timeout`.
+pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    condition()
+}

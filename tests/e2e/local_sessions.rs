@@ -16,23 +16,35 @@ fn new_session_returns_the_contract_record() {
            record: ($s | reject created instance_id)
            instance_ok: ($s.instance_id =~ '^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$')
            created_recent: (((date now) - $s.created) < 1min)
-           idle_secs: ($s.idle_timeout / 1sec)
+           idle_secs: ($s.idle_timeout / 1sec | into int)
            me: (whoami)
          }",
     );
     assert_eq!(
         out["columns"],
         json!([
-            "id", "name", "computer_name", "transport", "state", "availability",
-            "configuration_name", "instance_id", "user", "port", "idle_timeout",
-            "output_buffering_mode", "created", "disconnected_on", "expires_on"
+            "id",
+            "name",
+            "computer_name",
+            "transport",
+            "state",
+            "availability",
+            "configuration_name",
+            "instance_id",
+            "user",
+            "port",
+            "idle_timeout",
+            "output_buffering_mode",
+            "created",
+            "disconnected_on",
+            "expires_on"
         ])
     );
     assert_eq!(
         out["types"],
         json!([
-            "int", "string", "string", "string", "string", "string", "string", "string",
-            "string", "nothing", "duration", "string", "datetime", "nothing", "nothing"
+            "int", "string", "string", "string", "string", "string", "string", "string", "string",
+            "nothing", "duration", "string", "datetime", "nothing", "nothing"
         ])
     );
     let record = &out["record"];
@@ -55,7 +67,7 @@ fn ids_count_up_names_default_and_flags_apply() {
     let sb = Sandbox::new();
     let out = sb.json(
         "new-session; new-session --name web --idle-timeout 5min --output-buffering drop --config-name default
-         get-session | select id name idle_timeout output_buffering_mode | update idle_timeout { $in / 1sec }",
+         get-session | select id name idle_timeout output_buffering_mode | update idle_timeout { $in / 1sec | into int }",
     );
     assert_eq!(
         out,
@@ -88,37 +100,48 @@ fn typed_values_round_trip() {
     let out = sb.json(
         r#"let s = new-session
         let cases = {
-            int: { 42 }
-            negative: { -9223372036854775808 }
-            float: { 3.25 }
-            string: { "héllo\nworld" }
-            bool: { true }
-            datetime: { 2024-02-29T12:34:56.789+05:00 }
-            duration: { 3day + 4hr + 5ns }
-            filesize: { 1.5GiB }
-            list: { [1 "two" 3.0 [4]] }
-            record: { {a: {b: {c: [1 2 {d: null}]}}} }
-            binary: { 0x[00 ff 10 80] }
-            null: { null }
-            range: { 1..5 | each { $in } }
+            int: {|| 42 }
+            negative: {|| -9223372036854775808 }
+            float: {|| 3.25 }
+            string: {|| "héllo\nworld" }
+            bool: {|| true }
+            datetime: {|| 2024-02-29T12:34:56.789+05:00 }
+            duration: {|| 3day + 4hr + 5ns }
+            filesize: {|| 1.5GiB }
+            list: {|| [1 "two" 3.0 [4]] }
+            record: {|| {a: {b: {c: [1 2 {d: null}]}}} }
+            binary: {|| 0x[00 ff 10 80] }
+            "null": {|| null }
+            range: {|| 1..5 | each { $in } }
         }
         $cases | transpose name code | each {|case|
             let remote = invoke-session $s $case.code
             let local = do $case.code
-            {name: $case.name, same: ($remote == $local), type: ($remote | describe)}
+            {name: $case.name, same: ($remote == $local), type: ($remote | describe), same_type: (($remote | describe) == ($local | describe))}
         }"#,
     );
     let rows = out.as_array().expect("table");
     assert_eq!(rows.len(), 13);
     for row in rows {
         assert_eq!(row["same"], true, "{row}");
+        assert_eq!(row["same_type"], true, "{row}");
     }
     let types: Vec<&str> = rows.iter().map(|r| r["type"].as_str().unwrap()).collect();
     assert_eq!(
         types,
         [
-            "int", "int", "float", "string", "bool", "datetime", "duration", "filesize",
-            "list<any>", "record<a: record<b: record<c: list<any>>>>", "binary", "nothing",
+            "int",
+            "int",
+            "float",
+            "string",
+            "bool",
+            "datetime",
+            "duration",
+            "filesize",
+            "list<oneof<number, string, list<int>>>",
+            "record<a: record<b: record<c: list<oneof<int, record<d: nothing>>>>>>",
+            "binary",
+            "nothing",
             "list<int>"
         ]
     );
@@ -214,9 +237,18 @@ fn an_error_in_the_middle_of_a_stream_ends_it_with_that_error() {
     let sb = Sandbox::new();
     let out = sb.json(
         "let s = new-session
-         try { invoke-session $s { 1..10 | each { if $in == 4 { error make {msg: 'at four'} } else { $in } } } | collect } catch {|e| $e.msg }",
+         let code = {|| 1..10 | each { if $in == 4 { error make {msg: 'at four'} } else { $in } } }
+         {
+           remote: (try { invoke-session $s $code | collect } catch {|e| $e.msg })
+           local: (try { do $code | collect } catch {|e| $e.msg })
+           before: (invoke-session $s $code | take 3)
+         }",
     );
-    assert_eq!(out, json!("at four"));
+    // The same error as running the code locally, after the values before it.
+    assert_eq!(out["remote"], out["local"]);
+    assert_eq!(out["before"], json!([1, 2, 3]));
+    let stderr = sb.fails("let s = new-session; invoke-session $s { 1..10 | each { if $in == 4 { error make {msg: 'at four'} } else { $in } } } | to json");
+    assert!(stderr.contains("at four"), "{stderr}");
 }
 
 #[test]
@@ -228,8 +260,8 @@ fn printed_output_reaches_the_user() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(stdout.trim(), "6");
-    assert!(stderr.contains("printed remotely"), "{stderr}");
+    // As locally: `print` goes to stdout, before the value; the external's stderr to stderr.
+    assert_eq!(stdout.trim(), "printed remotely\n6");
     assert!(stderr.contains("from-external"), "{stderr}");
 }
 
@@ -330,12 +362,16 @@ fn remove_session_kills_running_external_commands_and_deletes_the_session() {
 #[test]
 fn what_if_changes_nothing() {
     let sb = Sandbox::new();
-    let out = sb.run("new-session --name keep; remove-session --name keep --what-if; get-session | get 0.state");
+    let out = sb.run(
+        "new-session --name keep; remove-session --name keep --what-if; get-session | get 0.state",
+    );
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Opened");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("What if: Performing the operation \"Remove\" on target \"localhost\" (session 1, keep)"),
+        stderr.contains(
+            "What if: Performing the operation \"Remove\" on target \"localhost\" (session 1, keep)"
+        ),
         "{stderr}"
     );
 }
@@ -349,8 +385,10 @@ fn ctrl_c_interrupts_the_remote_code() {
         pidfile.display()
     ));
     assert!(
-        eventually(Duration::from_secs(20), || std::fs::read_to_string(&pidfile)
-            .is_ok_and(|s| !s.trim().is_empty())),
+        eventually(Duration::from_secs(20), || std::fs::read_to_string(
+            &pidfile
+        )
+        .is_ok_and(|s| !s.trim().is_empty())),
         "the remote command did not start"
     );
     let pid: i32 = std::fs::read_to_string(&pidfile)
@@ -366,7 +404,10 @@ fn ctrl_c_interrupts_the_remote_code() {
         "the remote sleep survived Ctrl-C"
     );
     assert!(
-        eventually(Duration::from_secs(10), || child.try_wait().unwrap().is_some()),
+        eventually(Duration::from_secs(10), || child
+            .try_wait()
+            .unwrap()
+            .is_some()),
         "nu did not return after Ctrl-C"
     );
     // The session itself survives the interrupt.
@@ -394,7 +435,7 @@ fn bad_input_gives_clear_errors_and_never_kills_the_plugin() {
            (try { new-session --idle-timeout 10sec } catch {|e| $e.msg })
            (try { new-session --output-buffering Sometimes } catch {|e| $e.msg })
            (try { get-session --state Happy } catch {|e| $e.msg })
-           (try { 'web' | get-session } catch {|e| $e.msg })
+           (try { {a: 'web'} | get a | get-session } catch {|e| $e.msg })
            (try { {foo: 1} | remove-session } catch {|e| $e.msg })
            (try { remove-session } catch {|e| $e.msg })
            (try { invoke-session $s {|x| $x } } catch {|e| $e.msg })
@@ -434,9 +475,9 @@ fn the_plugin_stays_loaded_while_it_holds_sessions() {
          let s = new-session
          let pid = plugin list | where name == session | get 0.pid
          sleep 1500ms
-         {running: (plugin list | where name == session | get 0.is_running), same: ((plugin list | where name == session | get 0.pid) == $pid), value: (invoke-session $s { 3 })}",
+         {running: (plugin list | where name == session | get 0.status), same: ((plugin list | where name == session | get 0.pid) == $pid), value: (invoke-session $s { 3 })}",
     );
-    assert_eq!(out, json!({"running": true, "same": true, "value": 3}));
+    assert_eq!(out, json!({"running": "running", "same": true, "value": 3}));
 }
 
 #[test]
@@ -451,10 +492,18 @@ fn sessions_outlive_the_nu_process_that_made_them() {
 fn help_examples_are_shown() {
     let sb = Sandbox::new();
     let out = sb.ok("help invoke-session");
-    assert!(out.contains("Captured local variables travel with the closure"), "{out}");
+    assert!(
+        out.contains("Captured local variables travel with the closure"),
+        "{out}"
+    );
     let value: Value = sb.json("help commands | where name =~ '-session$' | get name | sort");
     assert_eq!(
         value,
-        json!(["get-session", "invoke-session", "new-session", "remove-session"])
+        json!([
+            "get-session",
+            "invoke-session",
+            "new-session",
+            "remove-session"
+        ])
     );
 }

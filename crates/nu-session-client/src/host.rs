@@ -5,9 +5,9 @@ use nu_session_protocol::{ClientMessage, HostMessage, SessionInfo, SessionSettin
 use tokio::runtime::Handle;
 use uuid::Uuid;
 
+use crate::ClientError;
 use crate::session::SessionHandle;
 use crate::transport::Transport;
-use crate::ClientError;
 
 #[derive(Clone)]
 pub struct Host {
@@ -34,7 +34,10 @@ impl Host {
             match conn.next().await {
                 Some(Ok(HostMessage::Error(e))) => Err(ClientError::Remote(e)),
                 Some(Ok(reply)) => Ok(reply),
-                Some(Err(e)) => Err(ClientError::transport("bad answer from the session manager", e)),
+                Some(Err(e)) => Err(ClientError::transport(
+                    "bad answer from the session manager",
+                    e,
+                )),
                 None => Err(ClientError::transport(
                     "the session manager closed the connection",
                     "no answer",

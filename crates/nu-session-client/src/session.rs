@@ -15,17 +15,22 @@ use nu_session_protocol::{
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
-use crate::transport::Connection;
 use crate::ClientError;
+use crate::transport::Connection;
 
 /// One event of an invocation, in order: `Started`, then values and output, then `Finished`.
 #[derive(Debug, Clone)]
 pub enum CallEvent {
     /// `stream` is false when the code produced a single value (or nothing).
-    Started { stream: bool },
+    Started {
+        stream: bool,
+    },
     Value(Value),
     /// Bytes the session printed while this invocation ran.
-    Output { stderr: bool, bytes: Vec<u8> },
+    Output {
+        stderr: bool,
+        bytes: Vec<u8>,
+    },
     Finished(Option<RemoteError>),
 }
 
@@ -48,8 +53,6 @@ struct Inner {
 #[derive(Default)]
 struct Calls {
     senders: HashMap<u64, mpsc::Sender<Vec<CallEvent>>>,
-    /// The invocation that has started and not finished: printed output belongs to it.
-    current: Option<u64>,
     last_seq: u64,
 }
 
@@ -116,7 +119,12 @@ impl SessionHandle {
             bindings,
             input,
         };
-        if self.inner.outgoing.send(ClientMessage::Invoke(invocation)).is_err() {
+        if self
+            .inner
+            .outgoing
+            .send(ClientMessage::Invoke(invocation))
+            .is_err()
+        {
             self.inner.calls().senders.remove(&call_id);
             return Err(ClientError::lost());
         }
@@ -199,7 +207,11 @@ async fn read_events(mut stream: SplitStream<Connection>, inner: Arc<Inner>) {
                 };
                 deliver(&inner, events).await;
                 inner.calls().last_seq = last;
-                if inner.outgoing.send(ClientMessage::Ack { seq: last }).is_err() {
+                if inner
+                    .outgoing
+                    .send(ClientMessage::Ack { seq: last })
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -226,24 +238,18 @@ async fn deliver(inner: &Inner, events: Vec<Event>) {
     let mut batch: Vec<CallEvent> = Vec::new();
     let mut batch_call = None;
     for event in events {
-        let (call_id, call_event) = {
-            let mut calls = inner.calls();
-            match event.body {
-                EventBody::Started { call_id, stream } => {
-                    calls.current = Some(call_id);
-                    (Some(call_id), CallEvent::Started { stream })
-                }
-                EventBody::Value { call_id, value } => (Some(call_id), CallEvent::Value(value)),
-                EventBody::Output { stderr, bytes } => {
-                    (calls.current, CallEvent::Output { stderr, bytes })
-                }
-                EventBody::Finished { call_id, error } => {
-                    if calls.current == Some(call_id) {
-                        calls.current = None;
-                    }
-                    (Some(call_id), CallEvent::Finished(error))
-                }
+        let (call_id, call_event) = match event.body {
+            EventBody::Started { call_id, stream } => {
+                (Some(call_id), CallEvent::Started { stream })
             }
+            EventBody::Value { call_id, value } => (Some(call_id), CallEvent::Value(value)),
+            // Output written while no invocation of ours ran has nobody to show it to.
+            EventBody::Output {
+                call_id,
+                stderr,
+                bytes,
+            } => (call_id, CallEvent::Output { stderr, bytes }),
+            EventBody::Finished { call_id, error } => (Some(call_id), CallEvent::Finished(error)),
         };
         if call_id != batch_call && !batch.is_empty() {
             send_batch(inner, batch_call, std::mem::take(&mut batch)).await;

@@ -125,9 +125,7 @@ async fn start_manager(layout: &Layout, program: Option<PathBuf>) -> Result<(), 
         .stdout(std::process::Stdio::null())
         .status()
         .await
-        .map_err(|e| {
-            ClientError::transport(&format!("cannot run {}", program.display()), e)
-        })?;
+        .map_err(|e| ClientError::transport(&format!("cannot run {}", program.display()), e))?;
     if !status.success() {
         return Err(ClientError::transport(
             &format!("{} manager --daemon failed", program.display()),

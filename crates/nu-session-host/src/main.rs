@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use nu_session_host::{manager, worker};
 use nu_session_protocol::layout::Layout;
 
-const USAGE: &str = "usage: nu-session-host manager [--daemon] [--dir DIR] | nu-session-host --version";
+const USAGE: &str =
+    "usage: nu-session-host manager [--daemon] [--dir DIR] | nu-session-host --version";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

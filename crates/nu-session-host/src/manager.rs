@@ -186,7 +186,10 @@ fn create(manager: &Manager, settings: SessionSettings) -> io::Result<SessionInf
         });
     }
     let mut child = command.spawn()?;
-    let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("no stdout"))?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
     // Reap the worker whenever it ends.
@@ -282,7 +285,9 @@ fn remove(layout: &Layout, id: Uuid) -> HostMessage {
     match ask_worker(layout, id, &request) {
         Ok(reply) => reply,
         // The worker kills itself right after answering; a cut answer still means removed.
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => HostMessage::Removed { instance_id: id },
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            HostMessage::Removed { instance_id: id }
+        }
         Err(e) if is_gone(&e) => {
             let existed = layout.session_meta(id).exists();
             clean_up(layout, id);

@@ -85,7 +85,10 @@ pub fn read_frame<T: DeserializeOwned>(reader: &mut impl Read) -> Result<Option<
 }
 
 /// Writes one message and flushes.
-pub fn write_frame<T: Serialize>(writer: &mut impl Write, message: &T) -> Result<(), ProtocolError> {
+pub fn write_frame<T: Serialize>(
+    writer: &mut impl Write,
+    message: &T,
+) -> Result<(), ProtocolError> {
     writer.write_all(&encode_frame(message)?)?;
     writer.flush()?;
     Ok(())
@@ -246,7 +249,9 @@ mod tests {
         enum Future {
             #[allow(dead_code)]
             A,
-            SomethingNew { x: u8 },
+            SomethingNew {
+                x: u8,
+            },
         }
         let frame = encode_frame(&Future::SomethingNew { x: 1 }).unwrap();
         let err = read_frame::<ClientMessage>(&mut &frame[..]).unwrap_err();

@@ -115,7 +115,10 @@ fn check_private(dir: &Path) -> io::Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me {
-        return refuse(format!("it is owned by uid {}, not by you (uid {me})", meta.uid()));
+        return refuse(format!(
+            "it is owned by uid {}, not by you (uid {me})",
+            meta.uid()
+        ));
     }
     if meta.mode() & 0o077 != 0 {
         return refuse(format!(

@@ -19,7 +19,9 @@ pub enum ClientMessage {
     ListSessions,
     /// Manager or worker: stop everything in the session, delete it, answer
     /// [`HostMessage::Removed`].
-    RemoveSession { instance_id: Uuid },
+    RemoveSession {
+        instance_id: Uuid,
+    },
     /// Worker: become the session's one attached client. `resume_after` is the last event
     /// sequence number this client has processed; events after it are sent again.
     Attach {
@@ -29,9 +31,13 @@ pub enum ClientMessage {
     /// Worker: run code. Invocations run one at a time, in the order received.
     Invoke(Invocation),
     /// Worker: stop the invocation `call_id` (running or queued).
-    Interrupt { call_id: u64 },
+    Interrupt {
+        call_id: u64,
+    },
     /// Worker: every event up to and including `seq` has been processed and may be forgotten.
-    Ack { seq: u64 },
+    Ack {
+        seq: u64,
+    },
 }
 
 /// Host → client.
@@ -40,7 +46,9 @@ pub enum HostMessage {
     Hello(Hello),
     Created(SessionInfo),
     Sessions(Vec<SessionInfo>),
-    Removed { instance_id: Uuid },
+    Removed {
+        instance_id: Uuid,
+    },
     Attached(SessionInfo),
     /// Output of invocations, in sequence order, batched.
     Events(Vec<Event>),
@@ -151,11 +159,21 @@ pub struct Event {
 pub enum EventBody {
     /// The invocation started. `stream` is false when it produces exactly one value (a single
     /// value stays a value, as it would locally).
-    Started { call_id: u64, stream: bool },
-    Value { call_id: u64, value: Value },
+    Started {
+        call_id: u64,
+        stream: bool,
+    },
+    Value {
+        call_id: u64,
+        value: Value,
+    },
     /// Bytes the session wrote to its stdout or stderr (`print`, external commands that are not
-    /// the last in their pipeline).
-    Output { stderr: bool, bytes: Vec<u8> },
+    /// the last in their pipeline), with the invocation that was running when they were written.
+    Output {
+        call_id: Option<u64>,
+        stderr: bool,
+        bytes: Vec<u8>,
+    },
     /// The invocation finished, with its error if it failed.
     Finished {
         call_id: u64,
@@ -272,7 +290,10 @@ impl RemoteError {
                 .inner
                 .iter()
                 .map(|inner| {
-                    Self::from_labeled(&nu_protocol::LabeledError::from_diagnostic(inner), source_span)
+                    Self::from_labeled(
+                        &nu_protocol::LabeledError::from_diagnostic(inner),
+                        source_span,
+                    )
                 })
                 .collect(),
             kind: ErrorKind::Failed,

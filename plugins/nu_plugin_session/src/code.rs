@@ -91,7 +91,10 @@ fn from_closure(
 ) -> Result<Code, LabeledError> {
     let literal = engine.get_span_contents(span)?;
     let (text, text_start) = if literal.starts_with(b"{") && literal.ends_with(b"}") {
-        (String::from_utf8_lossy(&literal).into_owned(), Some(span.start))
+        (
+            String::from_utf8_lossy(&literal).into_owned(),
+            Some(span.start),
+        )
     } else {
         // Passed through a variable: ask the engine for the closure's source.
         (view_source(engine, closure, span)?, None)
@@ -160,20 +163,19 @@ fn from_closure(
 
 fn binding(name: &str, value: Value, span: Span) -> Result<Binding, LabeledError> {
     let mut value = value;
-    value
-        .recurse_mut(&mut |v: &mut Value| match v {
-            Value::Closure { .. } => Err(LabeledError::new(format!(
-                "`${name}` holds a closure, which cannot be sent to a session"
-            ))
-            .with_label("captured or passed here", span)
-            .with_help("define the closure inside the session's code instead")),
-            Value::Custom { val, .. } => {
-                let base = val.to_base_value(span).map_err(LabeledError::from)?;
-                *v = base;
-                Ok(())
-            }
-            _ => Ok(()),
-        })?;
+    value.recurse_mut(&mut |v: &mut Value| match v {
+        Value::Closure { .. } => Err(LabeledError::new(format!(
+            "`${name}` holds a closure, which cannot be sent to a session"
+        ))
+        .with_label("captured or passed here", span)
+        .with_help("define the closure inside the session's code instead")),
+        Value::Custom { val, .. } => {
+            let base = val.to_base_value(span).map_err(LabeledError::from)?;
+            *v = base;
+            Ok(())
+        }
+        _ => Ok(()),
+    })?;
     Ok(Binding {
         name: name.to_string(),
         value,
@@ -342,7 +344,11 @@ fn parse_params(text: &str) -> Option<Vec<Param>> {
         } else {
             (token.as_str(), ParamKind::Required)
         };
-        if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+        {
             return None;
         }
         let mut param = Param {

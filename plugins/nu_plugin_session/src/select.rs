@@ -22,14 +22,22 @@ pub struct Criteria {
 }
 
 impl Criteria {
-    /// The criteria given as arguments: ids from the rest positionals starting at `ids_from`
-    /// (when the command takes ids), and the selection flags the command declares.
-    pub fn from_call(call: &EvaluatedCall, ids_from: Option<usize>) -> Result<Self, LabeledError> {
+    /// The criteria given as arguments: sessions from the rest positionals starting at
+    /// `sessions_from` (ids, records or tables, as by value), and the selection flags the command
+    /// declares.
+    pub fn from_call(
+        call: &EvaluatedCall,
+        sessions_from: Option<usize>,
+    ) -> Result<Self, LabeledError> {
         let mut criteria = Criteria::default();
-        if let Some(start) = ids_from {
-            criteria.ids = call.rest::<Spanned<i64>>(start)?;
+        if let Some(start) = sessions_from {
+            for value in call.rest::<Value>(start)? {
+                criteria.add_value(value)?;
+            }
         }
-        criteria.names.extend(call.get_flag::<Spanned<String>>("name")?);
+        criteria
+            .names
+            .extend(call.get_flag::<Spanned<String>>("name")?);
         criteria
             .instance_ids
             .extend(call.get_flag::<Spanned<String>>("instance-id")?);
@@ -52,13 +60,13 @@ impl Criteria {
         match input {
             PipelineData::Empty => Ok(()),
             PipelineData::Value(value, _) => self.add_value(value),
-            PipelineData::ListStream(stream, _) => {
-                stream.into_iter().try_for_each(|value| self.add_value(value))
+            PipelineData::ListStream(stream, _) => stream
+                .into_iter()
+                .try_for_each(|value| self.add_value(value)),
+            PipelineData::ByteStream(stream, _) => {
+                Err(LabeledError::new("expected sessions, got a byte stream")
+                    .with_label("this input", stream.span()))
             }
-            PipelineData::ByteStream(stream, _) => Err(LabeledError::new(
-                "expected sessions, got a byte stream",
-            )
-            .with_label("this input", stream.span())),
         }
     }
 
@@ -91,7 +99,8 @@ impl Criteria {
                 };
                 if let Some(instance_id) = text("instance_id")? {
                     self.instance_ids.push(instance_id);
-                } else if let (Some(computer), Some(name)) = (text("computer_name")?, text("name")?) {
+                } else if let (Some(computer), Some(name)) = (text("computer_name")?, text("name")?)
+                {
                     self.pairs.push((computer, name));
                 } else if let Some(id) = val.get("id") {
                     self.ids.push(Spanned {
@@ -131,7 +140,12 @@ impl Criteria {
         for id in &self.ids {
             match table.get(id.item) {
                 Some(session) => add(session.id),
-                None => return Err(not_found(format!("no session with id {}", id.item), id.span)),
+                None => {
+                    return Err(not_found(
+                        format!("no session with id {}", id.item),
+                        id.span,
+                    ));
+                }
             }
         }
         for instance_id in &self.instance_ids {
@@ -152,7 +166,10 @@ impl Criteria {
         for name in &self.names {
             let matched = matching(table, |s| matches(&name.item, &s.name))?;
             if matched.is_empty() && !is_glob(&name.item) {
-                return Err(not_found(format!("no session named {}", name.item), name.span));
+                return Err(not_found(
+                    format!("no session named {}", name.item),
+                    name.span,
+                ));
             }
             matched.into_iter().for_each(&mut add);
         }
@@ -172,7 +189,10 @@ impl Criteria {
             })?;
             if matched.is_empty() && !is_glob(&name.item) && !is_glob(&computer.item) {
                 return Err(not_found(
-                    format!("no session named {} on computer {}", name.item, computer.item),
+                    format!(
+                        "no session named {} on computer {}",
+                        name.item, computer.item
+                    ),
                     name.span,
                 ));
             }
@@ -186,7 +206,11 @@ fn matching(
     table: &SessionTable,
     predicate: impl Fn(&Session) -> bool,
 ) -> Result<Vec<i64>, LabeledError> {
-    Ok(table.listed().filter(|s| predicate(s)).map(|s| s.id).collect())
+    Ok(table
+        .listed()
+        .filter(|s| predicate(s))
+        .map(|s| s.id)
+        .collect())
 }
 
 fn not_found(msg: String, span: Span) -> LabeledError {
@@ -297,10 +321,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.instance_ids.len(), 1);
         assert_eq!(c.pairs.len(), 1);
-        assert_eq!(
-            c.ids.iter().map(|i| i.item).collect::<Vec<_>>(),
-            vec![2, 7]
-        );
+        assert_eq!(c.ids.iter().map(|i| i.item).collect::<Vec<_>>(), vec![2, 7]);
         assert_eq!(c.names.len(), 1);
         assert!(c.add_value(s("web1")).is_err());
         assert!(c.add_value(record(&[("other", s("x"))])).is_err());

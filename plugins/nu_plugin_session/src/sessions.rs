@@ -144,9 +144,11 @@ impl Session {
 
     pub fn expires_on(&self) -> Option<DateTime<Utc>> {
         match self.state() {
-            SessionState::Disconnected => self
-                .disconnected_on
-                .and_then(|d| chrono::Duration::from_std(self.idle_timeout).ok().map(|t| d + t)),
+            SessionState::Disconnected => self.disconnected_on.and_then(|d| {
+                chrono::Duration::from_std(self.idle_timeout)
+                    .ok()
+                    .map(|t| d + t)
+            }),
             _ => None,
         }
     }

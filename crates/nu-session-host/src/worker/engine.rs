@@ -30,6 +30,12 @@ impl Engine {
         state = nu_cmd_extra::add_extra_command_context(state);
         state = nu_cli::add_cli_context(state);
 
+        // `$nu.home-dir`, `$nu.config-path` and friends, resolved as `nu` resolves them.
+        if let Ok((dirs, _warnings)) =
+            nu_config::resolve_paths(&nu_config::SystemEnv, &nu_config::CliOverrides::default())
+        {
+            state.config_dirs = dirs;
+        }
         let mut config = Config::default();
         // Values cross the wire; colours are the client's business.
         config.use_ansi_coloring = UseAnsiColoring::False;
@@ -185,7 +191,9 @@ impl Engine {
                     let block = self.state.get_block(val.block_id);
                     let source = block
                         .span
-                        .map(|s| String::from_utf8_lossy(self.state.get_span_contents(s)).into_owned())
+                        .map(|s| {
+                            String::from_utf8_lossy(self.state.get_span_contents(s)).into_owned()
+                        })
                         .unwrap_or_else(|| "<closure>".into());
                     *v = Value::string(source, span);
                 }

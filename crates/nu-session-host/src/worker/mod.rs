@@ -45,6 +45,8 @@ struct Worker {
     work: Condvar,
     outbox: Arc<Outbox>,
     interrupt: Arc<AtomicBool>,
+    /// The invocation running now (0: none), for attributing printed output.
+    running_call: Arc<AtomicU64>,
     next_conn: AtomicU64,
 }
 
@@ -95,7 +97,10 @@ impl Worker {
             drop(state);
             self.outbox.push(EventBody::Finished {
                 call_id,
-                error: Some(RemoteError::new(ErrorKind::Interrupted, "Operation interrupted")),
+                error: Some(RemoteError::new(
+                    ErrorKind::Interrupted,
+                    "Operation interrupted",
+                )),
             });
         }
     }
@@ -135,7 +140,10 @@ pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()
         serde_json::to_vec(&file).map_err(io::Error::other)?,
     )?;
 
-    let outbox = Arc::new(Outbox::new(outbox::DEFAULT_LIMIT, settings.output_buffering));
+    let outbox = Arc::new(Outbox::new(
+        outbox::DEFAULT_LIMIT,
+        settings.output_buffering,
+    ));
     let worker = Arc::new(Worker {
         layout,
         id,
@@ -149,6 +157,7 @@ pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()
         work: Condvar::new(),
         outbox: outbox.clone(),
         interrupt,
+        running_call: Arc::new(AtomicU64::new(0)),
         next_conn: AtomicU64::new(1),
     });
 
@@ -157,7 +166,7 @@ pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()
     ready.push(b'\n');
     io::stdout().write_all(&ready)?;
     io::stdout().flush()?;
-    let capture = OutputCapture::start(outbox)?;
+    let capture = OutputCapture::start(outbox, worker.running_call.clone())?;
 
     {
         let worker = worker.clone();
@@ -223,6 +232,7 @@ fn evaluate(worker: &Worker, engine: &mut Engine, capture: &OutputCapture) {
         };
         worker.interrupt.store(false, Ordering::SeqCst);
         let call_id = invocation.call_id;
+        worker.running_call.store(call_id, Ordering::SeqCst);
         let mut emit = |event: EventBody| {
             // Output printed before a value or the end reaches the client before it.
             if !matches!(event, EventBody::Started { .. }) {
@@ -242,6 +252,7 @@ fn evaluate(worker: &Worker, engine: &mut Engine, capture: &OutputCapture) {
                 )),
             });
         }
+        worker.running_call.store(0, Ordering::SeqCst);
         let mut state = worker.lock();
         state.running = None;
         state.info.running = false;

@@ -136,6 +136,7 @@ mod tests {
 
     fn output(n: u8) -> EventBody {
         EventBody::Output {
+            call_id: None,
             stderr: false,
             bytes: vec![n; 100],
         }

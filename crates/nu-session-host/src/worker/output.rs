@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nu_session_protocol::EventBody;
@@ -19,8 +19,9 @@ pub struct OutputCapture {
 }
 
 impl OutputCapture {
-    /// Replaces fds 1 and 2 with pipes forwarded into `outbox`.
-    pub fn start(outbox: Arc<Outbox>) -> io::Result<OutputCapture> {
+    /// Replaces fds 1 and 2 with pipes forwarded into `outbox`. Output is attributed to the
+    /// invocation in `running` (0: none) when it is read.
+    pub fn start(outbox: Arc<Outbox>, running: Arc<AtomicU64>) -> io::Result<OutputCapture> {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let mut readers = Vec::new();
         for (target, stderr) in [(1, false), (2, true)] {
@@ -30,7 +31,8 @@ impl OutputCapture {
                 return Err(io::Error::last_os_error());
             }
             // SAFETY: pipe2 just returned these two fresh descriptors; we own them.
-            let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            let (read, write) =
+                unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
             // SAFETY: both descriptors are open; dup2 onto 1/2 is what we mean to do.
             if unsafe { libc::dup2(write.as_raw_fd(), target) } < 0 {
                 return Err(io::Error::last_os_error());
@@ -40,9 +42,10 @@ impl OutputCapture {
             readers.push(read.clone());
             let outbox = outbox.clone();
             let in_flight = in_flight.clone();
+            let running = running.clone();
             std::thread::Builder::new()
                 .name(format!("forward-fd{target}"))
-                .spawn(move || forward(&read, stderr, &outbox, &in_flight))?;
+                .spawn(move || forward(&read, stderr, &outbox, &in_flight, &running))?;
         }
         Ok(OutputCapture { readers, in_flight })
     }
@@ -70,7 +73,13 @@ fn unread_bytes(fd: &OwnedFd) -> i32 {
     n
 }
 
-fn forward(fd: &OwnedFd, stderr: bool, outbox: &Outbox, in_flight: &AtomicUsize) {
+fn forward(
+    fd: &OwnedFd,
+    stderr: bool,
+    outbox: &Outbox,
+    in_flight: &AtomicUsize,
+    running: &AtomicU64,
+) {
     // SAFETY: dup gives us our own descriptor for the File to own and close.
     let dup = unsafe { libc::dup(fd.as_raw_fd()) };
     if dup < 0 {
@@ -84,7 +93,9 @@ fn forward(fd: &OwnedFd, stderr: bool, outbox: &Outbox, in_flight: &AtomicUsize)
             Ok(0) => return,
             Ok(n) => {
                 in_flight.fetch_add(1, Ordering::SeqCst);
+                let call_id = Some(running.load(Ordering::SeqCst)).filter(|id| *id != 0);
                 outbox.push(EventBody::Output {
+                    call_id,
                     stderr,
                     bytes: buf[..n].to_vec(),
                 });

@@ -28,19 +28,42 @@ impl PluginCommand for GetSession {
 
     fn signature(&self) -> Signature {
         Signature::build(self.name())
-            .input_output_types(vec![
-                (Type::Nothing, Type::table()),
-                (Type::Int, Type::table()),
-                (Type::list(Type::Int), Type::table()),
-                (Type::record(), Type::table()),
-                (Type::table(), Type::table()),
-            ])
-            .rest("id", SyntaxShape::Int, "Ids of the sessions to get.")
-            .named("name", SyntaxShape::String, "Sessions whose name matches this glob (case-insensitive).", Some('n'))
-            .named("instance-id", SyntaxShape::String, "The session with this instance id.", None)
-            .named("computer-name", SyntaxShape::String, "Sessions on this computer (a glob).", Some('c'))
-            .named("state", SyntaxShape::String, "Only sessions in this state: All, Opened, Disconnected, Broken or Closed.", Some('s'))
-            .named("config-name", SyntaxShape::String, "Only sessions of this configuration.", None)
+            .input_output_types(vec![(Type::Any, Type::table())])
+            .rest(
+                "session",
+                SyntaxShape::Any,
+                "Sessions to get: ids, session records or tables of them.",
+            )
+            .named(
+                "name",
+                SyntaxShape::String,
+                "Sessions whose name matches this glob (case-insensitive).",
+                Some('n'),
+            )
+            .named(
+                "instance-id",
+                SyntaxShape::String,
+                "The session with this instance id.",
+                None,
+            )
+            .named(
+                "computer-name",
+                SyntaxShape::String,
+                "Sessions on this computer (a glob).",
+                Some('c'),
+            )
+            .named(
+                "state",
+                SyntaxShape::String,
+                "Only sessions in this state: All, Opened, Disconnected, Broken or Closed.",
+                Some('s'),
+            )
+            .named(
+                "config-name",
+                SyntaxShape::String,
+                "Only sessions of this configuration.",
+                None,
+            )
             .category(category())
     }
 
@@ -102,7 +125,10 @@ impl PluginCommand for GetSession {
             });
             ids
         };
-        Ok(PipelineData::value(sessions_value(plugin, &ids, span), None))
+        Ok(PipelineData::value(
+            sessions_value(plugin, &ids, span),
+            None,
+        ))
     }
 }
 
@@ -118,7 +144,9 @@ fn state_filter(call: &EvaluatedCall) -> Result<Vec<SessionState>, LabeledError>
         .find(|s| s.as_str().eq_ignore_ascii_case(&state.item))
         .map(|s| vec![s])
         .ok_or_else(|| {
-            LabeledError::new(format!("`{}` is not a session state", state.item))
-                .with_label("expected All, Opened, Disconnected, Broken or Closed", state.span)
+            LabeledError::new(format!("`{}` is not a session state", state.item)).with_label(
+                "expected All, Opened, Disconnected, Broken or Closed",
+                state.span,
+            )
         })
 }

@@ -373,7 +373,10 @@ impl Results {
                         continue;
                     };
                     let span = error.labels.first().map_or(Span::unknown(), |l| l.span);
-                    return Some(Value::error(ShellError::LabeledError(Box::new(error)), span));
+                    return Some(Value::error(
+                        ShellError::LabeledError(Box::new(error)),
+                        span,
+                    ));
                 }
                 Ok(run) => match run.next_value(&self.output) {
                     Some(value) => return Some(value),

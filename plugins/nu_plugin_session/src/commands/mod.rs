@@ -44,7 +44,11 @@ pub(crate) fn local_host(
 }
 
 /// A session table as the value commands return.
-pub(crate) fn sessions_value(plugin: &SessionPlugin, ids: &[i64], span: nu_protocol::Span) -> Value {
+pub(crate) fn sessions_value(
+    plugin: &SessionPlugin,
+    ids: &[i64],
+    span: nu_protocol::Span,
+) -> Value {
     let table = plugin.sessions();
     crate::record::session_table(ids.iter().filter_map(|id| table.get(*id)), span)
 }

@@ -2,8 +2,7 @@ use std::time::Duration;
 
 use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
 use nu_protocol::{
-    Example, LabeledError, PipelineData, Record, Signature, Span, Spanned, SyntaxShape, Type,
-    Value,
+    Example, LabeledError, PipelineData, Record, Signature, Span, Spanned, SyntaxShape, Type, Value,
 };
 use nu_session_client::{OutputBuffering, SessionSettings};
 
@@ -70,19 +69,23 @@ impl PluginCommand for NewSession {
             Example {
                 example: "new-session --name work | select name transport state",
                 description: "Open a session on this machine",
-                result: Some(Value::test_list(vec![Value::test_record(nu_protocol::record! {
-                    "name" => Value::test_string("work"),
-                    "transport" => Value::test_string("Local"),
-                    "state" => Value::test_string("Opened"),
-                })])),
+                result: Some(Value::test_list(vec![Value::test_record(
+                    nu_protocol::record! {
+                        "name" => Value::test_string("work"),
+                        "transport" => Value::test_string("Local"),
+                        "state" => Value::test_string("Opened"),
+                    },
+                )])),
             },
             Example {
                 example: "new-session --idle-timeout 10min --output-buffering Drop | select idle_timeout output_buffering_mode",
                 description: "Open a session that its host deletes after 10 minutes with nobody connected, and that keeps only the newest output when its buffer is full",
-                result: Some(Value::test_list(vec![Value::test_record(nu_protocol::record! {
-                    "idle_timeout" => Value::duration(600_000_000_000, span),
-                    "output_buffering_mode" => Value::test_string("Drop"),
-                })])),
+                result: Some(Value::test_list(vec![Value::test_record(
+                    nu_protocol::record! {
+                        "idle_timeout" => Value::duration(600_000_000_000, span),
+                        "output_buffering_mode" => Value::test_string("Drop"),
+                    },
+                )])),
             },
             Example {
                 example: "let s = new-session; invoke-session $s { $env.PWD == $nu.home-dir }",
@@ -150,7 +153,10 @@ impl PluginCommand for NewSession {
         );
         plugin.sessions().insert(session);
         plugin.keep_alive(engine);
-        Ok(PipelineData::value(sessions_value(plugin, &[id], span), None))
+        Ok(PipelineData::value(
+            sessions_value(plugin, &[id], span),
+            None,
+        ))
     }
 }
 

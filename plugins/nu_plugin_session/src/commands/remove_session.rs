@@ -27,18 +27,35 @@ impl PluginCommand for RemoveSession {
 
     fn signature(&self) -> Signature {
         Signature::build(self.name())
-            .input_output_types(vec![
-                (Type::Nothing, Type::Nothing),
-                (Type::Int, Type::Nothing),
-                (Type::list(Type::Int), Type::Nothing),
-                (Type::record(), Type::Nothing),
-                (Type::table(), Type::Nothing),
-            ])
-            .rest("id", SyntaxShape::Int, "Ids of the sessions to remove.")
-            .named("name", SyntaxShape::String, "Sessions whose name matches this glob (case-insensitive).", Some('n'))
-            .named("instance-id", SyntaxShape::String, "The session with this instance id.", None)
-            .named("computer-name", SyntaxShape::String, "Sessions on this computer (a glob).", Some('c'))
-            .switch("what-if", "Print what would be removed and change nothing.", None)
+            .input_output_types(vec![(Type::Any, Type::Nothing)])
+            .rest(
+                "session",
+                SyntaxShape::Any,
+                "Sessions to remove: ids, session records or tables of them.",
+            )
+            .named(
+                "name",
+                SyntaxShape::String,
+                "Sessions whose name matches this glob (case-insensitive).",
+                Some('n'),
+            )
+            .named(
+                "instance-id",
+                SyntaxShape::String,
+                "The session with this instance id.",
+                None,
+            )
+            .named(
+                "computer-name",
+                SyntaxShape::String,
+                "Sessions on this computer (a glob).",
+                Some('c'),
+            )
+            .switch(
+                "what-if",
+                "Print what would be removed and change nothing.",
+                None,
+            )
             .category(category())
     }
 
@@ -78,7 +95,10 @@ impl PluginCommand for RemoveSession {
         criteria.add_pipeline(input)?;
         if criteria.is_empty() {
             return Err(LabeledError::new("no sessions to remove")
-                .with_label("needs session ids, --name, --instance-id, --computer-name or piped sessions", span)
+                .with_label(
+                    "needs session ids, --name, --instance-id, --computer-name or piped sessions",
+                    span,
+                )
                 .with_help("`get-session | remove-session` removes them all"));
         }
         let ids = criteria.select(&plugin.sessions())?;

@@ -6,10 +6,16 @@ use nu_session_protocol::{ErrorKind, RemoteError};
 pub enum ClientError {
     /// The host answered with an error.
     #[error("{0}")]
-    Remote(RemoteError),
+    Remote(Box<RemoteError>),
     /// The host could not be reached, or the connection failed.
     #[error("{msg}")]
     Transport { msg: String, help: Option<String> },
+}
+
+impl From<RemoteError> for ClientError {
+    fn from(e: RemoteError) -> Self {
+        ClientError::Remote(Box::new(e))
+    }
 }
 
 impl ClientError {
@@ -22,7 +28,7 @@ impl ClientError {
 
     pub fn with_help(self, help: impl Into<String>) -> Self {
         match self {
-            ClientError::Remote(e) => ClientError::Remote(e.with_help(help)),
+            ClientError::Remote(e) => ClientError::Remote(Box::new(e.with_help(help))),
             ClientError::Transport { msg, .. } => ClientError::Transport {
                 msg,
                 help: Some(help.into()),

@@ -32,7 +32,7 @@ impl Host {
                 .await
                 .map_err(|e| ClientError::transport("cannot send to the session manager", e))?;
             match conn.next().await {
-                Some(Ok(HostMessage::Error(e))) => Err(ClientError::Remote(e)),
+                Some(Ok(HostMessage::Error(e))) => Err(e.into()),
                 Some(Ok(reply)) => Ok(reply),
                 Some(Err(e)) => Err(ClientError::transport(
                     "bad answer from the session manager",
@@ -88,7 +88,7 @@ impl Host {
                 Some(Ok(HostMessage::Attached(info))) => {
                     Ok(SessionHandle::start(conn, info, runtime))
                 }
-                Some(Ok(HostMessage::Error(e))) => Err(ClientError::Remote(e)),
+                Some(Ok(HostMessage::Error(e))) => Err(e.into()),
                 Some(Ok(other)) => Err(unexpected(other)),
                 Some(Err(e)) => Err(ClientError::transport("bad answer from the session", e)),
                 None => Err(ClientError::lost()),

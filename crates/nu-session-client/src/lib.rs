@@ -7,7 +7,7 @@
 //! - [`host`]: [`Host`], one machine's sessions: create, list, remove, attach.
 //! - [`session`]: [`SessionHandle`], an attached session: invoke with streaming results,
 //!   interrupt; and [`Call`], one invocation's events.
-//! - [`error`]: [`ClientError`].
+//! - [`error`]: the error type, [`ClientError`].
 //!
 //! The API is blocking (the plugin's commands run on plain threads); a tokio runtime owned by
 //! [`Client`] does the I/O underneath.

@@ -138,7 +138,7 @@ impl SessionHandle {
     }
 }
 
-/// One invocation's events, read with [`Call::next`] (blocking). Dropping an unfinished call
+/// One invocation's events, read with [`Call::next_event`] (blocking). Dropping an unfinished call
 /// interrupts it on the host.
 pub struct Call {
     id: u64,
@@ -154,7 +154,7 @@ impl Call {
     }
 
     /// The next event, waiting for it. An error means the connection was lost.
-    pub fn next(&mut self) -> Result<CallEvent, ClientError> {
+    pub fn next_event(&mut self) -> Result<CallEvent, ClientError> {
         loop {
             if let Some(event) = self.pending.pop_front() {
                 if matches!(event, CallEvent::Finished(_)) {

@@ -82,7 +82,7 @@ async fn hello(stream: Pin<Box<dyn Stream>>) -> Result<Connection, ClientError> 
         .map_err(|e| ClientError::transport("cannot greet the host", e))?;
     match conn.next().await {
         Some(Ok(HostMessage::Hello(_))) => Ok(conn),
-        Some(Ok(HostMessage::Error(e))) => Err(ClientError::Remote(e)),
+        Some(Ok(HostMessage::Error(e))) => Err(e.into()),
         Some(Ok(other)) => Err(ClientError::transport(
             "unexpected answer to hello",
             format!("{other:?}"),

@@ -36,9 +36,11 @@ impl Engine {
         {
             state.config_dirs = dirs;
         }
-        let mut config = Config::default();
         // Values cross the wire; colours are the client's business.
-        config.use_ansi_coloring = UseAnsiColoring::False;
+        let config = Config {
+            use_ansi_coloring: UseAnsiColoring::False,
+            ..Default::default()
+        };
         state.add_env_var("config".into(), config.clone().into_value(Span::unknown()));
         state.set_config(config);
         state.add_env_var(
@@ -212,7 +214,7 @@ impl Engine {
 fn local(mut value: Value) -> Value {
     let _ = value.recurse_mut(&mut |v: &mut Value| {
         v.set_span(Span::unknown());
-        Ok::<_, ShellError>(())
+        Ok::<_, std::convert::Infallible>(())
     });
     value
 }

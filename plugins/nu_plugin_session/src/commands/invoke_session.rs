@@ -274,7 +274,7 @@ impl Run {
     /// The next event that is not printed output.
     fn next_event(&mut self, output: &OutputSink) -> Result<CallEvent, ClientError> {
         loop {
-            match self.call.next()? {
+            match self.call.next_event()? {
                 CallEvent::Output { stderr, bytes } => output.write(stderr, &bytes),
                 event => return Ok(event),
             }
@@ -394,7 +394,7 @@ impl Results {
 fn local_value(mut value: Value, span: Span) -> Value {
     let _ = value.recurse_mut(&mut |v: &mut Value| {
         v.set_span(span);
-        Ok::<_, ShellError>(())
+        Ok::<_, std::convert::Infallible>(())
     });
     value
 }

@@ -507,3 +507,22 @@ fn help_examples_are_shown() {
         ])
     );
 }
+
+#[test]
+fn exit_in_a_session_ends_the_session() {
+    let sb = Sandbox::new();
+    let out = sb.json(
+        "let s = new-session
+         let r = try { invoke-session $s { exit 3 } } catch {|e| $e.msg }
+         {r: $r, state: (get-session | get 0.state)}",
+    );
+    assert_eq!(
+        out,
+        json!({"r": "the session ended: its code called exit (code 3)", "state": "Closed"})
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || sb.session_files().is_empty()),
+        "files left: {:?}",
+        sb.session_files()
+    );
+}

@@ -10,7 +10,8 @@ use futures::stream::SplitStream;
 use futures::{SinkExt, StreamExt};
 use nu_protocol::Value;
 use nu_session_protocol::{
-    Binding, ClientMessage, Event, EventBody, HostMessage, Invocation, RemoteError, SessionInfo,
+    Binding, ClientMessage, ErrorKind, Event, EventBody, HostMessage, Invocation, RemoteError,
+    SessionInfo,
 };
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -47,6 +48,8 @@ struct Inner {
     calls: Mutex<Calls>,
     next_call: AtomicU64,
     alive: AtomicBool,
+    /// The host said the session ended (its code called `exit`).
+    ended: AtomicBool,
     info: SessionInfo,
 }
 
@@ -70,6 +73,7 @@ impl SessionHandle {
             calls: Mutex::new(Calls::default()),
             next_call: AtomicU64::new(1),
             alive: AtomicBool::new(true),
+            ended: AtomicBool::new(false),
             info,
         });
         let (mut sink, stream) = conn.split();
@@ -92,6 +96,11 @@ impl SessionHandle {
     /// Whether the connection is still up.
     pub fn is_alive(&self) -> bool {
         self.inner.alive.load(Ordering::SeqCst)
+    }
+
+    /// Whether the host said the session ended; it no longer exists there.
+    pub fn has_ended(&self) -> bool {
+        self.inner.ended.load(Ordering::SeqCst)
     }
 
     /// The last event number processed (for resuming on another connection).
@@ -249,7 +258,12 @@ async fn deliver(inner: &Inner, events: Vec<Event>) {
                 stderr,
                 bytes,
             } => (call_id, CallEvent::Output { stderr, bytes }),
-            EventBody::Finished { call_id, error } => (Some(call_id), CallEvent::Finished(error)),
+            EventBody::Finished { call_id, error } => {
+                if error.as_ref().is_some_and(|e| e.kind == ErrorKind::Ended) {
+                    inner.ended.store(true, Ordering::SeqCst);
+                }
+                (Some(call_id), CallEvent::Finished(error))
+            }
         };
         if call_id != batch_call && !batch.is_empty() {
             send_batch(inner, batch_call, std::mem::take(&mut batch)).await;

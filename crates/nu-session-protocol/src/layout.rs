@@ -163,6 +163,23 @@ mod tests {
     }
 
     #[test]
+    fn refuses_a_directory_owned_by_someone_else() {
+        // Only root can give a directory away; elsewhere this case cannot be set up.
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let base = scratch();
+        let layout = Layout::at(base.join("rt"));
+        layout.ensure_private().unwrap();
+        std::os::unix::fs::chown(layout.root(), Some(65534), Some(65534)).unwrap();
+        let err = layout.ensure_private().unwrap_err();
+        assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+        assert!(layout.check_private().is_err());
+        fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
     fn refuses_a_symlink() {
         let base = scratch();
         let real = base.join("real");

@@ -236,6 +236,8 @@ pub enum ErrorKind {
     Version,
     /// The request was malformed or not valid on this connection.
     BadRequest,
+    /// The session ended (its code called `exit`); it is gone from its host.
+    Ended,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

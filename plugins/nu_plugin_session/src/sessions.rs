@@ -123,7 +123,7 @@ impl Session {
     }
 
     pub fn state(&self) -> SessionState {
-        if self.closed {
+        if self.closed || self.handle.as_ref().is_some_and(|h| h.has_ended()) {
             SessionState::Closed
         } else {
             match &self.handle {
@@ -197,6 +197,8 @@ impl SessionTable {
 
     /// Whether any session still needs this process to stay alive.
     pub fn has_live(&self) -> bool {
-        self.sessions.values().any(|s| !s.closed)
+        self.sessions
+            .values()
+            .any(|s| s.state() != SessionState::Closed)
     }
 }

@@ -12,7 +12,7 @@ use nu_protocol::{
     Config, Handlers, IntoValue, PipelineData, ShellError, SignalAction, Signals, Span, Type,
     UseAnsiColoring, Value,
 };
-use nu_session_protocol::{EventBody, Invocation, RemoteError};
+use nu_session_protocol::{ErrorKind, EventBody, Invocation, RemoteError};
 
 pub struct Engine {
     state: EngineState,
@@ -72,15 +72,24 @@ impl Engine {
         })
     }
 
-    /// Runs one invocation, emitting `Started`, the values, and `Finished`.
-    pub fn run(&mut self, invocation: Invocation, emit: &mut dyn FnMut(EventBody)) {
+    /// Runs one invocation, emitting `Started`, the values, and `Finished`. Returns the exit
+    /// code when the code called `exit`: the session ends, as a shell does.
+    pub fn run(&mut self, invocation: Invocation, emit: &mut dyn FnMut(EventBody)) -> Option<i32> {
         let call_id = invocation.call_id;
         self.state.reset_signals();
-        let error = match self.eval(invocation, emit) {
-            Ok(()) => None,
-            Err((error, source)) => Some(RemoteError::from_shell_error(&error, source)),
+        let (error, exit) = match self.eval(invocation, emit) {
+            Ok(()) => (None, None),
+            Err((ShellError::Exit { code, .. }, _)) => (
+                Some(RemoteError::new(
+                    ErrorKind::Ended,
+                    format!("the session ended: its code called exit (code {code})"),
+                )),
+                Some(code),
+            ),
+            Err((error, source)) => (Some(RemoteError::from_shell_error(&error, source)), None),
         };
         emit(EventBody::Finished { call_id, error });
+        exit
     }
 
     fn eval(

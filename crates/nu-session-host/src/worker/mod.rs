@@ -39,7 +39,6 @@ pub struct SessionFile {
 }
 
 struct Worker {
-    layout: Layout,
     id: Uuid,
     state: Mutex<State>,
     work: Condvar,
@@ -68,19 +67,11 @@ impl Worker {
         self.lock().info.clone()
     }
 
-    /// Deletes the session: its files, then its whole process group, this process included.
+    /// Deletes the session: its files, then its whole process group, this process included
+    /// (through the exit hook).
     fn terminate(&self, why: &str) -> ! {
-        log!("terminating: {why}");
-        for path in [
-            self.layout.session_socket(self.id),
-            self.layout.session_meta(self.id),
-            self.layout.session_log(self.id),
-        ] {
-            let _ = std::fs::remove_file(path);
-        }
-        // SAFETY: signalling our own process group.
-        unsafe { libc::kill(0, libc::SIGKILL) };
-        std::process::exit(1)
+        log!("terminating session {}: {why}", self.id);
+        std::process::exit(0)
     }
 
     fn interrupt(&self, call_id: u64) {
@@ -106,6 +97,17 @@ impl Worker {
     }
 }
 
+/// Files to delete if the process exits on its own (`exit` in the session's code).
+static FILES: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+
+extern "C" fn end_session_at_exit() {
+    for path in FILES.get().into_iter().flatten() {
+        let _ = std::fs::remove_file(path);
+    }
+    // SAFETY: signalling our own process group: what the session started ends with it.
+    unsafe { libc::kill(0, libc::SIGKILL) };
+}
+
 /// Runs a worker; never returns. Writes the session's [`SessionInfo`] as one JSON line to stdout
 /// once it accepts connections.
 pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()> {
@@ -117,6 +119,13 @@ pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()
         .map_err(|e| io::Error::other(format!("cannot start the Nushell engine: {e}")))?;
 
     let socket = layout.session_socket(id);
+    let _ = FILES.set(vec![
+        socket.clone(),
+        layout.session_meta(id),
+        layout.session_log(id),
+    ]);
+    // SAFETY: registering a plain extern "C" function.
+    unsafe { libc::atexit(end_session_at_exit) };
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)?;
     let info = SessionInfo {
@@ -145,7 +154,6 @@ pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()
         settings.output_buffering,
     ));
     let worker = Arc::new(Worker {
-        layout,
         id,
         state: Mutex::new(State {
             info: info.clone(),
@@ -243,6 +251,11 @@ fn evaluate(worker: &Worker, engine: &mut Engine, capture: &OutputCapture) {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             engine.run(invocation, &mut emit)
         }));
+        if let Ok(Some(code)) = outcome {
+            // Give the client a moment to receive the news before the session goes.
+            worker.outbox.wait_acknowledged(Duration::from_secs(2));
+            worker.terminate(&format!("exit {code}"));
+        }
         if outcome.is_err() {
             emit(EventBody::Finished {
                 call_id,

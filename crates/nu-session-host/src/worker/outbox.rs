@@ -117,6 +117,14 @@ impl Outbox {
         batch
     }
 
+    /// Waits up to `wait` until every event has been acknowledged.
+    pub fn wait_acknowledged(&self, wait: Duration) {
+        let inner = self.lock();
+        let _ = self
+            .changed
+            .wait_timeout_while(inner, wait, |i| !i.events.is_empty());
+    }
+
     /// Wakes any [`Outbox::next_batch`] waiter (used when its connection goes away).
     pub fn wake(&self) {
         self.changed.notify_all();

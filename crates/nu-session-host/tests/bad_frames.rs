@@ -1,0 +1,137 @@
+//! A live manager fed malformed, oversize and unexpected frames answers with an error, closes
+//! that connection, and goes on serving everyone else.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use nu_session_protocol::{
+    ClientMessage, Hello, HostMessage, layout::Layout, read_frame, write_frame,
+};
+
+struct Manager {
+    child: Child,
+    layout: Layout,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_manager() -> Manager {
+    let dir = tempfile::Builder::new()
+        .prefix("nsh")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let layout = Layout::at(dir.path().join("rt"));
+    let child = Command::new(env!("CARGO_BIN_EXE_nu-session-host"))
+        .args(["manager", "--dir"])
+        .arg(layout.root())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(layout.manager_socket()).is_err() {
+        assert!(Instant::now() < deadline, "manager did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Manager {
+        child,
+        layout,
+        _dir: dir,
+    }
+}
+
+fn connect(manager: &Manager) -> UnixStream {
+    let stream = UnixStream::connect(manager.layout.manager_socket()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+fn hello(stream: &mut UnixStream) {
+    write_frame(stream, &ClientMessage::Hello(Hello::current())).unwrap();
+    assert!(matches!(
+        read_frame::<HostMessage>(stream).unwrap(),
+        Some(HostMessage::Hello(_))
+    ));
+}
+
+/// After the peer's error answer, the connection is closed.
+fn assert_refused_and_closed(stream: &mut UnixStream) {
+    match read_frame::<HostMessage>(stream) {
+        Ok(Some(HostMessage::Error(e))) => {
+            assert!(e.msg.contains("closing the connection"), "{e:?}")
+        }
+        other => panic!("expected an error answer, got {other:?}"),
+    }
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+}
+
+fn still_serves(manager: &Manager) {
+    let mut stream = connect(manager);
+    hello(&mut stream);
+    write_frame(&mut stream, &ClientMessage::ListSessions).unwrap();
+    assert!(matches!(
+        read_frame::<HostMessage>(&mut stream).unwrap(),
+        Some(HostMessage::Sessions(sessions)) if sessions.is_empty()
+    ));
+}
+
+#[test]
+fn garbage_after_hello_is_refused_and_the_manager_lives_on() {
+    let manager = start_manager();
+    let mut stream = connect(&manager);
+    hello(&mut stream);
+    let garbage = b"\x00\x00\x00\x10this is no frame";
+    stream.write_all(garbage).unwrap();
+    assert_refused_and_closed(&mut stream);
+    still_serves(&manager);
+}
+
+#[test]
+fn an_oversize_frame_is_refused_without_reading_it() {
+    let manager = start_manager();
+    let mut stream = connect(&manager);
+    hello(&mut stream);
+    stream.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    assert_refused_and_closed(&mut stream);
+    still_serves(&manager);
+}
+
+#[test]
+fn a_connection_that_skips_the_hello_is_dropped() {
+    let manager = start_manager();
+    let mut stream = connect(&manager);
+    write_frame(&mut stream, &ClientMessage::ListSessions).unwrap();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "answered without a hello");
+    still_serves(&manager);
+}
+
+#[test]
+fn a_wrong_protocol_version_gets_an_error_naming_both() {
+    let manager = start_manager();
+    let mut stream = connect(&manager);
+    let hello = Hello {
+        protocol_version: 999,
+        software_version: "9.9.9".into(),
+    };
+    write_frame(&mut stream, &ClientMessage::Hello(hello)).unwrap();
+    match read_frame::<HostMessage>(&mut stream).unwrap() {
+        Some(HostMessage::Error(e)) => {
+            assert!(e.msg.contains("protocol 999"), "{}", e.msg);
+            assert!(e.msg.contains("9.9.9"), "{}", e.msg);
+        }
+        other => panic!("expected a version error, got {other:?}"),
+    }
+    still_serves(&manager);
+}

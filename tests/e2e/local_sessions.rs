@@ -443,6 +443,7 @@ fn bad_input_gives_clear_errors_and_never_kills_the_plugin() {
            (try { invoke-session $s 'x' --args [1] } catch {|e| $e.msg })
            (try { get-session --instance-id not-a-uuid } catch {|e| $e.msg })
            (try { let f = {|| 1 }; invoke-session $s { do $f } } catch {|e| $e.msg })
+           (try { get-session 1.. } catch {|e| $e.msg })
          ]
          {errors: $errors, same_plugin: ((plugin list | where name == session | get 0.pid) == $pid), still: (invoke-session $s { 'ok' })}",
     );
@@ -459,7 +460,8 @@ fn bad_input_gives_clear_errors_and_never_kills_the_plugin() {
             "1 more argument(s) than the closure has parameters",
             "--args needs a closure with parameters",
             "`not-a-uuid` is not an instance id",
-            "`$f` holds a closure, which cannot be sent to a session"
+            "`$f` holds a closure, which cannot be sent to a session",
+            "too many sessions named"
         ])
     );
     assert_eq!(out["same_plugin"], true);
@@ -524,5 +526,37 @@ fn exit_in_a_session_ends_the_session() {
         eventually(Duration::from_secs(5), || sb.session_files().is_empty()),
         "files left: {:?}",
         sb.session_files()
+    );
+}
+
+#[test]
+fn values_arrive_while_the_code_is_still_running() {
+    let sb = Sandbox::new();
+    // Four values produced 300ms apart: the first reaches the local pipeline long before the
+    // last is produced, not all at the end.
+    let out = sb.json(
+        "let s = new-session
+         let t0 = date now
+         let arrivals = invoke-session $s { 1..4 | each {|i| sleep 300ms; $i } } | each {|i| {i: $i, at: ((date now) - $t0)} }
+         {order: ($arrivals | get i), spread_ms: (($arrivals | last | get at) - ($arrivals | first | get at) | $in / 1ms | into int)}",
+    );
+    assert_eq!(out["order"], json!([1, 2, 3, 4]));
+    let spread = out["spread_ms"].as_i64().unwrap();
+    assert!(spread >= 600, "values arrived together (spread {spread}ms)");
+}
+
+#[test]
+fn a_stream_larger_than_the_host_buffer_arrives_whole() {
+    let sb = Sandbox::new();
+    // About 50 MiB of events through a 16 MiB outbox: the session pauses when the buffer is full
+    // (Block) and nothing is lost.
+    let out = sb.json(
+        "let s = new-session
+         let got = invoke-session $s { seq 1 1000000 }
+         {len: ($got | length), sum: ($got | math sum), last: ($got | last)}",
+    );
+    assert_eq!(
+        out,
+        json!({"len": 1000000, "sum": 500000500000i64, "last": 1000000})
     );
 }

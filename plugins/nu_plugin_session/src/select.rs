@@ -6,10 +6,14 @@
 //! matches nothing selects nothing. A session matched several times is selected once.
 
 use nu_plugin::EvaluatedCall;
-use nu_protocol::{LabeledError, PipelineData, Span, Spanned, Value};
+use nu_protocol::{LabeledError, PipelineData, Signature, Span, Spanned, SyntaxShape, Value};
 use uuid::Uuid;
 
 use crate::sessions::{Session, SessionTable};
+
+/// More criteria than any session table holds: an endless range or stream is a mistake, not a
+/// selection, and must not hang the plugin.
+const MAX_CRITERIA: usize = 100_000;
 
 #[derive(Debug, Default)]
 pub struct Criteria {
@@ -19,6 +23,35 @@ pub struct Criteria {
     computer_names: Vec<Spanned<String>>,
     /// `computer_name` + `name` from records bound by property name.
     pairs: Vec<(Spanned<String>, Spanned<String>)>,
+}
+
+/// Declares the arguments [`Criteria::from_call`] reads: the sessions as rest positionals
+/// (ids, records, tables) and the selection flags.
+pub fn selection_signature(signature: Signature) -> Signature {
+    signature
+        .rest(
+            "session",
+            SyntaxShape::Any,
+            "Sessions: ids, session records or tables of them.",
+        )
+        .named(
+            "name",
+            SyntaxShape::String,
+            "Sessions whose name matches this glob (case-insensitive).",
+            Some('n'),
+        )
+        .named(
+            "instance-id",
+            SyntaxShape::String,
+            "The session with this instance id.",
+            None,
+        )
+        .named(
+            "computer-name",
+            SyntaxShape::String,
+            "Sessions on this computer (a glob).",
+            Some('c'),
+        )
 }
 
 impl Criteria {
@@ -70,10 +103,23 @@ impl Criteria {
         }
     }
 
+    fn len(&self) -> usize {
+        self.ids.len()
+            + self.names.len()
+            + self.instance_ids.len()
+            + self.computer_names.len()
+            + self.pairs.len()
+    }
+
     /// Adds one value given by value: an id, a session record, a record by property name, or a
     /// list of those.
     pub fn add_value(&mut self, value: Value) -> Result<(), LabeledError> {
         let span = value.span();
+        if self.len() >= MAX_CRITERIA {
+            return Err(LabeledError::new("too many sessions named")
+                .with_label(format!("more than {MAX_CRITERIA} ids or names"), span)
+                .with_help("an endless range or stream cannot select sessions"));
+        }
         match value {
             Value::Int { val, .. } => self.ids.push(Spanned { item: val, span }),
             Value::Nothing { .. } => {}
@@ -324,6 +370,18 @@ mod tests {
         assert_eq!(c.ids.iter().map(|i| i.item).collect::<Vec<_>>(), vec![2, 7]);
         assert_eq!(c.names.len(), 1);
         assert!(c.add_value(s("web1")).is_err());
+        let endless = Value::test_range(nu_protocol::Range::IntRange(
+            nu_protocol::IntRange::new(
+                Value::test_int(1),
+                Value::test_int(2),
+                Value::test_nothing(),
+                nu_protocol::ast::RangeInclusion::Inclusive,
+                span,
+            )
+            .unwrap(),
+        ));
+        let err = Criteria::default().add_value(endless).unwrap_err();
+        assert_eq!(err.msg, "too many sessions named");
         assert!(c.add_value(record(&[("other", s("x"))])).is_err());
     }
 }

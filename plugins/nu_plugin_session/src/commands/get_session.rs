@@ -5,7 +5,7 @@ use nu_protocol::{
 
 use super::{category, sessions_value};
 use crate::SessionPlugin;
-use crate::select::Criteria;
+use crate::select::{Criteria, selection_signature};
 use crate::sessions::SessionState;
 
 pub struct GetSession;
@@ -27,31 +27,8 @@ impl PluginCommand for GetSession {
     }
 
     fn signature(&self) -> Signature {
-        Signature::build(self.name())
+        selection_signature(Signature::build(self.name()))
             .input_output_types(vec![(Type::Any, Type::table())])
-            .rest(
-                "session",
-                SyntaxShape::Any,
-                "Sessions to get: ids, session records or tables of them.",
-            )
-            .named(
-                "name",
-                SyntaxShape::String,
-                "Sessions whose name matches this glob (case-insensitive).",
-                Some('n'),
-            )
-            .named(
-                "instance-id",
-                SyntaxShape::String,
-                "The session with this instance id.",
-                None,
-            )
-            .named(
-                "computer-name",
-                SyntaxShape::String,
-                "Sessions on this computer (a glob).",
-                Some('c'),
-            )
             .named(
                 "state",
                 SyntaxShape::String,

@@ -1,11 +1,11 @@
 use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
-use nu_protocol::{Example, LabeledError, PipelineData, Signature, SyntaxShape, Type, Value};
+use nu_protocol::{Example, LabeledError, PipelineData, Signature, Type, Value};
 use nu_session_client::ErrorKind;
 
 use super::category;
 use crate::SessionPlugin;
 use crate::errors::client_error;
-use crate::select::Criteria;
+use crate::select::{Criteria, selection_signature};
 
 pub struct RemoveSession;
 
@@ -26,31 +26,8 @@ impl PluginCommand for RemoveSession {
     }
 
     fn signature(&self) -> Signature {
-        Signature::build(self.name())
+        selection_signature(Signature::build(self.name()))
             .input_output_types(vec![(Type::Any, Type::Nothing)])
-            .rest(
-                "session",
-                SyntaxShape::Any,
-                "Sessions to remove: ids, session records or tables of them.",
-            )
-            .named(
-                "name",
-                SyntaxShape::String,
-                "Sessions whose name matches this glob (case-insensitive).",
-                Some('n'),
-            )
-            .named(
-                "instance-id",
-                SyntaxShape::String,
-                "The session with this instance id.",
-                None,
-            )
-            .named(
-                "computer-name",
-                SyntaxShape::String,
-                "Sessions on this computer (a glob).",
-                Some('c'),
-            )
             .switch(
                 "what-if",
                 "Print what would be removed and change nothing.",

@@ -2,6 +2,7 @@
 //! over this crate.
 //!
 //! Layout:
+//! - [`computer`]: computer names (`user@host:port`, `[v6]:port`), validated before use.
 //! - [`transport`]: how bytes reach a host's manager and workers (today: local Unix sockets,
 //!   starting the manager on demand).
 //! - [`host`]: [`Host`], one machine's sessions: create, list, remove, attach.
@@ -12,6 +13,7 @@
 //! The API is blocking (the plugin's commands run on plain threads); a tokio runtime owned by
 //! [`Client`] does the I/O underneath.
 
+pub mod computer;
 pub mod error;
 pub mod host;
 pub mod session;

@@ -4,12 +4,15 @@
 //! - [`manager`]: the per-user daemon on `manager.sock` that creates, lists and removes sessions.
 //! - [`worker`]: one process per session, embedding the Nushell engine and serving the session's
 //!   socket (attach, invoke, interrupt, output with acknowledgements, idle timeout).
+//! - [`relay`]: `connect`, relaying stdin/stdout to a socket, for clients that run a command
+//!   to reach the host (SSH without `direct-streamlocal`).
 //! - [`conn`]: blocking framed connections, peer checks, and the process log.
 //!
 //! It depends on `nu-session-protocol` only; it knows nothing of clients or transports.
 
 pub mod conn;
 pub mod manager;
+pub mod relay;
 pub mod worker;
 
 /// The name of the user this process runs as.

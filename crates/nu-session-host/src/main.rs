@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! nu-session-host manager [--daemon] [--dir D]   run the per-user manager (detached with --daemon)
+//! nu-session-host connect [--dir D] [--session ID]   relay stdin/stdout to the manager or a session
 //! nu-session-host worker --dir D --id ID --settings JSON    (started by the manager)
 //! nu-session-host --version
 //! ```
@@ -12,13 +13,13 @@ use std::process::ExitCode;
 use nu_session_host::{manager, worker};
 use nu_session_protocol::layout::Layout;
 
-const USAGE: &str =
-    "usage: nu-session-host manager [--daemon] [--dir DIR] | nu-session-host --version";
+const USAGE: &str = "usage: nu-session-host manager [--daemon] [--dir DIR] | nu-session-host connect [--dir DIR] [--session ID] | nu-session-host --version";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("manager") => run_manager(&args[1..]),
+        Some("connect") => run_connect(&args[1..]),
         Some("worker") => run_worker(&args[1..]),
         Some("--version") | Some("-V") => {
             println!("nu-session-host {}", nu_session_protocol::SOFTWARE_VERSION);
@@ -50,6 +51,20 @@ fn run_manager(args: &[String]) -> std::io::Result<()> {
         }
     }
     manager::run(layout, daemon)
+}
+
+fn run_connect(args: &[String]) -> std::io::Result<()> {
+    let (mut layout, mut session) = (Layout::from_env(), None);
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(usage)?;
+        match flag.as_str() {
+            "--dir" => layout = Layout::at(value),
+            "--session" => session = Some(value.parse().map_err(|_| usage())?),
+            _ => return Err(usage()),
+        }
+    }
+    nu_session_host::relay::connect(&layout, session)
 }
 
 fn run_worker(args: &[String]) -> std::io::Result<()> {

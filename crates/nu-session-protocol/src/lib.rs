@@ -14,7 +14,9 @@ pub mod codec;
 pub mod layout;
 pub mod message;
 
-pub use codec::{FrameCodec, MAX_FRAME_LEN, ProtocolError, read_frame, write_frame};
+pub use codec::{
+    FrameCodec, MAX_FRAME_LEN, ProtocolError, decode_payload, encode_frame, read_frame, write_frame,
+};
 pub use message::*;
 
 /// Bumped on any incompatible change to [`message`]; the hello exchange refuses a mismatch.

@@ -2,7 +2,7 @@
 let nu_bin = $env.BENCH_NU
 
 def median_of [n: int, f: closure] {
-    1..$n | each { timeit $f } | math median
+    1..$n | each {|_| null | timeit $f } | math median
 }
 
 def rss_of [pid: int] {

@@ -241,10 +241,18 @@ fn evaluate(worker: &Worker, engine: &mut Engine, capture: &OutputCapture) {
         worker.interrupt.store(false, Ordering::SeqCst);
         let call_id = invocation.call_id;
         worker.running_call.store(call_id, Ordering::SeqCst);
+        let mut last_drain: Option<Instant> = None;
         let mut emit = |event: EventBody| {
-            // Output printed before a value or the end reaches the client before it.
-            if !matches!(event, EventBody::Started { .. }) {
+            // Output printed before a value or the end reaches the client before it. Checking
+            // costs system calls, so within a fast stream it is done every few milliseconds.
+            let due = match &event {
+                EventBody::Started { .. } => false,
+                EventBody::Finished { .. } => true,
+                _ => last_drain.is_none_or(|at| at.elapsed() >= Duration::from_millis(5)),
+            };
+            if due {
                 capture.drain();
+                last_drain = Some(Instant::now());
             }
             worker.outbox.push(event);
         };

@@ -31,6 +31,9 @@ struct Inner {
     limit: usize,
     mode: OutputBuffering,
     dropped: u64,
+    /// Threads waiting on `changed`: waking nobody costs a system call per event, so only wake
+    /// when someone waits.
+    waiting: usize,
 }
 
 impl Outbox {
@@ -43,6 +46,7 @@ impl Outbox {
                 limit,
                 mode,
                 dropped: 0,
+                waiting: 0,
             }),
             changed: Condvar::new(),
         }
@@ -65,7 +69,9 @@ impl Outbox {
             }
             match inner.mode {
                 OutputBuffering::Block => {
+                    inner.waiting += 1;
                     inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
+                    inner.waiting -= 1;
                 }
                 OutputBuffering::Drop => {
                     if let Some((_, w)) = inner.events.pop_front() {
@@ -79,8 +85,15 @@ impl Outbox {
         inner.next_seq += 1;
         inner.bytes += weight;
         inner.events.push_back((Event { seq, body }, weight));
+        self.notify(inner);
+    }
+
+    fn notify(&self, inner: MutexGuard<'_, Inner>) {
+        let wake = inner.waiting > 0;
         drop(inner);
-        self.changed.notify_all();
+        if wake {
+            self.changed.notify_all();
+        }
     }
 
     /// Forgets every event up to and including `seq`.
@@ -91,19 +104,20 @@ impl Outbox {
                 inner.bytes -= w;
             }
         }
-        drop(inner);
-        self.changed.notify_all();
+        self.notify(inner);
     }
 
     /// The events after `after`, waiting up to `wait` for one to arrive. Empty on timeout.
     pub fn next_batch(&self, after: u64, wait: Duration) -> Vec<Event> {
         let mut inner = self.lock();
         if inner.next_seq <= after + 1 {
+            inner.waiting += 1;
             inner = self
                 .changed
                 .wait_timeout_while(inner, wait, |i| i.next_seq <= after + 1)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
+            inner.waiting -= 1;
         }
         let mut batch = Vec::new();
         let mut bytes = 0;
@@ -119,10 +133,14 @@ impl Outbox {
 
     /// Waits up to `wait` until every event has been acknowledged.
     pub fn wait_acknowledged(&self, wait: Duration) {
-        let inner = self.lock();
-        let _ = self
+        let mut inner = self.lock();
+        inner.waiting += 1;
+        let mut inner = self
             .changed
-            .wait_timeout_while(inner, wait, |i| !i.events.is_empty());
+            .wait_timeout_while(inner, wait, |i| !i.events.is_empty())
+            .map(|(g, _)| g)
+            .unwrap_or_else(|e| e.into_inner().0);
+        inner.waiting -= 1;
     }
 
     /// Wakes any [`Outbox::next_batch`] waiter (used when its connection goes away).

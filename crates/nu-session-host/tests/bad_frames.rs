@@ -1,6 +1,9 @@
 //! A live manager fed malformed, oversize and unexpected frames answers with an error, closes
 //! that connection, and goes on serving everyone else.
 
+// Test code: an unwrap that fails is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command};

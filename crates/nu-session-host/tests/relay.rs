@@ -1,6 +1,9 @@
 //! `nu-session-host connect` relays the protocol over stdin/stdout, starting the manager when
 //! needed, after a preamble that marks where the protocol begins.
 
+// Test code: an unwrap that fails is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 

@@ -77,50 +77,34 @@ impl fmt::Display for ComputerName {
 
 /// A user name: letters, digits, `.`, `_`, `-` (not first), and a trailing `$` as on some systems.
 pub fn validate_user(user: &str) -> Result<String, InvalidName> {
-    let invalid = |reason: String| InvalidName {
-        what: "user name",
-        reason,
-    };
-    if user.is_empty() {
-        return Err(invalid("it is empty".into()));
-    }
-    if user.len() > 256 {
-        return Err(invalid("it is longer than 256 characters".into()));
-    }
-    if user.starts_with('-') {
-        return Err(invalid(format!("`{user}` starts with `-`")));
-    }
     let body = user.strip_suffix('$').unwrap_or(user);
-    match body
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        Some(c) => Err(invalid(format!("`{user}` contains {c:?}"))),
-        None => Ok(user.to_string()),
-    }
+    validate_word(body, "user name", 256).map(|_| user.to_string())
 }
 
 /// A host name, IPv4 address or ssh config alias: letters, digits, `.`, `_`, `-` (not first).
 fn validate_host(host: &str) -> Result<String, InvalidName> {
-    let invalid = |reason: String| InvalidName {
-        what: "computer name",
-        reason,
-    };
-    if host.is_empty() {
-        return Err(invalid("the host is empty".into()));
+    validate_word(host, "computer name", 253)
+}
+
+/// Letters, digits, `.`, `_` and `-`, not starting with `-` (which a command would take for an
+/// option), at most `max` bytes.
+fn validate_word(word: &str, what: &'static str, max: usize) -> Result<String, InvalidName> {
+    let invalid = |reason: String| InvalidName { what, reason };
+    if word.is_empty() {
+        return Err(invalid("it is empty".into()));
     }
-    if host.len() > 253 {
-        return Err(invalid("the host is longer than 253 characters".into()));
+    if word.len() > max {
+        return Err(invalid(format!("it is longer than {max} characters")));
     }
-    if host.starts_with('-') {
-        return Err(invalid(format!("`{host}` starts with `-`")));
+    if word.starts_with('-') {
+        return Err(invalid(format!("`{word}` starts with `-`")));
     }
-    match host
+    match word
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        Some(c) => Err(invalid(format!("`{host}` contains {c:?}"))),
-        None => Ok(host.to_string()),
+        Some(c) => Err(invalid(format!("`{word}` contains {c:?}"))),
+        None => Ok(word.to_string()),
     }
 }
 

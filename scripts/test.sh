@@ -6,6 +6,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
+ensure_pkg /usr/sbin/sshd openssh-server
+ensure_pkg ssh-keygen openssh-client
 NU="$(ensure_nu)"
 say "using $NU ($("$NU" --version))"
 say "building the workspace (target dir: $CARGO_TARGET_DIR)"

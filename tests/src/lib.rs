@@ -144,12 +144,29 @@ impl Sandbox {
             .expect("spawn nu")
     }
 
-    /// Pids of the session workers alive in this sandbox.
+    /// Every host runtime directory in this sandbox: the local one and those of its sshd hosts.
+    fn runtime_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.runtime_dir()];
+        if let Ok(entries) = std::fs::read_dir(self.path()) {
+            dirs.extend(
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("remote-"))
+                    }),
+            );
+        }
+        dirs
+    }
+
+    /// Pids of the session workers alive in this sandbox (local and remote hosts).
     pub fn worker_pids(&self) -> Vec<i32> {
-        let Ok(entries) = std::fs::read_dir(self.runtime_dir().join("sessions")) else {
-            return Vec::new();
-        };
-        entries
+        self.runtime_dirs()
+            .iter()
+            .filter_map(|dir| std::fs::read_dir(dir.join("sessions")).ok())
+            .flatten()
             .filter_map(|e| e.ok())
             .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
             .filter_map(|e| std::fs::read(e.path()).ok())
@@ -180,12 +197,14 @@ impl Drop for Sandbox {
             // SAFETY: kill has no memory-safety preconditions.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
         }
-        if let Some(pid) = std::fs::read_to_string(self.runtime_dir().join("manager.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        for dir in self.runtime_dirs() {
+            if let Some(pid) = std::fs::read_to_string(dir.join("manager.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+            {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
         }
     }
 }
@@ -218,4 +237,174 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
         std::thread::sleep(Duration::from_millis(50));
     }
     condition()
+}
+
+/// A real OpenSSH server on a loopback address, for this sandbox. Its sessions run the built
+/// `nu-session-host` (on the PATH it sets) with a runtime directory of their own.
+pub struct Sshd {
+    child: Child,
+    pub address: String,
+    pub port: u16,
+    /// The server's public host key line (`ssh-ed25519 AAAA...`).
+    pub host_key: String,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sshd {
+    /// How clients name this server: `user@address:port`.
+    pub fn computer(&self, user: &str) -> String {
+        format!("{user}@{}:{}", self.address, self.port)
+    }
+
+    /// The known_hosts line for this server.
+    pub fn known_hosts_line(&self) -> String {
+        format!("[{}]:{} {}", self.address, self.port, self.host_key)
+    }
+
+    /// The runtime directory the host side of this server uses.
+    pub fn remote_runtime_dir(sandbox: &Sandbox, address: &str) -> PathBuf {
+        sandbox.path().join(format!("remote-{address}"))
+    }
+}
+
+fn run_quiet(command: &mut Command) {
+    let out = command.output().expect("run a setup command");
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Sandbox {
+    /// The client's key pair (made on first use) and the authorized_keys that accepts it.
+    pub fn client_key(&self) -> PathBuf {
+        let key = self.path().join("id_ed25519");
+        if !key.exists() {
+            run_quiet(
+                Command::new("ssh-keygen")
+                    .args([
+                        "-q",
+                        "-t",
+                        "ed25519",
+                        "-N",
+                        "",
+                        "-C",
+                        "nu-session-test",
+                        "-f",
+                    ])
+                    .arg(&key),
+            );
+            std::fs::copy(
+                key.with_extension("pub"),
+                self.path().join("authorized_keys"),
+            )
+            .expect("authorized_keys");
+        }
+        key
+    }
+
+    /// Starts `sshd` on `address` (e.g. 127.0.0.2) with a fresh host key.
+    pub fn sshd(&self, address: &str) -> Sshd {
+        let sshd = Path::new("/usr/sbin/sshd");
+        assert!(
+            sshd.exists(),
+            "no /usr/sbin/sshd: scripts/test.sh installs openssh-server"
+        );
+        // Privilege separation needs this directory when sshd runs as root.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        self.client_key();
+        let dir = self.path().join(format!("sshd-{address}"));
+        std::fs::create_dir_all(&dir).expect("sshd dir");
+        let host_key = dir.join("host_ed25519");
+        run_quiet(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&host_key),
+        );
+        let port = {
+            let listener = std::net::TcpListener::bind((address, 0)).expect("free port");
+            listener.local_addr().expect("port").port()
+        };
+        let path = format!("{}:/usr/local/bin:/usr/bin:/bin", bin_dir().display());
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "ListenAddress {address}\nPort {port}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile none\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nMaxStartups 100\nMaxSessions 100\nLogLevel ERROR\nSetEnv PATH={path} NU_SESSION_DIR={}\n",
+                host_key.display(),
+                self.path().join("authorized_keys").display(),
+                Sshd::remote_runtime_dir(self, address).display(),
+            ),
+        )
+        .expect("sshd_config");
+        let child = Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("sshd.log")).expect("log"))
+            .spawn()
+            .expect("start sshd");
+        assert!(
+            eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
+                address, port
+            ))
+            .is_ok()),
+            "sshd did not start: {}",
+            std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+        );
+        let host_key = std::fs::read_to_string(host_key.with_extension("pub"))
+            .expect("host key")
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        Sshd {
+            child,
+            address: address.to_string(),
+            port,
+            host_key,
+        }
+    }
+
+    /// Writes the ssh config the plugin reads (`$env.NU_SESSION_SSH_CONFIG`), trusting `known`.
+    pub fn ssh_config(&self, known: &[&Sshd], extra: &str) -> PathBuf {
+        let known_hosts = self.path().join("known_hosts");
+        let lines: Vec<String> = known.iter().map(|s| s.known_hosts_line()).collect();
+        std::fs::write(&known_hosts, lines.join("\n") + "\n").expect("known_hosts");
+        let config = self.path().join("ssh_config");
+        std::fs::write(
+            &config,
+            format!(
+                "{extra}\nHost *\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n",
+                self.client_key().display(),
+                known_hosts.display()
+            ),
+        )
+        .expect("ssh config");
+        config
+    }
+
+    /// Like [`Sandbox::json`], with the ssh config and no ssh-agent.
+    pub fn ssh_json(&self, config: &Path, script: &str) -> serde_json::Value {
+        let mut command = self.command(&format!("{script} | to json -r"));
+        command
+            .env("NU_SESSION_SSH_CONFIG", config)
+            .env_remove("SSH_AUTH_SOCK");
+        let out = command.output().expect("run nu");
+        assert!(
+            out.status.success(),
+            "script failed: {script}\n--- stderr\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
 }

@@ -24,6 +24,14 @@ impl Host {
         &self.transport
     }
 
+    /// The SSH port, for hosts reached over SSH.
+    pub fn port(&self) -> Option<u16> {
+        match &self.transport {
+            Transport::Ssh(link) => Some(link.target().port),
+            Transport::Local { .. } => None,
+        }
+    }
+
     /// One request to the manager on a connection of its own.
     fn ask_manager(&self, request: ClientMessage) -> Result<HostMessage, ClientError> {
         self.runtime.block_on(async {

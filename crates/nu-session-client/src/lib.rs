@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`computer`]: computer names (`user@host:port`, `[v6]:port`), validated before use.
+//! - [`ssh`]: the SSH transport: OpenSSH configuration, host keys, authentication, channels.
 //! - [`transport`]: how bytes reach a host's manager and workers (today: local Unix sockets,
 //!   starting the manager on demand).
 //! - [`host`]: [`Host`], one machine's sessions: create, list, remove, attach.
@@ -17,6 +18,7 @@ pub mod computer;
 pub mod error;
 pub mod host;
 pub mod session;
+pub mod ssh;
 pub mod transport;
 
 pub use error::ClientError;
@@ -28,9 +30,11 @@ pub use nu_session_protocol::{
 pub use session::{Call, CallEvent, SessionHandle};
 pub use transport::Transport;
 
-/// Owns the I/O runtime; create one per process and keep it.
+/// Owns the I/O runtime and the SSH connections; create one per process and keep it.
 pub struct Client {
     runtime: tokio::runtime::Runtime,
+    /// One link per (user, host name, port), shared by every session on that host.
+    ssh_links: std::sync::Mutex<Vec<std::sync::Arc<transport::SshLink>>>,
 }
 
 impl Client {
@@ -41,7 +45,33 @@ impl Client {
             .enable_all()
             .build()
             .map_err(|e| ClientError::transport("cannot start the I/O runtime", e))?;
-        Ok(Client { runtime })
+        Ok(Client {
+            runtime,
+            ssh_links: Default::default(),
+        })
+    }
+
+    /// The host behind a computer name, over SSH: the configuration is resolved now (`ssh -G`),
+    /// the connection made when first used and shared with every other session there.
+    pub fn ssh_host(
+        &self,
+        name: &computer::ComputerName,
+        options: &ssh::SshOptions,
+    ) -> Result<Host, ClientError> {
+        let target = ssh::SshTarget::resolve(name, options)?;
+        let mut links = self.ssh_links.lock().unwrap_or_else(|e| e.into_inner());
+        let same = |t: &ssh::SshTarget| {
+            t.user == target.user && t.hostname == target.hostname && t.port == target.port
+        };
+        let link = match links.iter().find(|l| same(l.target())) {
+            Some(link) => link.clone(),
+            None => {
+                let link = std::sync::Arc::new(transport::SshLink::new(target));
+                links.push(link.clone());
+                link
+            }
+        };
+        Ok(self.host(Transport::Ssh(link)))
     }
 
     /// The sessions of the host reached through `transport`.

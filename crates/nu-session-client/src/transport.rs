@@ -3,6 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -14,6 +15,7 @@ use tokio_util::codec::Framed;
 use uuid::Uuid;
 
 use crate::ClientError;
+use crate::ssh::{SshConnection, SshTarget};
 
 /// Any byte stream a host can be spoken to over.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -24,7 +26,7 @@ pub type Connection = Framed<Pin<Box<dyn Stream>>, FrameCodec<HostMessage, Clien
 /// Names the program clients start when no manager runs (`NU_SESSION_HOST` overrides the search).
 pub const HOST_PROGRAM_ENV: &str = "NU_SESSION_HOST";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Transport {
     /// This machine's host, over its Unix sockets. `program` is the `nu-session-host` to start
     /// when no manager runs (found by [`host_program`] when `None`).
@@ -32,6 +34,51 @@ pub enum Transport {
         layout: Layout,
         program: Option<PathBuf>,
     },
+    /// A remote host over SSH, running `nu-session-host connect` there.
+    Ssh(Arc<SshLink>),
+}
+
+/// The shared SSH connection to one (user, host, port), made when first needed and again after
+/// it drops.
+pub struct SshLink {
+    target: SshTarget,
+    connection: tokio::sync::Mutex<Option<Arc<SshConnection>>>,
+}
+
+impl SshLink {
+    pub fn new(target: SshTarget) -> SshLink {
+        SshLink {
+            target,
+            connection: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn target(&self) -> &SshTarget {
+        &self.target
+    }
+
+    async fn connection(&self) -> Result<Arc<SshConnection>, ClientError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(connection) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(connection.clone());
+        }
+        let connection = Arc::new(SshConnection::connect(self.target.clone()).await?);
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn relay(&self, session: Option<Uuid>) -> Result<Connection, ClientError> {
+        let command = match session {
+            Some(id) => format!("nu-session-host connect --session {id}"),
+            None => "nu-session-host connect".to_string(),
+        };
+        let stream = self
+            .connection()
+            .await?
+            .exec(&command, nu_session_protocol::RELAY_PREAMBLE)
+            .await?;
+        hello(Box::pin(stream)).await
+    }
 }
 
 impl Transport {
@@ -42,6 +89,7 @@ impl Transport {
     /// A connection to the manager, started if it does not run yet, after the hello.
     pub(crate) async fn connect_manager(&self) -> Result<Connection, ClientError> {
         match self {
+            Transport::Ssh(link) => link.relay(None).await,
             Transport::Local { layout, program } => {
                 layout
                     .ensure_private()
@@ -62,6 +110,7 @@ impl Transport {
     /// A connection to a session's worker, after the hello.
     pub(crate) async fn connect_session(&self, id: Uuid) -> Result<Connection, ClientError> {
         match self {
+            Transport::Ssh(link) => link.relay(Some(id)).await,
             Transport::Local { layout, .. } => {
                 layout
                     .check_private()

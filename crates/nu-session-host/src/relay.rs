@@ -13,7 +13,7 @@ use nu_session_protocol::layout::Layout;
 use uuid::Uuid;
 
 /// Marks where the protocol starts on stdout.
-pub const PREAMBLE: &[u8] = b"\0nu-session-host\0";
+pub use nu_session_protocol::RELAY_PREAMBLE as PREAMBLE;
 
 /// Relays until either side closes. Starts the manager when it is the target and not running.
 pub fn connect(layout: &Layout, session: Option<Uuid>) -> io::Result<()> {

@@ -22,5 +22,9 @@ pub use message::*;
 /// Bumped on any incompatible change to [`message`]; the hello exchange refuses a mismatch.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Written by `nu-session-host connect` before relaying: clients skip whatever a login shell
+/// printed up to this marker.
+pub const RELAY_PREAMBLE: &[u8] = b"\0nu-session-host\0";
+
 /// This build's version, reported in the hello so mismatches can be explained to the user.
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -2,11 +2,14 @@ use std::time::Duration;
 
 use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
 use nu_protocol::{
-    Example, LabeledError, PipelineData, Record, Signature, Span, Spanned, SyntaxShape, Type, Value,
+    Example, LabeledError, PipelineData, Record, ShellError, Signature, Span, Spanned, SyntaxShape,
+    Type, Value,
 };
+use nu_session_client::computer::{ComputerName, validate_user};
+use nu_session_client::ssh::{SshOptions, StrictHostKeyChecking};
 use nu_session_client::{OutputBuffering, SessionSettings};
 
-use super::{category, local_host, sessions_value};
+use super::{category, local_host};
 use crate::SessionPlugin;
 use crate::errors::client_error;
 use crate::sessions::{Session, TransportKind};
@@ -56,6 +59,7 @@ impl PluginCommand for NewSession {
             .named("output-buffering", SyntaxShape::String, "When nobody reads the output and the buffer is full: Block (pause, default) or Drop (discard the oldest).", None)
             .named("throttle-limit", SyntaxShape::Int, "How many sessions to open at once (default 32).", None)
             .named("connect-timeout", SyntaxShape::Duration, "How long to wait for a computer to answer (SSH).", None)
+            .named("strict-host-key-checking", SyntaxShape::String, "What to do with an unknown host key (SSH): yes (refuse, default), accept-new (record it) or no.", None)
             .category(category())
     }
 
@@ -116,48 +120,170 @@ impl PluginCommand for NewSession {
             return Err(LabeledError::new("the throttle limit cannot be negative")
                 .with_label("must be 0 (meaning 32) or more", limit.span));
         }
-        if let Some(computer) = computers.first() {
-            return Err(LabeledError::new(format!(
-                "cannot open a session on {}: SSH sessions are not available in this version",
-                computer.item
-            ))
-            .with_label("remote computer", computer.span)
-            .with_help("run new-session without a computer name for a session on this machine"));
+        let throttle = match call.get_flag::<i64>("throttle-limit")? {
+            Some(n) if n > 0 => n as usize,
+            _ => 32,
+        };
+        let name_flag = call.get_flag::<String>("name")?;
+        let ssh = ssh_options(call, engine)?;
+
+        // Ids are given in the order the computers were named, before opening in parallel.
+        let targets: Vec<(i64, Option<Spanned<String>>)> = if computers.is_empty() {
+            vec![(plugin.sessions().next_id(), None)]
+        } else {
+            computers
+                .into_iter()
+                .map(|c| (plugin.sessions().next_id(), Some(c)))
+                .collect()
+        };
+        let open =
+            |(id, computer): &(i64, Option<Spanned<String>>)| -> Result<Session, LabeledError> {
+                let settings = SessionSettings {
+                    name: name_flag.clone().unwrap_or_else(|| format!("Session{id}")),
+                    configuration_name: configuration_name.clone(),
+                    idle_timeout,
+                    output_buffering,
+                };
+                let (host, computer_name, transport, label) = match computer {
+                    None => (
+                        local_host(plugin, engine)?,
+                        "localhost".to_string(),
+                        TransportKind::Local,
+                        span,
+                    ),
+                    Some(computer) => {
+                        let name = ComputerName::parse(&computer.item).map_err(|e| {
+                        LabeledError::new(e.to_string())
+                            .with_label("not a valid computer name", computer.span)
+                            .with_help("use host, user@host, host:port, user@host:port or [v6addr]:port")
+                    })?;
+                        let host = plugin
+                            .client()?
+                            .ssh_host(&name, &ssh)
+                            .map_err(|e| client_error(&e, computer.span))?;
+                        (
+                            host,
+                            computer.item.clone(),
+                            TransportKind::Ssh,
+                            computer.span,
+                        )
+                    }
+                };
+                let info = host
+                    .create_session(settings)
+                    .map_err(|e| client_error(&e, label))?;
+                let handle = host
+                    .attach(info.instance_id, None)
+                    .map_err(|e| client_error(&e, label))?;
+                let port = host.port();
+                Ok(Session::from_info(
+                    *id,
+                    handle.info().clone(),
+                    computer_name,
+                    transport,
+                    port,
+                    host,
+                    Some(handle),
+                ))
+            };
+        let mut results = Vec::with_capacity(targets.len());
+        for chunk in targets.chunks(throttle) {
+            std::thread::scope(|scope| {
+                let running: Vec<_> = chunk.iter().map(|t| scope.spawn(|| open(t))).collect();
+                for (target, thread) in chunk.iter().zip(running) {
+                    let result = thread.join().unwrap_or_else(|_| {
+                        Err(LabeledError::new("opening the session failed unexpectedly")
+                            .with_label("here", target.1.as_ref().map_or(span, |c| c.span)))
+                    });
+                    results.push(result);
+                }
+            });
         }
 
-        let host = local_host(plugin, engine)?;
-        let id = plugin.sessions().next_id();
-        let name = call
-            .get_flag::<String>("name")?
-            .unwrap_or_else(|| format!("Session{id}"));
-        let settings = SessionSettings {
-            name,
-            configuration_name,
-            idle_timeout,
-            output_buffering,
-        };
-        let info = host
-            .create_session(settings)
-            .map_err(|e| client_error(&e, span))?;
-        let handle = host
-            .attach(info.instance_id, None)
-            .map_err(|e| client_error(&e, span))?;
-        let session = Session::from_info(
-            id,
-            handle.info().clone(),
-            "localhost".into(),
-            TransportKind::Local,
-            None,
-            host,
-            Some(handle),
-        );
-        plugin.sessions().insert(session);
+        let single = results.len() == 1;
+        let mut rows = Vec::with_capacity(results.len());
+        for result in results {
+            match result {
+                Ok(session) => {
+                    let id = session.id;
+                    plugin.sessions().insert(session);
+                    rows.push(Ok(id));
+                }
+                // One computer that fails is the command's error; among several, it is an
+                // error row while the others open.
+                Err(error) if single => return Err(error),
+                Err(error) => rows.push(Err(error)),
+            }
+        }
         plugin.keep_alive(engine);
-        Ok(PipelineData::value(
-            sessions_value(plugin, &[id], span),
-            None,
-        ))
+        let table = plugin.sessions();
+        let values = rows
+            .into_iter()
+            .filter_map(|row| match row {
+                Ok(id) => table
+                    .get(id)
+                    .map(|s| crate::record::session_record(s, span)),
+                Err(error) => Some(Value::error(
+                    ShellError::LabeledError(Box::new(error)),
+                    span,
+                )),
+            })
+            .collect();
+        Ok(PipelineData::value(Value::list(values, span), None))
     }
+}
+
+/// The SSH settings from the flags, and `$env.NU_SESSION_SSH_CONFIG` as the ssh config file.
+fn ssh_options(call: &EvaluatedCall, engine: &EngineInterface) -> Result<SshOptions, LabeledError> {
+    let port = match call.get_flag::<Spanned<i64>>("port")? {
+        Some(port) => Some(
+            u16::try_from(port.item)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| {
+                    LabeledError::new(format!("{} is not a port", port.item))
+                        .with_label("expected 1 to 65535", port.span)
+                })?,
+        ),
+        None => None,
+    };
+    let user = match call.get_flag::<Spanned<String>>("user")? {
+        Some(user) => Some(validate_user(&user.item).map_err(|e| {
+            LabeledError::new(e.to_string()).with_label("not a valid user name", user.span)
+        })?),
+        None => None,
+    };
+    let strict = match call.get_flag::<Spanned<String>>("strict-host-key-checking")? {
+        Some(mode) => Some(StrictHostKeyChecking::parse(&mode.item).ok_or_else(|| {
+            LabeledError::new(format!("`{}` is not a host key policy", mode.item))
+                .with_label("expected yes, accept-new or no", mode.span)
+        })?),
+        None => None,
+    };
+    let connect_timeout = match call.get_flag_value("connect-timeout") {
+        Some(value) => Some(
+            u64::try_from(value.as_duration()?)
+                .map(Duration::from_nanos)
+                .map_err(|_| {
+                    LabeledError::new("the connect timeout cannot be negative")
+                        .with_label("here", value.span())
+                })?,
+        ),
+        None => None,
+    };
+    let config_file = engine
+        .get_env_var("NU_SESSION_SSH_CONFIG")?
+        .and_then(|v| v.coerce_into_string().ok())
+        .filter(|s| !s.is_empty())
+        .map(std::path::PathBuf::from);
+    Ok(SshOptions {
+        user,
+        port,
+        identity_file: call.get_flag::<std::path::PathBuf>("identity-file")?,
+        connect_timeout,
+        strict,
+        config_file,
+    })
 }
 
 /// `--idle-timeout`, checked against the minimum.

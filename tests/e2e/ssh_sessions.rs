@@ -31,3 +31,177 @@ fn a_session_over_ssh_keeps_state_and_runs_as_the_remote_user() {
         })
     );
 }
+
+/// The error a script raises, as rendered for the user (message, labels and help).
+fn caught(sb: &Sandbox, config: &std::path::Path, code: &str) -> String {
+    let out = sb.ssh_json(
+        config,
+        &format!("try {{ {code}; 'no error' }} catch {{|e| $e.msg + (char nl) + ($e.rendered | ansi strip) }}"),
+    );
+    // The rendering wraps long lines; compare words.
+    let text = out
+        .as_str()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_ne!(text, "no error", "{code} did not fail");
+    text
+}
+
+#[test]
+fn an_unknown_host_key_is_refused_and_accept_new_records_it() {
+    let sb = Sandbox::new();
+    let server = sb.sshd("127.0.0.3");
+    let config = sb.ssh_config(&[], "");
+    let computer = server.computer("root");
+    let error = caught(&sb, &config, &format!("new-session {computer}"));
+    assert!(error.contains("the host key of"), "{error}");
+    assert!(error.contains("is unknown"), "{error}");
+    assert!(error.contains("accept-new"), "{error}");
+    assert!(sb.worker_pids().is_empty());
+
+    let out = sb.ssh_json(
+        &config,
+        &format!("new-session {computer} --strict-host-key-checking accept-new | get 0.state"),
+    );
+    assert_eq!(out, json!("Opened"));
+    let known = std::fs::read_to_string(sb.path().join("known_hosts")).unwrap();
+    assert!(
+        known.contains(&format!("[127.0.0.3]:{}", server.port)),
+        "{known}"
+    );
+    // Now known: the default policy accepts it.
+    let out = sb.ssh_json(&config, &format!("new-session {computer} | get 0.state"));
+    assert_eq!(out, json!("Opened"));
+}
+
+#[test]
+fn a_changed_host_key_is_refused_naming_the_known_hosts_line() {
+    let sb = Sandbox::new();
+    let server = sb.sshd("127.0.0.4");
+    let config = sb.ssh_config(&[], "");
+    // known_hosts has another key for this host, on line 2.
+    let other = sb.sshd("127.0.0.5");
+    let forged = format!("[127.0.0.4]:{} {}", server.port, other.host_key);
+    std::fs::write(
+        sb.path().join("known_hosts"),
+        format!("# comment\n{forged}\n"),
+    )
+    .unwrap();
+    let error = caught(
+        &sb,
+        &config,
+        &format!("new-session {}", server.computer("root")),
+    );
+    assert!(error.contains("has CHANGED"), "{error}");
+    assert!(error.contains("known_hosts:"), "{error}");
+    assert!(sb.worker_pids().is_empty());
+}
+
+#[test]
+fn a_missing_identity_file_is_named() {
+    let sb = Sandbox::new();
+    let server = sb.sshd("127.0.0.6");
+    let config = sb.ssh_config(&[&server], "");
+    let missing = sb.path().join("no_such_key");
+    let error = caught(
+        &sb,
+        &config,
+        &format!(
+            "new-session {} --identity-file {}",
+            server.computer("root"),
+            missing.display()
+        ),
+    );
+    assert!(error.contains(&missing.display().to_string()), "{error}");
+}
+
+#[test]
+fn bad_ports_and_injection_attempts_are_rejected_before_connecting() {
+    let sb = Sandbox::new();
+    let config = sb.ssh_config(&[], "");
+    let marker = sb.path().join("pwned");
+    let cases = [
+        ("new-session web1:99999".to_string(), "invalid port"),
+        ("new-session web1 --port 0".to_string(), "is not a port"),
+        (
+            format!("new-session '-oProxyCommand=touch {}'", marker.display()),
+            "starts with `-`",
+        ),
+        (
+            format!("new-session 'web1;touch {}'", marker.display()),
+            "contains",
+        ),
+        (
+            format!("new-session 'x$(touch {})@web1'", marker.display()),
+            "invalid user name",
+        ),
+        (
+            format!(
+                "new-session web1 --user '-oProxyCommand=touch {}'",
+                marker.display()
+            ),
+            "invalid user name",
+        ),
+    ];
+    for (code, expected) in cases {
+        let error = caught(&sb, &config, &code);
+        assert!(error.contains(expected), "{code}: {error}");
+    }
+    assert!(!marker.exists(), "an injected command ran");
+}
+
+#[test]
+fn fan_out_opens_every_host_and_a_dead_one_is_an_error_row() {
+    let sb = Sandbox::new();
+    let servers = [
+        sb.sshd("127.0.0.7"),
+        sb.sshd("127.0.0.8"),
+        sb.sshd("127.0.0.9"),
+    ];
+    let config = sb.ssh_config(&servers.iter().collect::<Vec<_>>(), "");
+    let dead = {
+        let listener = std::net::TcpListener::bind(("127.0.0.10", 0)).unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let names: Vec<String> = servers.iter().map(|s| s.computer("root")).collect();
+    let out = sb.ssh_json(
+        &config,
+        &format!(
+            "let opened = new-session {} root@127.0.0.10:{dead} {} {} --name web --connect-timeout 5sec
+             {{
+               rows: ($opened | length)
+               ok: ($opened | each {{|r| try {{ $r.computer_name }} catch {{ 'error' }} }})
+               names: (get-session | get name | uniq)
+               hosts: (invoke-session (get-session) {{ $env.SSH_CONNECTION | split row ' ' | get 2 }})
+             }}",
+            names[0], names[1], names[2]
+        ),
+    );
+    assert_eq!(out["rows"], 4);
+    assert_eq!(out["ok"], json!([names[0], "error", names[1], names[2]]));
+    assert_eq!(out["names"], json!(["web"]));
+    assert_eq!(out["hosts"], json!(["127.0.0.7", "127.0.0.8", "127.0.0.9"]));
+}
+
+#[test]
+fn ssh_config_aliases_supply_host_user_and_port() {
+    let sb = Sandbox::new();
+    let server = sb.sshd("127.0.0.11");
+    let config = sb.ssh_config(
+        &[&server],
+        &format!(
+            "Host webalias\n  HostName 127.0.0.11\n  User root\n  Port {}\n",
+            server.port
+        ),
+    );
+    let out = sb.ssh_json(
+        &config,
+        "new-session webalias | first | select computer_name user port transport",
+    );
+    assert_eq!(
+        out,
+        json!({"computer_name": "webalias", "user": "root", "port": server.port, "transport": "SSH"})
+    );
+}

@@ -392,13 +392,18 @@ impl Sandbox {
         config
     }
 
-    /// Like [`Sandbox::json`], with the ssh config and no ssh-agent.
-    pub fn ssh_json(&self, config: &Path, script: &str) -> serde_json::Value {
-        let mut command = self.command(&format!("{script} | to json -r"));
+    /// Runs a script with the ssh config and no ssh-agent.
+    pub fn ssh_run(&self, config: &Path, script: &str) -> Output {
+        let mut command = self.command(script);
         command
             .env("NU_SESSION_SSH_CONFIG", config)
             .env_remove("SSH_AUTH_SOCK");
-        let out = command.output().expect("run nu");
+        command.output().expect("run nu")
+    }
+
+    /// Like [`Sandbox::json`], with the ssh config and no ssh-agent.
+    pub fn ssh_json(&self, config: &Path, script: &str) -> serde_json::Value {
+        let out = self.ssh_run(config, &format!("{script} | to json -r"));
         assert!(
             out.status.success(),
             "script failed: {script}\n--- stderr\n{}",

@@ -38,12 +38,13 @@ impl PluginCommand for NewSession {
 
     fn signature(&self) -> Signature {
         Signature::build(self.name())
+            // A list, not a table: a computer that cannot be reached is an error row.
             .input_output_types(vec![
-                (Type::Nothing, Type::table()),
-                (Type::String, Type::table()),
-                (Type::list(Type::String), Type::table()),
-                (Type::record(), Type::table()),
-                (Type::table(), Type::table()),
+                (Type::Nothing, Type::list(Type::Any)),
+                (Type::String, Type::list(Type::Any)),
+                (Type::list(Type::String), Type::list(Type::Any)),
+                (Type::record(), Type::list(Type::Any)),
+                (Type::table(), Type::list(Type::Any)),
             ])
             .rest(
                 "computer_name",

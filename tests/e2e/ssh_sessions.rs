@@ -205,3 +205,26 @@ fn ssh_config_aliases_supply_host_user_and_port() {
         json!({"computer_name": "webalias", "user": "root", "port": server.port, "transport": "SSH"})
     );
 }
+
+#[test]
+fn piped_records_bind_host_user_port_and_name_per_row() {
+    let sb = Sandbox::new();
+    let a = sb.sshd("127.0.0.12");
+    let b = sb.sshd("127.0.0.13");
+    let config = sb.ssh_config(&[&a, &b], "");
+    let out = sb.ssh_json(
+        &config,
+        &format!(
+            "[[computer_name user port name]; [127.0.0.12 root {} db] [127.0.0.13 root {} web]]
+             | new-session | select computer_name user port name",
+            a.port, b.port
+        ),
+    );
+    assert_eq!(
+        out,
+        json!([
+            {"computer_name": "127.0.0.12", "user": "root", "port": a.port, "name": "db"},
+            {"computer_name": "127.0.0.13", "user": "root", "port": b.port, "name": "web"}
+        ])
+    );
+}

@@ -108,7 +108,11 @@ impl PluginCommand for NewSession {
         input: PipelineData,
     ) -> Result<PipelineData, LabeledError> {
         let span = call.head;
-        let mut computers: Vec<Spanned<String>> = call.rest(0)?;
+        let mut computers: Vec<Computer> = call
+            .rest::<Spanned<String>>(0)?
+            .into_iter()
+            .map(Computer::named)
+            .collect();
         computers.extend(computers_from_input(input)?);
         let idle_timeout = idle_timeout(call)?.unwrap_or(DEFAULT_IDLE_TIMEOUT);
         let output_buffering = output_buffering(call)?.unwrap_or_default();
@@ -129,7 +133,7 @@ impl PluginCommand for NewSession {
         let ssh = ssh_options(call, engine)?;
 
         // Ids are given in the order the computers were named, before opening in parallel.
-        let targets: Vec<(i64, Option<Spanned<String>>)> = if computers.is_empty() {
+        let targets: Vec<(i64, Option<Computer>)> = if computers.is_empty() {
             vec![(plugin.sessions().next_id(), None)]
         } else {
             computers
@@ -137,56 +141,66 @@ impl PluginCommand for NewSession {
                 .map(|c| (plugin.sessions().next_id(), Some(c)))
                 .collect()
         };
-        let open =
-            |(id, computer): &(i64, Option<Spanned<String>>)| -> Result<Session, LabeledError> {
-                let settings = SessionSettings {
-                    name: name_flag.clone().unwrap_or_else(|| format!("Session{id}")),
-                    configuration_name: configuration_name.clone(),
-                    idle_timeout,
-                    output_buffering,
-                };
-                let (host, computer_name, transport, label) = match computer {
-                    None => (
-                        local_host(plugin, engine)?,
-                        "localhost".to_string(),
-                        TransportKind::Local,
-                        span,
-                    ),
-                    Some(computer) => {
-                        let name = ComputerName::parse(&computer.item).map_err(|e| {
-                        LabeledError::new(e.to_string())
-                            .with_label("not a valid computer name", computer.span)
-                            .with_help("use host, user@host, host:port, user@host:port or [v6addr]:port")
-                    })?;
-                        let host = plugin
-                            .client()?
-                            .ssh_host(&name, &ssh)
-                            .map_err(|e| client_error(&e, computer.span))?;
-                        (
-                            host,
-                            computer.item.clone(),
-                            TransportKind::Ssh,
-                            computer.span,
-                        )
-                    }
-                };
-                let info = host
-                    .create_session(settings)
-                    .map_err(|e| client_error(&e, label))?;
-                let handle = host
-                    .attach(info.instance_id, None)
-                    .map_err(|e| client_error(&e, label))?;
-                let port = host.port();
-                Ok(Session::from_info(
-                    *id,
-                    handle.info().clone(),
-                    computer_name,
-                    transport,
-                    port,
-                    host,
-                    Some(handle),
-                ))
+        let open = |(id, computer): &(i64, Option<Computer>)| -> Result<Session, LabeledError> {
+            let session_name = computer.as_ref().and_then(|c| c.session_name.clone());
+            let settings = SessionSettings {
+                name: session_name
+                    .or_else(|| name_flag.clone())
+                    .unwrap_or_else(|| format!("Session{id}")),
+                configuration_name: configuration_name.clone(),
+                idle_timeout,
+                output_buffering,
             };
+            let (host, computer_name, transport, label) = match computer {
+                None => (
+                    local_host(plugin, engine)?,
+                    "localhost".to_string(),
+                    TransportKind::Local,
+                    span,
+                ),
+                Some(computer) => {
+                    let (text, label) = (&computer.name.item, computer.name.span);
+                    let name = ComputerName::parse(text).map_err(|e| {
+                        LabeledError::new(e.to_string())
+                            .with_label("not a valid computer name", label)
+                            .with_help(
+                                "use host, user@host, host:port, user@host:port or [v6addr]:port",
+                            )
+                    })?;
+                    // A piped record's own settings win over the flags.
+                    let options = SshOptions {
+                        user: computer.user.clone().or_else(|| ssh.user.clone()),
+                        port: computer.port.or(ssh.port),
+                        identity_file: computer
+                            .identity_file
+                            .clone()
+                            .or_else(|| ssh.identity_file.clone()),
+                        ..ssh.clone()
+                    };
+                    let host = plugin
+                        .client()?
+                        .ssh_host(&name, &options)
+                        .map_err(|e| client_error(&e, label))?;
+                    (host, text.clone(), TransportKind::Ssh, label)
+                }
+            };
+            let info = host
+                .create_session(settings)
+                .map_err(|e| client_error(&e, label))?;
+            let handle = host
+                .attach(info.instance_id, None)
+                .map_err(|e| client_error(&e, label))?;
+            let port = host.port();
+            Ok(Session::from_info(
+                *id,
+                handle.info().clone(),
+                computer_name,
+                transport,
+                port,
+                host,
+                Some(handle),
+            ))
+        };
         let mut results = Vec::with_capacity(targets.len());
         for chunk in targets.chunks(throttle) {
             std::thread::scope(|scope| {
@@ -194,7 +208,7 @@ impl PluginCommand for NewSession {
                 for (target, thread) in chunk.iter().zip(running) {
                     let result = thread.join().unwrap_or_else(|_| {
                         Err(LabeledError::new("opening the session failed unexpectedly")
-                            .with_label("here", target.1.as_ref().map_or(span, |c| c.span)))
+                            .with_label("here", target.1.as_ref().map_or(span, |c| c.name.span)))
                     });
                     results.push(result);
                 }
@@ -314,13 +328,36 @@ pub fn output_buffering(call: &EvaluatedCall) -> Result<Option<OutputBuffering>,
     })
 }
 
-/// Computer names piped in: strings, or records with `computer_name` (or `host`) columns.
-fn computers_from_input(input: PipelineData) -> Result<Vec<Spanned<String>>, LabeledError> {
+/// A computer to open a session on, with the settings a piped record may give for it alone
+/// (like PowerShell's `-SSHConnection`).
+struct Computer {
+    name: Spanned<String>,
+    user: Option<String>,
+    port: Option<u16>,
+    identity_file: Option<std::path::PathBuf>,
+    session_name: Option<String>,
+}
+
+impl Computer {
+    fn named(name: Spanned<String>) -> Computer {
+        Computer {
+            name,
+            user: None,
+            port: None,
+            identity_file: None,
+            session_name: None,
+        }
+    }
+}
+
+/// Computer names piped in: strings, or records by property name (`computer_name` or `host`,
+/// and optionally `user`, `port`, `identity_file`, `name`).
+fn computers_from_input(input: PipelineData) -> Result<Vec<Computer>, LabeledError> {
     let mut out = Vec::new();
     for value in input {
         let span = value.span();
         match value {
-            Value::String { val, .. } => out.push(Spanned { item: val, span }),
+            Value::String { val, .. } => out.push(Computer::named(Spanned { item: val, span })),
             Value::Record { val, .. } => out.push(computer_from_record(&val, span)?),
             Value::Nothing { .. } => {}
             other => {
@@ -335,7 +372,7 @@ fn computers_from_input(input: PipelineData) -> Result<Vec<Spanned<String>>, Lab
     Ok(out)
 }
 
-fn computer_from_record(record: &Record, span: Span) -> Result<Spanned<String>, LabeledError> {
+fn computer_from_record(record: &Record, span: Span) -> Result<Computer, LabeledError> {
     let value = record
         .get("computer_name")
         .or_else(|| record.get("host"))
@@ -343,8 +380,37 @@ fn computer_from_record(record: &Record, span: Span) -> Result<Spanned<String>, 
             LabeledError::new("this record names no computer")
                 .with_label("needs a computer_name or host column", span)
         })?;
-    Ok(Spanned {
-        item: value.coerce_string()?,
-        span: value.span(),
+    let text = |column: &str| -> Result<Option<String>, LabeledError> {
+        match record.get(column) {
+            None | Some(Value::Nothing { .. }) => Ok(None),
+            Some(v) => Ok(Some(v.coerce_string()?)),
+        }
+    };
+    let user = match text("user")? {
+        Some(user) => Some(
+            validate_user(&user)
+                .map_err(|e| LabeledError::new(e.to_string()).with_label("in this record", span))?,
+        ),
+        None => None,
+    };
+    let port = match record.get("port") {
+        None | Some(Value::Nothing { .. }) => None,
+        Some(v) => Some(port_number(v.as_int()?, v.span())?),
+    };
+    Ok(Computer {
+        name: Spanned {
+            item: value.coerce_string()?,
+            span: value.span(),
+        },
+        user,
+        port,
+        identity_file: text("identity_file")?.map(std::path::PathBuf::from),
+        session_name: text("name")?,
+    })
+}
+
+fn port_number(port: i64, span: Span) -> Result<u16, LabeledError> {
+    u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| {
+        LabeledError::new(format!("{port} is not a port")).with_label("expected 1 to 65535", span)
     })
 }

@@ -33,6 +33,31 @@ let rss = rss_of $pid
 
 def rate [n: int, d: duration] { $n / ($d / 1sec) | math round | into int }
 
+# Over SSH, to the sshd scripts/bench.sh started on 127.0.0.2 (host alias `bench`).
+let ssh_rows = if ($env.NU_SESSION_SSH_CONFIG | is-empty) { [] } else {
+    let cfg = $env.NU_SESSION_SSH_CONFIG
+    let first = timeit { new-session bench --name ssh1 }
+    let fresh_ssh = median_of 10 { ^ssh -F $cfg -o ControlMaster=no -o ControlPath=none bench true }
+    let second = median_of 10 { new-session bench | remove-session }
+    let r = get-session --name ssh1
+    invoke-session $r '1 + 1'
+    ^ssh -F $cfg -o ControlMaster=yes -o ControlPersist=120 -fN bench
+    let ssh_rtt = median_of 500 { invoke-session $r '1 + 1' }
+    let cm_rtt = median_of 20 { ^ssh -F $cfg bench nu -n -c "'1 + 1'" | ignore }
+    let ssh_ints = median_of 3 { invoke-session $r { seq 1 1000000 } | length }
+    let cm_ints = median_of 3 { ^ssh -F $cfg bench nu -n -c "'seq 1 1000000 | to json -r'" | from json | length }
+    let ssh_recs = median_of 3 { invoke-session $r $recs | length }
+    let cm_recs = median_of 3 { ^ssh -F $cfg bench nu -n -c $"'($recs) | to json -r'" | from json | length }
+    [
+        [measure, ours, baseline, "baseline is"];
+        ["SSH: first session to a host", $first, $fresh_ssh, "ssh host true, fresh connection (median of 10)"]
+        ["SSH: another session on the same host (median of 10)", $second, null, null]
+        ["SSH: invoke round trip '1 + 1' (median of 500)", $ssh_rtt, $cm_rtt, "ssh ControlMaster + nu -n -c '1 + 1' (median of 20)"]
+        ["SSH: 1,000,000 ints streamed (median of 3)", $ssh_ints, $cm_ints, "ssh ControlMaster + nu -c '... | to json -r' | from json"]
+        ["SSH: 200,000 records streamed (median of 3)", $ssh_recs, $cm_recs, "same"]
+    ]
+}
+
 [
     [measure, ours, baseline, "baseline is"];
     ["open a local session (first, starts the manager)", $first_open, null, null]
@@ -44,5 +69,5 @@ def rate [n: int, d: duration] { $n / ($d / 1sec) | math round | into int }
     ["200,000 records streamed (median of 3)", $recs_ours, $recs_json, "nu -c '... | to json -r' | from json"]
     ["  records per second", (rate 200000 $recs_ours), (rate 200000 $recs_json), ""]
     ["RSS of an idle worker", $rss, null, null]
-] | table --width 200 | print
+] | append $ssh_rows | table --width 200 | print
 print $"reference: the same 1,000,000 ints computed in this nu: ($ints_local)"

@@ -11,15 +11,62 @@ cargo build --release --quiet -p nu_plugin_session -p nu-session-host
 BIN="$CARGO_TARGET_DIR/release"
 RT="$(mktemp -d /tmp/nsbench.XXXXXX)"
 cleanup() {
-    for f in "$RT"/rt/sessions/*.json; do
+    [ -n "${SSHD_PID:-}" ] && kill "$SSHD_PID" 2>/dev/null || true
+    [ -f "$RT/sshd/ssh_config" ] && ssh -F "$RT/sshd/ssh_config" -O exit bench 2>/dev/null || true
+    for f in "$RT"/rt/sessions/*.json "$RT"/remote/sessions/*.json; do
         [ -e "$f" ] || continue
         pid=$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$f")
         [ -n "$pid" ] && kill -9 -- "-$pid" 2>/dev/null || true
     done
-    [ -f "$RT/rt/manager.pid" ] && kill -9 "$(cat "$RT/rt/manager.pid")" 2>/dev/null || true
+    for m in "$RT/rt/manager.pid" "$RT/remote/manager.pid"; do
+        [ -f "$m" ] && kill -9 "$(cat "$m")" 2>/dev/null || true
+    done
     rm -rf "$RT"
 }
 trap cleanup EXIT
+# An OpenSSH server on 127.0.0.2 stands for a remote host (when sshd is installed).
+SSHD_PID=""
+if [ -x /usr/sbin/sshd ]; then
+    S="$RT/sshd"
+    mkdir -p "$S" /run/sshd
+    ssh-keygen -q -t ed25519 -N '' -f "$S/host"
+    ssh-keygen -q -t ed25519 -N '' -f "$S/id"
+    cp "$S/id.pub" "$S/authorized_keys"
+    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.2", 0)); print(s.getsockname()[1])')
+    cat > "$S/sshd_config" <<CFG
+ListenAddress 127.0.0.2
+Port $PORT
+HostKey $S/host
+AuthorizedKeysFile $S/authorized_keys
+PidFile none
+UsePAM no
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+MaxStartups 100
+MaxSessions 100
+LogLevel ERROR
+SetEnv PATH=$BIN:$(dirname "$NU"):/usr/bin:/bin NU_SESSION_DIR=$RT/remote
+CFG
+    /usr/sbin/sshd -D -e -f "$S/sshd_config" 2> "$S/log" &
+    SSHD_PID=$!
+    echo "[127.0.0.2]:$PORT $(cut -d' ' -f1,2 "$S/host.pub")" > "$S/known_hosts"
+    cat > "$S/ssh_config" <<CFG
+Host bench
+  HostName 127.0.0.2
+  Port $PORT
+  User $(id -un)
+  IdentityFile $S/id
+  IdentitiesOnly yes
+  UserKnownHostsFile $S/known_hosts
+  StrictHostKeyChecking yes
+  ControlPath $S/cm-%C
+CFG
+    for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.2/"$PORT") 2>/dev/null && break; sleep 0.05; done
+    export BENCH_SSH_CONFIG="$S/ssh_config"
+fi
 say "running on $(nproc) cores; nu $("$NU" --version)"
 NU_SESSION_DIR="$RT/rt" NU_SESSION_HOST="$BIN/nu-session-host" BENCH_NU="$NU" \
+    NU_SESSION_SSH_CONFIG="${BENCH_SSH_CONFIG:-}" SSH_AUTH_SOCK="" \
     "$NU" -n --plugins "[$BIN/nu_plugin_session]" scripts/bench.nu

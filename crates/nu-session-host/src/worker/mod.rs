@@ -44,7 +44,8 @@ struct Worker {
     work: Condvar,
     outbox: Arc<Outbox>,
     interrupt: Arc<AtomicBool>,
-    /// The invocation running now (0: none), for attributing printed output.
+    /// The invocation running now (0: none). Changed only under the state lock, so a request
+    /// is always either queued or running; read without it to attribute printed output.
     running_call: Arc<AtomicU64>,
     next_conn: AtomicU64,
 }
@@ -55,7 +56,6 @@ struct State {
     /// Since when nobody is attached (the idle timeout counts from here).
     idle_since: Option<Instant>,
     queue: VecDeque<Invocation>,
-    running: Option<u64>,
 }
 
 impl Worker {
@@ -64,7 +64,9 @@ impl Worker {
     }
 
     fn info(&self) -> SessionInfo {
-        self.lock().info.clone()
+        let mut info = self.lock().info.clone();
+        info.running = self.running_call.load(Ordering::SeqCst) != 0;
+        info
     }
 
     /// Deletes the session: its files, then its whole process group, this process included
@@ -76,7 +78,7 @@ impl Worker {
 
     fn interrupt(&self, call_id: u64) {
         let mut state = self.lock();
-        if state.running == Some(call_id) {
+        if self.running_call.load(Ordering::SeqCst) == call_id {
             drop(state);
             self.interrupt.store(true, Ordering::SeqCst);
             // External commands stop on SIGINT as they would at a terminal; our own handler
@@ -160,7 +162,6 @@ pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()
             attached_conn: None,
             idle_since: Some(Instant::now()),
             queue: VecDeque::new(),
-            running: None,
         }),
         work: Condvar::new(),
         outbox: outbox.clone(),
@@ -231,8 +232,9 @@ fn evaluate(worker: &Worker, engine: &mut Engine, capture: &OutputCapture) {
             let mut state = worker.lock();
             loop {
                 if let Some(invocation) = state.queue.pop_front() {
-                    state.running = Some(invocation.call_id);
-                    state.info.running = true;
+                    worker
+                        .running_call
+                        .store(invocation.call_id, Ordering::SeqCst);
                     break invocation;
                 }
                 state = worker.work.wait(state).unwrap_or_else(|e| e.into_inner());
@@ -240,7 +242,6 @@ fn evaluate(worker: &Worker, engine: &mut Engine, capture: &OutputCapture) {
         };
         worker.interrupt.store(false, Ordering::SeqCst);
         let call_id = invocation.call_id;
-        worker.running_call.store(call_id, Ordering::SeqCst);
         let mut last_drain: Option<Instant> = None;
         let mut emit = |event: EventBody| {
             // Output printed before a value or the end reaches the client before it. Checking
@@ -273,10 +274,8 @@ fn evaluate(worker: &Worker, engine: &mut Engine, capture: &OutputCapture) {
                 )),
             });
         }
+        let _state = worker.lock();
         worker.running_call.store(0, Ordering::SeqCst);
-        let mut state = worker.lock();
-        state.running = None;
-        state.info.running = false;
     }
 }
 

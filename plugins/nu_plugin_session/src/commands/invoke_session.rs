@@ -248,6 +248,7 @@ fn interrupt_on_ctrl_c(
 
 /// Where a session's printed output goes: stderr, or stdout when stdout is the terminal (not
 /// the plugin protocol).
+#[derive(Clone, Copy)]
 struct OutputSink {
     stdout_ok: bool,
 }
@@ -297,9 +298,7 @@ impl Run {
             CallEvent::Finished(Some(error)) => Err(self.error(&error)),
             CallEvent::Finished(None) => Ok(PipelineData::empty()),
             CallEvent::Started { stream: true } => {
-                let output = OutputSink {
-                    stdout_ok: output.stdout_ok,
-                };
+                let output = *output;
                 let stream = std::iter::from_fn(move || self.next_value(&output));
                 Ok(PipelineData::list_stream(
                     ListStream::new(stream, head, engine.signals().clone()),

@@ -33,7 +33,7 @@ let rss = rss_of $pid
 
 def rate [n: int, d: duration] { $n / ($d / 1sec) | math round | into int }
 
-# Over SSH, to the sshd scripts/bench.sh started on 127.0.0.2 (host alias `bench`).
+# Over SSH, to the sshds scripts/bench.sh started on 127.0.0.2-5 (host aliases `bench`, `fan1`-`fan3`).
 let ssh_rows = if ($env.NU_SESSION_SSH_CONFIG | is-empty) { [] } else {
     let cfg = $env.NU_SESSION_SSH_CONFIG
     let first = timeit { new-session bench --name ssh1 }
@@ -48,6 +48,10 @@ let ssh_rows = if ($env.NU_SESSION_SSH_CONFIG | is-empty) { [] } else {
     let cm_ints = median_of 3 { ^ssh -F $cfg bench nu -n -c "'seq 1 1000000 | to json -r'" | from json | length }
     let ssh_recs = median_of 3 { invoke-session $r $recs | length }
     let cm_recs = median_of 3 { ^ssh -F $cfg bench nu -n -c $"'($recs) | to json -r'" | from json | length }
+    # Three hosts nobody has connected to yet: 4 + 3 + 3 sessions, opened in parallel.
+    let fan = [fan1 fan1 fan1 fan1 fan2 fan2 fan2 fan3 fan3 fan3]
+    let fan_ours = timeit { new-session ...$fan | where state == Opened | length | if $in != 10 { error make {msg: $"only ($in) of 10 opened"} } }
+    let fan_ssh = timeit { $fan | par-each {|h| ^ssh -F $cfg -o ControlMaster=no -o ControlPath=none $h true } }
     [
         [measure, ours, baseline, "baseline is"];
         ["SSH: first session to a host", $first, $fresh_ssh, "ssh host true, fresh connection (median of 10)"]
@@ -55,6 +59,7 @@ let ssh_rows = if ($env.NU_SESSION_SSH_CONFIG | is-empty) { [] } else {
         ["SSH: invoke round trip '1 + 1' (median of 500)", $ssh_rtt, $cm_rtt, "ssh ControlMaster + nu -n -c '1 + 1' (median of 20)"]
         ["SSH: 1,000,000 ints streamed (median of 3)", $ssh_ints, $cm_ints, "ssh ControlMaster + nu -c '... | to json -r' | from json"]
         ["SSH: 200,000 records streamed (median of 3)", $ssh_recs, $cm_recs, "same"]
+        ["SSH: 10 sessions across 3 new hosts", $fan_ours, $fan_ssh, "10 fresh `ssh host true` in parallel"]
     ]
 }
 

@@ -228,3 +228,126 @@ fn piped_records_bind_host_user_port_and_name_per_row() {
         ])
     );
 }
+
+/// Counts the channels the server opened of `kind` (`LogLevel DEBUG1` logs each).
+fn channels(server: &nu_session_tests::Sshd, kind: &str) -> usize {
+    server
+        .log()
+        .lines()
+        .filter(|l| l.contains("server_input_channel_open: ctype") && l.contains(kind))
+        .count()
+}
+
+#[test]
+fn once_the_host_is_known_sessions_open_its_sockets_without_running_a_remote_command() {
+    let sb = Sandbox::new();
+    let server = sb.sshd_with("127.0.0.8", "LogLevel DEBUG1");
+    let config = sb.ssh_config(&[&server], "");
+    let computer = server.computer("root");
+    let out = sb.ssh_json(
+        &config,
+        &format!(
+            "let a = new-session {computer}
+             let b = new-session {computer}
+             let c = new-session {computer}
+             [$a $b $c] | flatten | each {{|s| invoke-session $s {{ 6 * 7 }} }}"
+        ),
+    );
+    assert_eq!(out, json!([42, 42, 42]));
+    // The first manager connection runs `nu-session-host connect` (it starts the manager and
+    // learns where the sockets are); everything after opens them directly.
+    assert_eq!(channels(&server, "session"), 1, "{}", server.log());
+    assert_eq!(
+        channels(&server, "direct-streamlocal"),
+        5,
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn a_server_that_forbids_socket_forwarding_still_gets_sessions() {
+    let sb = Sandbox::new();
+    let server = sb.sshd_with(
+        "127.0.0.9",
+        "LogLevel DEBUG1\nAllowStreamLocalForwarding no",
+    );
+    let config = sb.ssh_config(&[&server], "");
+    let computer = server.computer("root");
+    let out = sb.ssh_json(
+        &config,
+        &format!(
+            "let a = new-session {computer}
+             let b = new-session {computer}
+             [$a $b] | flatten | each {{|s| invoke-session $s {{ 6 * 7 }} }}"
+        ),
+    );
+    assert_eq!(out, json!([42, 42]));
+    // Refused once, then not asked again: every connection runs the relay.
+    assert_eq!(
+        channels(&server, "direct-streamlocal"),
+        1,
+        "{}",
+        server.log()
+    );
+    assert_eq!(channels(&server, "session"), 4, "{}", server.log());
+}
+
+#[test]
+fn proxy_jump_reaches_a_host_through_another() {
+    let sb = Sandbox::new();
+    let jump = sb.sshd_with("127.0.0.10", "LogLevel DEBUG1");
+    let inner = sb.sshd("127.0.0.11");
+    let config = sb.ssh_config(
+        &[&jump, &inner],
+        &format!(
+            "Host inner\n  HostName 127.0.0.11\n  Port {}\n  User root\n  ProxyJump {}\n",
+            inner.port,
+            jump.computer("root")
+        ),
+    );
+    let out = sb.ssh_json(
+        &config,
+        "let s = new-session inner
+         invoke-session $s { let x = 5 }
+         { record: ($s | first | select computer_name transport state port), x: (invoke-session $s '$x'), addr: (invoke-session $s { $env.SSH_CONNECTION | split row ' ' | get 2 }) }",
+    );
+    assert_eq!(
+        out,
+        json!({
+            "record": {"computer_name": "inner", "transport": "SSH", "state": "Opened", "port": inner.port},
+            "x": 5,
+            "addr": "127.0.0.11"
+        })
+    );
+    // The connection to the inner host went through the jump host.
+    let log = jump.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("server_request_direct_tcpip")
+                && l.contains(&format!("target 127.0.0.11 port {}", inner.port))),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_dead_jump_host_is_named_in_the_error() {
+    let sb = Sandbox::new();
+    let inner = sb.sshd("127.0.0.12");
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.13:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let config = sb.ssh_config(
+        &[&inner],
+        &format!(
+            "Host inner\n  HostName 127.0.0.12\n  Port {}\n  User root\n  ProxyJump root@127.0.0.13:{dead}\n",
+            inner.port
+        ),
+    );
+    let error = caught(&sb, &config, "new-session inner");
+    assert!(
+        error.contains(&format!("cannot connect to root@127.0.0.13:{dead}")),
+        "{error}"
+    );
+}

@@ -243,6 +243,7 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
 /// `nu-session-host` (on the PATH it sets) with a runtime directory of their own.
 pub struct Sshd {
     child: Child,
+    dir: PathBuf,
     pub address: String,
     pub port: u16,
     /// The server's public host key line (`ssh-ed25519 AAAA...`).
@@ -265,6 +266,11 @@ impl Sshd {
     /// The known_hosts line for this server.
     pub fn known_hosts_line(&self) -> String {
         format!("[{}]:{} {}", self.address, self.port, self.host_key)
+    }
+
+    /// What the server logged (raise `LogLevel` with [`Sandbox::sshd_with`] to see more).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
     }
 
     /// The runtime directory the host side of this server uses.
@@ -312,6 +318,12 @@ impl Sandbox {
 
     /// Starts `sshd` on `address` (e.g. 127.0.0.2) with a fresh host key.
     pub fn sshd(&self, address: &str) -> Sshd {
+        self.sshd_with(address, "")
+    }
+
+    /// Like [`Sandbox::sshd`], with `extra` sshd_config lines (they win: sshd keeps the first
+    /// value of a keyword).
+    pub fn sshd_with(&self, address: &str, extra: &str) -> Sshd {
         let sshd = Path::new("/usr/sbin/sshd");
         assert!(
             sshd.exists(),
@@ -337,7 +349,7 @@ impl Sandbox {
         std::fs::write(
             &config,
             format!(
-                "ListenAddress {address}\nPort {port}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile none\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nMaxStartups 100\nMaxSessions 100\nLogLevel ERROR\nSetEnv PATH={path} NU_SESSION_DIR={}\n",
+                "{extra}\nListenAddress {address}\nPort {port}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile none\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nMaxStartups 100\nMaxSessions 100\nLogLevel ERROR\nSetEnv PATH={path} NU_SESSION_DIR={}\n",
                 host_key.display(),
                 self.path().join("authorized_keys").display(),
                 Sshd::remote_runtime_dir(self, address).display(),
@@ -368,6 +380,7 @@ impl Sandbox {
             .join(" ");
         Sshd {
             child,
+            dir,
             address: address.to_string(),
             port,
             host_key,

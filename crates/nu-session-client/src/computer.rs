@@ -48,7 +48,13 @@ impl ComputerName {
                     }
                 })?)?),
             };
-            (validate_v6(addr)?, port)
+            // `[host]:port` is OpenSSH's form for any host (ssh -G writes jump hosts so).
+            let host = if addr.contains(':') {
+                validate_v6(addr)?
+            } else {
+                validate_host(addr)?
+            };
+            (host, port)
         } else if rest.matches(':').count() > 1 {
             // A bare IPv6 address: no port can be given without brackets.
             (validate_v6(rest)?, None)
@@ -167,6 +173,11 @@ mod tests {
             name(Some("carol"), "fe80::1", None)
         );
         assert_eq!(ComputerName::parse("::1").unwrap(), name(None, "::1", None));
+        // OpenSSH brackets any host so (`ssh -G` prints jump hosts this way).
+        assert_eq!(
+            ComputerName::parse("root@[10.0.0.5]:2222").unwrap(),
+            name(Some("root"), "10.0.0.5", Some(2222))
+        );
     }
 
     #[test]
@@ -202,7 +213,9 @@ mod tests {
             "web1:+22",
             "[::1",
             "[::1]22",
-            "[not-v6]:22",
+            "[not v6]:22",
+            "[-oProxyCommand=x]:22",
+            "[]:22",
             "web1/../x",
             "user name@web1",
             "web1:",

@@ -7,6 +7,8 @@
 //! - Host keys are checked against every `UserKnownHostsFile`: a changed key is refused naming the
 //!   file and line; an unknown key follows `StrictHostKeyChecking` (`yes`/`ask` refuse with how to
 //!   accept it, `accept-new` learns it, `no` accepts it).
+//! - `ProxyJump` hops are connected in order, each tunnelled through the one before
+//!   (`direct-tcpip`), and each verified and authenticated like a direct host.
 //! - Authentication: the ssh-agent first, then identity files (unencrypted, or encrypted ones held
 //!   by the agent). Nothing secret is ever taken from arguments or logged.
 
@@ -56,6 +58,10 @@ pub struct SshTarget {
     pub known_hosts: Vec<PathBuf>,
     pub strict: StrictHostKeyChecking,
     pub connect_timeout: Option<Duration>,
+    /// `ProxyJump` hops, first to last (`user@host:port` or config aliases).
+    pub proxy_jump: Vec<String>,
+    /// The ssh config file the target was resolved with, for resolving the hops the same way.
+    pub config_file: Option<PathBuf>,
 }
 
 /// Overrides given on the command line; they win over the ssh config.
@@ -101,6 +107,7 @@ impl SshTarget {
         }
         let text = String::from_utf8_lossy(&output.stdout);
         let mut target = SshTarget::from_ssh_g(&name.to_string(), &text)?;
+        target.config_file = options.config_file.clone();
         if let Some(file) = &options.identity_file {
             target.identity_files = vec![file.clone()];
         }
@@ -131,6 +138,8 @@ impl SshTarget {
             known_hosts: Vec::new(),
             strict: StrictHostKeyChecking::Yes,
             connect_timeout: None,
+            proxy_jump: Vec::new(),
+            config_file: None,
         };
         for line in text.lines() {
             let Some((key, value)) = line.split_once(' ') else {
@@ -150,6 +159,16 @@ impl SshTarget {
                 }
                 "connecttimeout" => {
                     target.connect_timeout = value.parse().ok().map(Duration::from_secs);
+                }
+                "proxyjump" if value != "none" => {
+                    target.proxy_jump = value.split(',').map(str::to_string).collect();
+                }
+                "proxycommand" if value != "none" => {
+                    return Err(ClientError::transport(
+                        &format!("{computer_name} is configured with a ProxyCommand"),
+                        "nu-session does not run ProxyCommand",
+                    )
+                    .with_help("use ProxyJump for jump hosts"));
                 }
                 _ => {}
             }
@@ -274,6 +293,32 @@ impl client::Handler for Verifier {
 pub struct SshConnection {
     target: SshTarget,
     handle: Handle<Verifier>,
+    /// The jump host this connection is tunnelled through (`ProxyJump`), kept open with it.
+    _via: Option<Arc<SshConnection>>,
+}
+
+/// The last hop of `target.proxy_jump`, resolved, with the hops before it as its own jumps.
+fn last_hop(target: &SshTarget) -> Result<Option<SshTarget>, ClientError> {
+    let Some((last, before)) = target.proxy_jump.split_last() else {
+        return Ok(None);
+    };
+    let spec = last.strip_prefix("ssh://").unwrap_or(last);
+    let name = ComputerName::parse(spec).map_err(|e| {
+        ClientError::transport(
+            &format!("bad ProxyJump for {}", target.computer_name),
+            format!("{}: {}", e.what, e.reason),
+        )
+    })?;
+    let options = SshOptions {
+        config_file: target.config_file.clone(),
+        strict: Some(target.strict),
+        connect_timeout: target.connect_timeout,
+        ..Default::default()
+    };
+    let mut hop = SshTarget::resolve(&name, &options)?;
+    // The hops of the chain are the ones the target names, not the jump host's own.
+    hop.proxy_jump = before.to_vec();
+    Ok(Some(hop))
 }
 
 impl SshConnection {
@@ -298,10 +343,32 @@ impl SshConnection {
             target: target.clone(),
             refusal: refusal.clone(),
         };
-        let address = (target.hostname.clone(), target.port);
-        let connecting = client::connect(config, address, verifier);
         let timeout = target.connect_timeout.unwrap_or(Duration::from_secs(30));
         let name = &target.computer_name;
+        let via = match last_hop(&target)? {
+            None => None,
+            Some(hop) => Some(Arc::new(Box::pin(SshConnection::connect(hop)).await?)),
+        };
+        let connecting = async {
+            match &via {
+                None => {
+                    let address = (target.hostname.clone(), target.port);
+                    client::connect(config, address, verifier).await
+                }
+                Some(via) => {
+                    let channel = via
+                        .handle
+                        .channel_open_direct_tcpip(
+                            target.hostname.clone(),
+                            u32::from(target.port),
+                            "127.0.0.1",
+                            0,
+                        )
+                        .await?;
+                    client::connect_stream(config, channel.into_stream(), verifier).await
+                }
+            }
+        };
         let mut handle = match tokio::time::timeout(timeout, connecting).await {
             Err(_) => {
                 return Err(ClientError::transport(
@@ -314,15 +381,32 @@ impl SshConnection {
                 if let Some(refusal) = refusal.lock().ok().and_then(|mut r| r.take()) {
                     return Err(refusal);
                 }
+                let through = via
+                    .as_ref()
+                    .map(|v| format!(" through {}", v.target.computer_name))
+                    .unwrap_or_default();
                 return Err(ClientError::transport(
-                    &format!("cannot connect to {name}"),
+                    &format!("cannot connect to {name}{through}"),
                     e,
                 ));
             }
             Ok(Ok(handle)) => handle,
         };
         authenticate(&mut handle, &target).await?;
-        Ok(SshConnection { target, handle })
+        Ok(SshConnection {
+            target,
+            handle,
+            _via: via,
+        })
+    }
+
+    /// Opens the Unix socket at `path` on the host (`direct-streamlocal@openssh.com`).
+    pub async fn open_socket(
+        &self,
+        path: &str,
+    ) -> Result<russh::ChannelStream<client::Msg>, russh::Error> {
+        let channel = self.handle.channel_open_direct_streamlocal(path).await?;
+        Ok(channel.into_stream())
     }
 
     /// Runs `command` on the host in a new channel and returns its stdin/stdout as a stream,

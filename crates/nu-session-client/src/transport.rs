@@ -40,9 +40,23 @@ pub enum Transport {
 
 /// The shared SSH connection to one (user, host, port), made when first needed and again after
 /// it drops.
+///
+/// A host connection is a channel on it: `direct-streamlocal` straight to the host's socket once
+/// the host's runtime directory is known (from the hello of an earlier connection), else — and
+/// whenever that is refused — `exec nu-session-host connect`, which pays the remote shell's
+/// start-up and starts the manager when it is not running.
 pub struct SshLink {
     target: SshTarget,
     connection: tokio::sync::Mutex<Option<Arc<SshConnection>>>,
+    direct: std::sync::Mutex<Direct>,
+}
+
+/// What this link knows about opening the host's sockets directly.
+#[derive(Default)]
+struct Direct {
+    runtime_dir: Option<String>,
+    /// The server forbids stream-local forwarding (`AllowStreamLocalForwarding no`).
+    prohibited: bool,
 }
 
 impl SshLink {
@@ -50,7 +64,23 @@ impl SshLink {
         SshLink {
             target,
             connection: tokio::sync::Mutex::new(None),
+            direct: std::sync::Mutex::new(Direct::default()),
         }
+    }
+
+    fn direct(&self) -> std::sync::MutexGuard<'_, Direct> {
+        self.direct.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where the socket for `session` (or the manager) is on the host, when a direct channel is
+    /// worth trying.
+    fn socket_path(&self, session: Option<Uuid>) -> Option<String> {
+        let direct = self.direct();
+        let dir = direct.runtime_dir.as_ref().filter(|_| !direct.prohibited)?;
+        Some(match session {
+            Some(id) => format!("{dir}/sessions/{id}.sock"),
+            None => format!("{dir}/manager.sock"),
+        })
     }
 
     pub fn target(&self) -> &SshTarget {
@@ -67,17 +97,43 @@ impl SshLink {
         Ok(connection)
     }
 
-    async fn relay(&self, session: Option<Uuid>) -> Result<Connection, ClientError> {
+    async fn open(&self, session: Option<Uuid>) -> Result<Connection, ClientError> {
+        let connection = self.connection().await?;
+        let mut refused = false;
+        if let Some(path) = self.socket_path(session) {
+            match connection.open_socket(&path).await {
+                Ok(stream) => {
+                    if let Ok(conn) = self.hello(Box::pin(stream)).await {
+                        return Ok(conn);
+                    }
+                }
+                // OpenSSH answers "administratively prohibited" both when forwarding is off and
+                // when nothing listens (a manager that exited when idle, an ended session): the
+                // relay below starts the manager or says what happened.
+                Err(_) => refused = true,
+            }
+        }
         let command = match session {
             Some(id) => format!("nu-session-host connect --session {id}"),
             None => "nu-session-host connect".to_string(),
         };
-        let stream = self
-            .connection()
-            .await?
+        let stream = connection
             .exec(&command, nu_session_protocol::RELAY_PREAMBLE)
             .await?;
-        hello(Box::pin(stream)).await
+        let conn = self.hello(Box::pin(stream)).await?;
+        if refused && session.is_some() {
+            // The session's socket was there after all: the server forbids forwarding to it.
+            self.direct().prohibited = true;
+        }
+        Ok(conn)
+    }
+
+    async fn hello(&self, stream: Pin<Box<dyn Stream>>) -> Result<Connection, ClientError> {
+        let (conn, hello) = hello(stream).await?;
+        if let Some(dir) = hello.runtime_dir.filter(|d| d.starts_with('/')) {
+            self.direct().runtime_dir = Some(dir);
+        }
+        Ok(conn)
     }
 }
 
@@ -89,7 +145,7 @@ impl Transport {
     /// A connection to the manager, started if it does not run yet, after the hello.
     pub(crate) async fn connect_manager(&self) -> Result<Connection, ClientError> {
         match self {
-            Transport::Ssh(link) => link.relay(None).await,
+            Transport::Ssh(link) => link.open(None).await,
             Transport::Local { layout, program } => {
                 layout
                     .ensure_private()
@@ -102,7 +158,7 @@ impl Transport {
                         connect_with_retry(&socket).await?
                     }
                 };
-                hello(Box::pin(stream)).await
+                Ok(hello(Box::pin(stream)).await?.0)
             }
         }
     }
@@ -110,7 +166,7 @@ impl Transport {
     /// A connection to a session's worker, after the hello.
     pub(crate) async fn connect_session(&self, id: Uuid) -> Result<Connection, ClientError> {
         match self {
-            Transport::Ssh(link) => link.relay(Some(id)).await,
+            Transport::Ssh(link) => link.open(Some(id)).await,
             Transport::Local { layout, .. } => {
                 layout
                     .check_private()
@@ -118,19 +174,19 @@ impl Transport {
                 let stream = UnixStream::connect(layout.session_socket(id))
                     .await
                     .map_err(|e| ClientError::transport("cannot reach the session", e))?;
-                hello(Box::pin(stream)).await
+                Ok(hello(Box::pin(stream)).await?.0)
             }
         }
     }
 }
 
-async fn hello(stream: Pin<Box<dyn Stream>>) -> Result<Connection, ClientError> {
+async fn hello(stream: Pin<Box<dyn Stream>>) -> Result<(Connection, Hello), ClientError> {
     let mut conn = Framed::new(stream, FrameCodec::new());
     conn.send(ClientMessage::Hello(Hello::current()))
         .await
         .map_err(|e| ClientError::transport("cannot greet the host", e))?;
     match conn.next().await {
-        Some(Ok(HostMessage::Hello(_))) => Ok(conn),
+        Some(Ok(HostMessage::Hello(hello))) => Ok((conn, hello)),
         Some(Ok(HostMessage::Error(e))) => Err(e.into()),
         Some(Ok(other)) => Err(ClientError::transport(
             "unexpected answer to hello",

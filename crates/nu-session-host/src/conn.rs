@@ -4,6 +4,7 @@
 use std::io::{self, BufReader, BufWriter, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use nu_session_protocol::{
@@ -37,7 +38,7 @@ impl Writer {
 
 impl Conn {
     /// Checks the peer and exchanges hellos. `Ok(None)`: the peer was refused and told why.
-    pub fn accept(stream: UnixStream) -> io::Result<Option<Conn>> {
+    pub fn accept(stream: UnixStream, runtime_dir: &Path) -> io::Result<Option<Conn>> {
         if !peer_is_same_user(&stream) {
             return Ok(None);
         }
@@ -50,7 +51,8 @@ impl Conn {
         };
         match conn.recv()? {
             Some(ClientMessage::Hello(hello)) if hello.protocol_version == PROTOCOL_VERSION => {
-                conn.writer.send(&HostMessage::Hello(Hello::current()))?;
+                conn.writer
+                    .send(&HostMessage::Hello(Hello::host(runtime_dir)))?;
                 Ok(Some(conn))
             }
             Some(ClientMessage::Hello(hello)) => {

@@ -126,7 +126,7 @@ fn linger(manager: &Manager, _lock: File) {
 }
 
 fn serve(manager: &Manager, stream: UnixStream) {
-    let mut conn = match Conn::accept(stream) {
+    let mut conn = match Conn::accept(stream, manager.layout.root()) {
         Ok(Some(conn)) => conn,
         _ => return,
     };

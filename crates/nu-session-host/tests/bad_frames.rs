@@ -127,6 +127,7 @@ fn a_wrong_protocol_version_gets_an_error_naming_both() {
     let hello = Hello {
         protocol_version: 999,
         software_version: "9.9.9".into(),
+        runtime_dir: None,
     };
     write_frame(&mut stream, &ClientMessage::Hello(hello)).unwrap();
     match read_frame::<HostMessage>(&mut stream).unwrap() {

@@ -60,6 +60,10 @@ pub enum HostMessage {
 pub struct Hello {
     pub protocol_version: u32,
     pub software_version: String,
+    /// Host → client: the host's runtime directory, so that a client over SSH can open its
+    /// sockets directly (`direct-streamlocal`) instead of running `nu-session-host connect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_dir: Option<String>,
 }
 
 impl Hello {
@@ -67,6 +71,15 @@ impl Hello {
         Hello {
             protocol_version: crate::PROTOCOL_VERSION,
             software_version: crate::SOFTWARE_VERSION.to_string(),
+            runtime_dir: None,
+        }
+    }
+
+    /// The host's hello, naming its runtime directory.
+    pub fn host(runtime_dir: &std::path::Path) -> Self {
+        Hello {
+            runtime_dir: runtime_dir.to_str().map(str::to_string),
+            ..Hello::current()
         }
     }
 }

@@ -40,6 +40,7 @@ pub struct SessionFile {
 
 struct Worker {
     id: Uuid,
+    layout: Layout,
     state: Mutex<State>,
     work: Condvar,
     outbox: Arc<Outbox>,
@@ -157,6 +158,7 @@ pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()
     ));
     let worker = Arc::new(Worker {
         id,
+        layout: layout.clone(),
         state: Mutex::new(State {
             info: info.clone(),
             attached_conn: None,
@@ -282,7 +284,7 @@ fn evaluate(worker: &Worker, engine: &mut Engine, capture: &OutputCapture) {
 /// Serves one connection until it closes.
 fn serve(worker: &Arc<Worker>, stream: UnixStream) {
     let conn_id = worker.next_conn.fetch_add(1, Ordering::SeqCst);
-    let mut conn = match Conn::accept(stream) {
+    let mut conn = match Conn::accept(stream, worker.layout.root()) {
         Ok(Some(conn)) => conn,
         Ok(None) => return,
         Err(e) => {

@@ -560,3 +560,35 @@ fn a_stream_larger_than_the_host_buffer_arrives_whole() {
         json!({"len": 1000000, "sum": 500000500000i64, "last": 1000000})
     );
 }
+
+/// How many of the `[start, end]` intervals (in ms) overlap at the busiest moment.
+fn most_at_once(intervals: &serde_json::Value) -> usize {
+    let spans: Vec<(i64, i64)> = intervals
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|i| (i[0].as_i64().expect("start"), i[1].as_i64().expect("end")))
+        .collect();
+    spans
+        .iter()
+        .map(|(start, _)| spans.iter().filter(|(s, e)| s <= start && start < e).count())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn invoke_session_runs_sessions_concurrently_within_the_throttle_limit() {
+    let sb = Sandbox::new();
+    let code = "{|| let a = (date now | into int) // 1_000_000; sleep 400ms; [$a ((date now | into int) // 1_000_000)] }";
+    let out = sb.json(&format!(
+        "let s = (1..4 | each {{ null | new-session }} | flatten)
+         {{ all: (invoke-session $s {code}), two: (invoke-session $s {code} --throttle-limit 2), ids: (invoke-session $s {{ 1 }}) }}"
+    ));
+    // Without a limit under 4 all four run at once; with 2, never more than two, and every
+    // session still answers, in order.
+    assert_eq!(most_at_once(&out["all"]), 4, "{out}");
+    assert_eq!(most_at_once(&out["two"]), 2, "{out}");
+    assert_eq!(out["ids"], json!([1, 1, 1, 1]));
+    let error = sb.fails("let s = new-session; invoke-session $s { 1 } --throttle-limit -1");
+    assert!(error.contains("the throttle limit cannot be negative"), "{error}");
+}

@@ -351,3 +351,24 @@ fn a_dead_jump_host_is_named_in_the_error() {
         "{error}"
     );
 }
+
+#[test]
+fn a_slow_fan_out_shows_progress_on_a_terminal_and_not_in_a_pipe() {
+    let sb = Sandbox::new();
+    let server = sb.sshd("127.0.0.14");
+    // Accepts connections and never speaks SSH: a host that hangs until --connect-timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.15:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let config = sb.ssh_config(&[&server], "");
+    let script = format!(
+        "new-session {} root@127.0.0.15:{silent_port} --connect-timeout 2sec | each {{|r| try {{ $r.state }} catch {{ 'failed' }} }} | to json -r",
+        server.computer("root")
+    );
+    let screen = sb.pty_run(&config, &script);
+    assert!(screen.contains("new-session: 1/2 done"), "{screen}");
+    assert!(screen.contains(r#"["Opened","failed"]"#), "{screen}");
+    let piped = sb.ssh_run(&config, &script);
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(!stderr.contains("done"), "{stderr}");
+    drop(silent);
+}

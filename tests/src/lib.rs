@@ -414,6 +414,30 @@ impl Sandbox {
         command.output().expect("run nu")
     }
 
+    /// Runs a script with the ssh config as [`Sandbox::ssh_run`] does, but with a terminal
+    /// (a pseudo-terminal from `script`) as its stdin, stdout and stderr. Returns what the
+    /// terminal showed.
+    pub fn pty_run(&self, config: &Path, script: &str) -> String {
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        let line = format!(
+            "{} -n --no-std-lib --plugins {} -c {}",
+            quote(&nu_binary().display().to_string()),
+            quote(&format!("[{}]", bin_dir().join("nu_plugin_session").display())),
+            quote(script)
+        );
+        let out = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("NU_SESSION_DIR", self.runtime_dir())
+            .env("NU_SESSION_HOST", bin_dir().join("nu-session-host"))
+            .env("NU_SESSION_SSH_CONFIG", config)
+            .env_remove("SSH_AUTH_SOCK")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run script(1)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Like [`Sandbox::json`], with the ssh config and no ssh-agent.
     pub fn ssh_json(&self, config: &Path, script: &str) -> serde_json::Value {
         let out = self.ssh_run(config, &format!("{script} | to json -r"));

@@ -8,12 +8,14 @@
 //! - [`code`]: turning a closure or a string into code a session can run, with its captured
 //!   variables and parameters.
 //! - [`errors`]: building the errors users see.
+//! - [`fanout`]: working on many computers or sessions at once, with a limit and progress.
 //!
 //! Everything that talks to hosts lives in `nu-session-client`.
 
 pub mod code;
 pub mod commands;
 pub mod errors;
+pub mod fanout;
 pub mod record;
 pub mod select;
 pub mod sessions;

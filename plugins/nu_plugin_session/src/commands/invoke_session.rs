@@ -1,13 +1,14 @@
+use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
 use nu_protocol::{
     Example, HandlerGuard, LabeledError, ListStream, PipelineData, ShellError, SignalAction,
-    Signature, Span, SyntaxShape, Type, Value,
+    Signature, Span, Spanned, SyntaxShape, Type, Value,
 };
-use nu_session_client::{Call, CallEvent, ClientError};
+use nu_session_client::{Call, CallEvent, ClientError, SessionHandle};
 
 use super::category;
 use crate::SessionPlugin;
@@ -54,6 +55,12 @@ impl PluginCommand for InvokeSession {
                 SyntaxShape::List(Box::new(SyntaxShape::Any)),
                 "Values for the closure's parameters.",
                 Some('a'),
+            )
+            .named(
+                "throttle-limit",
+                SyntaxShape::Int,
+                "How many sessions run the code at once (default 32); the next starts as one ends.",
+                None,
             )
             .category(category())
     }
@@ -127,26 +134,53 @@ impl PluginCommand for InvokeSession {
             other => Some(other.into_value(head)?),
         };
 
-        // Start the code in every session at once; read the results session by session.
-        let mut runs: Vec<Result<Run, LabeledError>> = ids
-            .iter()
-            .map(|id| start(plugin, *id, &code, input.clone(), head, code_span))
-            .collect();
-        let guard = interrupt_on_ctrl_c(engine, &runs)?;
-        let output = OutputSink::new(engine);
+        let throttle = match call.get_flag::<Spanned<i64>>("throttle-limit")? {
+            Some(limit) if limit.item < 0 => {
+                return Err(LabeledError::new("the throttle limit cannot be negative")
+                    .with_label("must be 0 (meaning 32) or more", limit.span));
+            }
+            Some(limit) if limit.item > 0 => limit.item as usize,
+            _ => crate::fanout::DEFAULT_THROTTLE,
+        };
 
-        if runs.len() == 1
-            && let Some(run) = runs.pop()
+        // Every session is looked up now; the code starts in the first `throttle` of them, and in
+        // the next each time one finishes. Results are read session by session, in order.
+        let mut pending: VecDeque<Result<Target, LabeledError>> =
+            ids.iter().map(|id| lookup(plugin, *id, head)).collect();
+        let interrupters = Interrupters::default();
+        let guard = {
+            let interrupters = interrupters.clone();
+            engine.register_signal_handler(Box::new(move |action| {
+                if action == SignalAction::Interrupt {
+                    interrupters.interrupt_all();
+                }
+            }))?
+        };
+        let output = OutputSink::new(engine);
+        let starter = Starter {
+            code,
+            input,
+            head,
+            code_span,
+            interrupters,
+        };
+
+        if pending.len() == 1
+            && let Some(target) = pending.pop_front()
         {
-            let mut run = run?;
-            run.guard = guard;
+            let mut run = starter.start(target?)?;
+            run.guard = Some(guard);
             return run.into_pipeline(&output, engine);
         }
         let mut iter = Results {
-            runs: runs.into_iter().collect(),
+            running: VecDeque::new(),
+            pending,
+            limit: throttle,
+            starter,
             output,
             _guard: guard,
         };
+        iter.top_up();
         let stream = std::iter::from_fn(move || iter.next_value());
         Ok(PipelineData::list_stream(
             ListStream::new(stream, head, engine.signals().clone()),
@@ -196,54 +230,74 @@ impl Drop for Busy {
     }
 }
 
-fn start(
-    plugin: &SessionPlugin,
-    id: i64,
-    code: &Arc<Code>,
+/// A session the code is to run in.
+struct Target {
+    handle: SessionHandle,
+    running: Arc<AtomicUsize>,
+}
+
+fn lookup(plugin: &SessionPlugin, id: i64, head: Span) -> Result<Target, LabeledError> {
+    let table = plugin.sessions();
+    let session = table
+        .get(id)
+        .ok_or_else(|| LabeledError::new(format!("no session with id {id}")))?;
+    match (&session.handle, session.state()) {
+        (Some(handle), SessionState::Opened) => Ok(Target {
+            handle: handle.clone(),
+            running: session.running.clone(),
+        }),
+        _ => Err(not_opened(session, head)),
+    }
+}
+
+/// Ctrl-C goes to every invocation started so far.
+#[derive(Clone, Default)]
+struct Interrupters(Arc<Mutex<Vec<Box<dyn Fn() + Send + Sync>>>>);
+
+impl Interrupters {
+    fn add(&self, interrupt: impl Fn() + Send + Sync + 'static) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(interrupt));
+    }
+
+    fn interrupt_all(&self) {
+        let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter().for_each(|interrupt| interrupt());
+    }
+}
+
+/// Starts the code in a session.
+struct Starter {
+    code: Arc<Code>,
     input: Option<Value>,
     head: Span,
     code_span: Span,
-) -> Result<Run, LabeledError> {
-    let (handle, running) = {
-        let table = plugin.sessions();
-        let session = table
-            .get(id)
-            .ok_or_else(|| LabeledError::new(format!("no session with id {id}")))?;
-        match (&session.handle, session.state()) {
-            (Some(handle), SessionState::Opened) => (handle.clone(), session.running.clone()),
-            _ => return Err(not_opened(session, head)),
-        }
-    };
-    let call = handle
-        .invoke(code.source.clone(), code.bindings.clone(), input)
-        .map_err(|e| client_error(&e, head))?;
-    Ok(Run {
-        call,
-        code: code.clone(),
-        code_span,
-        head,
-        _busy: Busy::new(running),
-        guard: None,
-        done: false,
-    })
+    interrupters: Interrupters,
 }
 
-/// Forwards Ctrl-C to the sessions running the code.
-fn interrupt_on_ctrl_c(
-    engine: &EngineInterface,
-    runs: &[Result<Run, LabeledError>],
-) -> Result<Option<HandlerGuard>, LabeledError> {
-    let interrupters: Vec<_> = runs
-        .iter()
-        .flatten()
-        .map(|run| run.call.interrupter())
-        .collect();
-    let guard = engine.register_signal_handler(Box::new(move |action| {
-        if action == SignalAction::Interrupt {
-            interrupters.iter().for_each(|interrupt| interrupt());
-        }
-    }))?;
-    Ok(Some(guard))
+impl Starter {
+    fn start(&self, target: Target) -> Result<Run, LabeledError> {
+        let call = target
+            .handle
+            .invoke(
+                self.code.source.clone(),
+                self.code.bindings.clone(),
+                self.input.clone(),
+            )
+            .map_err(|e| client_error(&e, self.head))?;
+        self.interrupters.add(call.interrupter());
+        Ok(Run {
+            call,
+            code: self.code.clone(),
+            code_span: self.code_span,
+            head: self.head,
+            _busy: Busy::new(target.running),
+            guard: None,
+            done: false,
+        })
+    }
 }
 
 /// Where a session's printed output goes: stderr, or stdout when stdout is the terminal (not
@@ -357,18 +411,33 @@ impl Run {
 /// The values of several sessions, one session after the other; a session that could not run
 /// the code contributes its error.
 struct Results {
-    runs: std::collections::VecDeque<Result<Run, LabeledError>>,
+    /// Started (or failed to start), in order; at most `limit` long.
+    running: VecDeque<Result<Run, LabeledError>>,
+    /// Not started yet, in order.
+    pending: VecDeque<Result<Target, LabeledError>>,
+    limit: usize,
+    starter: Starter,
     output: OutputSink,
     /// Keeps Ctrl-C forwarded while the results are read.
-    _guard: Option<HandlerGuard>,
+    _guard: HandlerGuard,
 }
 
 impl Results {
+    fn top_up(&mut self) {
+        while self.running.len() < self.limit
+            && let Some(target) = self.pending.pop_front()
+        {
+            self.running
+                .push_back(target.and_then(|t| self.starter.start(t)));
+        }
+    }
+
     fn next_value(&mut self) -> Option<Value> {
         loop {
-            match self.runs.front_mut()? {
+            self.top_up();
+            match self.running.front_mut()? {
                 Err(_) => {
-                    let Some(Err(error)) = self.runs.pop_front() else {
+                    let Some(Err(error)) = self.running.pop_front() else {
                         continue;
                     };
                     let span = error.labels.first().map_or(Span::unknown(), |l| l.span);
@@ -380,7 +449,7 @@ impl Results {
                 Ok(run) => match run.next_value(&self.output) {
                     Some(value) => return Some(value),
                     None => {
-                        self.runs.pop_front();
+                        self.running.pop_front();
                     }
                 },
             }

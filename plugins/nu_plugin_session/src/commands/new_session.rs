@@ -127,7 +127,7 @@ impl PluginCommand for NewSession {
         }
         let throttle = match call.get_flag::<i64>("throttle-limit")? {
             Some(n) if n > 0 => n as usize,
-            _ => 32,
+            _ => crate::fanout::DEFAULT_THROTTLE,
         };
         let name_flag = call.get_flag::<String>("name")?;
         let ssh = ssh_options(call, engine)?;
@@ -201,19 +201,17 @@ impl PluginCommand for NewSession {
                 Some(handle),
             ))
         };
-        let mut results = Vec::with_capacity(targets.len());
-        for chunk in targets.chunks(throttle) {
-            std::thread::scope(|scope| {
-                let running: Vec<_> = chunk.iter().map(|t| scope.spawn(|| open(t))).collect();
-                for (target, thread) in chunk.iter().zip(running) {
-                    let result = thread.join().unwrap_or_else(|_| {
+        let results: Vec<Result<Session, LabeledError>> =
+            crate::fanout::run_all(&targets, throttle, "new-session", open)
+                .into_iter()
+                .zip(&targets)
+                .map(|(result, target)| {
+                    result.unwrap_or_else(|| {
                         Err(LabeledError::new("opening the session failed unexpectedly")
                             .with_label("here", target.1.as_ref().map_or(span, |c| c.name.span)))
-                    });
-                    results.push(result);
-                }
-            });
-        }
+                    })
+                })
+                .collect();
 
         let single = results.len() == 1;
         let mut rows = Vec::with_capacity(results.len());

@@ -571,7 +571,12 @@ fn most_at_once(intervals: &serde_json::Value) -> usize {
         .collect();
     spans
         .iter()
-        .map(|(start, _)| spans.iter().filter(|(s, e)| s <= start && start < e).count())
+        .map(|(start, _)| {
+            spans
+                .iter()
+                .filter(|(s, e)| s <= start && start < e)
+                .count()
+        })
         .max()
         .unwrap_or(0)
 }
@@ -590,5 +595,8 @@ fn invoke_session_runs_sessions_concurrently_within_the_throttle_limit() {
     assert_eq!(most_at_once(&out["two"]), 2, "{out}");
     assert_eq!(out["ids"], json!([1, 1, 1, 1]));
     let error = sb.fails("let s = new-session; invoke-session $s { 1 } --throttle-limit -1");
-    assert!(error.contains("the throttle limit cannot be negative"), "{error}");
+    assert!(
+        error.contains("the throttle limit cannot be negative"),
+        "{error}"
+    );
 }

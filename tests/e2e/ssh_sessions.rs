@@ -1,6 +1,8 @@
 //! Sessions over SSH, end to end: a real nu with the built plugin, a real OpenSSH sshd on
 //! loopback running the built nu-session-host.
 
+use std::time::Duration;
+
 use nu_session_tests::Sandbox;
 use serde_json::json;
 
@@ -371,4 +373,58 @@ fn a_slow_fan_out_shows_progress_on_a_terminal_and_not_in_a_pipe() {
     let stderr = String::from_utf8_lossy(&piped.stderr);
     assert!(!stderr.contains("done"), "{stderr}");
     drop(silent);
+}
+
+/// An ed25519 key encrypted with `passphrase`, authorized on the sandbox's servers.
+fn encrypted_key(sb: &Sandbox, passphrase: &str) -> std::path::PathBuf {
+    let key = sb.path().join("id_encrypted");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", passphrase, "-f"])
+        .arg(&key)
+        .status()
+        .expect("run ssh-keygen");
+    assert!(status.success());
+    sb.authorize(&key.with_extension("pub"));
+    key
+}
+
+#[test]
+fn an_encrypted_key_is_asked_for_on_the_terminal_and_refused_without_one() {
+    let sb = Sandbox::new();
+    let server = sb.sshd("127.0.0.16");
+    let key = encrypted_key(&sb, "correct horse");
+    let config = sb.ssh_config(&[&server], "");
+    let script = format!(
+        "let s = new-session {} --identity-file {}; print ($s | get 0.state); print (invoke-session $s {{ ^whoami }})",
+        server.computer("root"),
+        key.display()
+    );
+
+    let terminal = sb.terminal(Some(&config), Some(&script));
+    let prompt = format!("Enter passphrase for key '{}':", key.display());
+    terminal.wait_for(&prompt, Duration::from_secs(20));
+    terminal.type_line("wrong");
+    terminal.wait_for_n(&prompt, 2, Duration::from_secs(20));
+    terminal.type_line("correct horse");
+    let screen = terminal.wait_for("[exited 0]", Duration::from_secs(30));
+    assert!(screen.contains("Opened\nroot\n"), "{screen}");
+    // What was typed never shows.
+    assert!(!screen.contains("correct horse"), "{screen}");
+    assert!(!screen.contains("wrong"), "{screen}");
+
+    // Without a terminal: a clear error, and nothing waits for input.
+    let error = caught(
+        &sb,
+        &config,
+        &format!(
+            "new-session {} --identity-file {}",
+            server.computer("root"),
+            key.display()
+        ),
+    );
+    assert!(error.contains("is encrypted"), "{error}");
+    assert!(
+        error.contains("no terminal to ask for its passphrase"),
+        "{error}"
+    );
 }

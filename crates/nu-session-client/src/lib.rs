@@ -71,6 +71,7 @@ impl Client {
                 link
             }
         };
+        link.set_prompter(options.prompter.clone());
         Ok(self.host(Transport::Ssh(link)))
     }
 

@@ -16,12 +16,44 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use russh::client::{self, Handle};
+use russh::MethodKind;
+use russh::client::{self, AuthResult, Handle, KeyboardInteractiveAuthResponse};
 use russh::keys::{self, PrivateKeyWithHashAlg, PublicKey};
 use tokio::io::AsyncReadExt;
 
 use crate::ClientError;
 use crate::computer::ComputerName;
+
+/// Asks the user for a secret (a key's passphrase, a password) on their terminal. `None`: there
+/// is no terminal, or the user gave up. Secrets are never taken from arguments and never logged.
+#[derive(Clone)]
+pub struct Prompter(Arc<Ask>);
+
+type Ask = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+impl Prompter {
+    pub fn new(ask: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        Prompter(Arc::new(ask))
+    }
+
+    /// Asks without blocking the I/O runtime.
+    async fn ask(&self, prompt: String) -> Option<String> {
+        let ask = self.0.clone();
+        tokio::task::spawn_blocking(move || ask(&prompt))
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+impl std::fmt::Debug for Prompter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Prompter")
+    }
+}
+
+/// How many times a passphrase or password is asked for before giving up, as OpenSSH.
+const TRIES: usize = 3;
 
 /// What to do with a host key that no known_hosts file has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +106,8 @@ pub struct SshOptions {
     pub strict: Option<StrictHostKeyChecking>,
     /// An ssh config file to use instead of `~/.ssh/config` (`ssh -F`).
     pub config_file: Option<PathBuf>,
+    /// Asks for passphrases and passwords when a terminal is attached.
+    pub prompter: Option<Prompter>,
 }
 
 impl SshTarget {
@@ -330,8 +364,12 @@ impl SshConnection {
         self.handle.is_closed()
     }
 
-    /// Connects, verifies the host key, and authenticates.
-    pub async fn connect(target: SshTarget) -> Result<SshConnection, ClientError> {
+    /// Connects, verifies the host key, and authenticates (asking `prompter` for passphrases
+    /// and passwords when the keys are not enough).
+    pub async fn connect(
+        target: SshTarget,
+        prompter: Option<Prompter>,
+    ) -> Result<SshConnection, ClientError> {
         let config = Arc::new(client::Config {
             keepalive_interval: Some(Duration::from_secs(15)),
             keepalive_max: 3,
@@ -347,7 +385,9 @@ impl SshConnection {
         let name = &target.computer_name;
         let via = match last_hop(&target)? {
             None => None,
-            Some(hop) => Some(Arc::new(Box::pin(SshConnection::connect(hop)).await?)),
+            Some(hop) => Some(Arc::new(
+                Box::pin(SshConnection::connect(hop, prompter.clone())).await?,
+            )),
         };
         let connecting = async {
             match &via {
@@ -392,7 +432,7 @@ impl SshConnection {
             }
             Ok(Ok(handle)) => handle,
         };
-        authenticate(&mut handle, &target).await?;
+        authenticate(&mut handle, &target, prompter.as_ref()).await?;
         Ok(SshConnection {
             target,
             handle,
@@ -466,9 +506,12 @@ async fn skip_to(
 async fn authenticate(
     handle: &mut Handle<Verifier>,
     target: &SshTarget,
+    prompter: Option<&Prompter>,
 ) -> Result<(), ClientError> {
     let user = &target.user;
     let name = &target.computer_name;
+    let failed =
+        |e: russh::Error| ClientError::transport(&format!("authentication with {name} failed"), e);
     let hash = handle
         .best_supported_rsa_hash()
         .await
@@ -489,39 +532,59 @@ async fn authenticate(
         }
     }
     let mut tried = Vec::new();
+    // What the server still accepts after the last refusal (unknown until one).
+    let mut methods: Option<Vec<MethodKind>> = None;
     for file in &target.identity_files {
         if !file.exists() {
             continue;
         }
         tried.push(file.display().to_string());
-        let key = match keys::load_secret_key(file, None) {
-            Ok(key) => key,
-            Err(keys::Error::KeyIsEncrypted) => {
-                return Err(ClientError::transport(
-                    &format!("the key {} is encrypted", file.display()),
-                    "no terminal to ask for its passphrase",
-                )
-                .with_help(format!(
-                    "add it to your ssh-agent: ssh-add {}",
-                    file.display()
-                )));
-            }
-            Err(e) => {
-                return Err(ClientError::transport(
-                    &format!("cannot read the key {}", file.display()),
-                    e,
-                ));
-            }
+        let Some(key) = load_key(file, prompter).await? else {
+            continue;
         };
         let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
-        match handle.authenticate_publickey(user, key).await {
-            Ok(result) if result.success() => return Ok(()),
-            Ok(_) => {}
-            Err(e) => {
-                return Err(ClientError::transport(
-                    &format!("authentication with {name} failed"),
-                    e,
-                ));
+        match handle
+            .authenticate_publickey(user, key)
+            .await
+            .map_err(failed)?
+        {
+            AuthResult::Success => return Ok(()),
+            AuthResult::Failure {
+                remaining_methods, ..
+            } => methods = Some(remaining_methods.to_vec()),
+        }
+    }
+    if let Some(prompter) = prompter {
+        let methods = match methods {
+            Some(methods) => methods,
+            None => match handle.authenticate_none(user).await.map_err(failed)? {
+                AuthResult::Success => return Ok(()),
+                AuthResult::Failure {
+                    remaining_methods, ..
+                } => remaining_methods.to_vec(),
+            },
+        };
+        if methods.contains(&MethodKind::KeyboardInteractive)
+            && keyboard_interactive(handle, target, prompter).await?
+        {
+            return Ok(());
+        }
+        if methods.contains(&MethodKind::Password) {
+            for _ in 0..TRIES {
+                let Some(password) = prompter
+                    .ask(format!("{user}@{}'s password: ", target.hostname))
+                    .await
+                else {
+                    break;
+                };
+                if handle
+                    .authenticate_password(user, password)
+                    .await
+                    .map_err(failed)?
+                    .success()
+                {
+                    return Ok(());
+                }
             }
         }
     }
@@ -539,7 +602,94 @@ async fn authenticate(
             (false, _) => format!("tried the ssh-agent and {}", tried.join(", ")),
         },
     )
-    .with_help(
-        "check the user name, and that your public key is in the host's ~/.ssh/authorized_keys",
+    .with_help(if prompter.is_some() {
+        "check the user name, and that your public key is in the host's ~/.ssh/authorized_keys"
+    } else {
+        "check the user name, and that your public key is in the host's ~/.ssh/authorized_keys; passwords can only be asked for when nu runs in a terminal"
+    }))
+}
+
+/// Reads a private key, asking for its passphrase when it is encrypted. `None`: the user gave
+/// no passphrase (the next key is tried).
+async fn load_key(
+    file: &std::path::Path,
+    prompter: Option<&Prompter>,
+) -> Result<Option<keys::PrivateKey>, ClientError> {
+    let unreadable = |e: keys::Error| {
+        ClientError::transport(&format!("cannot read the key {}", file.display()), e)
+    };
+    match keys::load_secret_key(file, None) {
+        Ok(key) => return Ok(Some(key)),
+        Err(keys::Error::KeyIsEncrypted) => {}
+        Err(e) => return Err(unreadable(e)),
+    }
+    let Some(prompter) = prompter else {
+        return Err(ClientError::transport(
+            &format!("the key {} is encrypted", file.display()),
+            "no terminal to ask for its passphrase",
+        )
+        .with_help(format!(
+            "add it to your ssh-agent (ssh-add {}), or run nu in a terminal",
+            file.display()
+        )));
+    };
+    for _ in 0..TRIES {
+        let Some(passphrase) = prompter
+            .ask(format!("Enter passphrase for key '{}': ", file.display()))
+            .await
+        else {
+            return Ok(None);
+        };
+        match keys::load_secret_key(file, Some(&passphrase)) {
+            Ok(key) => return Ok(Some(key)),
+            // A wrong passphrase fails decryption; ask again.
+            Err(_) => continue,
+        }
+    }
+    Err(ClientError::transport(
+        &format!("cannot decrypt the key {}", file.display()),
+        format!("wrong passphrase {TRIES} times"),
     ))
+}
+
+/// Answers the server's keyboard-interactive prompts on the terminal. `Ok(false)`: refused.
+async fn keyboard_interactive(
+    handle: &mut Handle<Verifier>,
+    target: &SshTarget,
+    prompter: &Prompter,
+) -> Result<bool, ClientError> {
+    let failed = |e: russh::Error| {
+        ClientError::transport(
+            &format!("authentication with {} failed", target.computer_name),
+            e,
+        )
+    };
+    for _ in 0..TRIES {
+        let mut response = handle
+            .authenticate_keyboard_interactive_start(&target.user, None)
+            .await
+            .map_err(failed)?;
+        loop {
+            match response {
+                KeyboardInteractiveAuthResponse::Success => return Ok(true),
+                KeyboardInteractiveAuthResponse::Failure { .. } => break,
+                KeyboardInteractiveAuthResponse::InfoRequest { prompts, .. } => {
+                    let mut answers = Vec::with_capacity(prompts.len());
+                    for prompt in prompts {
+                        let text =
+                            format!("({}@{}) {}", target.user, target.hostname, prompt.prompt);
+                        match prompter.ask(text).await {
+                            Some(answer) => answers.push(answer),
+                            None => return Ok(false),
+                        }
+                    }
+                    response = handle
+                        .authenticate_keyboard_interactive_respond(answers)
+                        .await
+                        .map_err(failed)?;
+                }
+            }
+        }
+    }
+    Ok(false)
 }

@@ -15,7 +15,7 @@ use tokio_util::codec::Framed;
 use uuid::Uuid;
 
 use crate::ClientError;
-use crate::ssh::{SshConnection, SshTarget};
+use crate::ssh::{Prompter, SshConnection, SshTarget};
 
 /// Any byte stream a host can be spoken to over.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -49,6 +49,8 @@ pub struct SshLink {
     target: SshTarget,
     connection: tokio::sync::Mutex<Option<Arc<SshConnection>>>,
     direct: std::sync::Mutex<Direct>,
+    /// Asks for passphrases and passwords: the one of the latest command that used this link.
+    prompter: std::sync::Mutex<Option<Prompter>>,
 }
 
 /// What this link knows about opening the host's sockets directly.
@@ -65,7 +67,13 @@ impl SshLink {
             target,
             connection: tokio::sync::Mutex::new(None),
             direct: std::sync::Mutex::new(Direct::default()),
+            prompter: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Makes `prompter` the one asked when this link (re)connects.
+    pub fn set_prompter(&self, prompter: Option<Prompter>) {
+        *self.prompter.lock().unwrap_or_else(|e| e.into_inner()) = prompter;
     }
 
     fn direct(&self) -> std::sync::MutexGuard<'_, Direct> {
@@ -92,7 +100,12 @@ impl SshLink {
         if let Some(connection) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(connection.clone());
         }
-        let connection = Arc::new(SshConnection::connect(self.target.clone()).await?);
+        let prompter = self
+            .prompter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let connection = Arc::new(SshConnection::connect(self.target.clone(), prompter).await?);
         *slot = Some(connection.clone());
         Ok(connection)
     }

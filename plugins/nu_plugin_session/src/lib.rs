@@ -8,6 +8,7 @@
 //! - [`code`]: turning a closure or a string into code a session can run, with its captured
 //!   variables and parameters.
 //! - [`errors`]: building the errors users see.
+//! - [`terminal`]: asking the user for passphrases and passwords on their terminal.
 //! - [`fanout`]: working on many computers or sessions at once, with a limit and progress.
 //!
 //! Everything that talks to hosts lives in `nu-session-client`.
@@ -19,6 +20,7 @@ pub mod fanout;
 pub mod record;
 pub mod select;
 pub mod sessions;
+pub mod terminal;
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
 

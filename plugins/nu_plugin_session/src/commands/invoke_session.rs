@@ -1,7 +1,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
 use nu_protocol::{
@@ -252,7 +252,9 @@ fn lookup(plugin: &SessionPlugin, id: i64, head: Span) -> Result<Target, Labeled
 
 /// Ctrl-C goes to every invocation started so far.
 #[derive(Clone, Default)]
-struct Interrupters(Arc<Mutex<Vec<Box<dyn Fn() + Send + Sync>>>>);
+struct Interrupters(Arc<Mutex<Vec<Interrupt>>>);
+
+type Interrupt = Box<dyn Fn() + Send + Sync>;
 
 impl Interrupters {
     fn add(&self, interrupt: impl Fn() + Send + Sync + 'static) {

@@ -296,6 +296,7 @@ fn ssh_options(call: &EvaluatedCall, engine: &EngineInterface) -> Result<SshOpti
         connect_timeout,
         strict,
         config_file,
+        prompter: crate::terminal::prompter(engine),
     })
 }
 

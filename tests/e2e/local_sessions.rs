@@ -450,7 +450,7 @@ fn bad_input_gives_clear_errors_and_never_kills_the_plugin() {
     assert_eq!(
         out["errors"],
         json!([
-            "the idle timeout is too short",
+            "the idle timeout 10sec is out of range: it must be at least 1min and at most the host's maximum (1wk unless the host sets another)",
             "`Sometimes` is not an output buffering mode",
             "`Happy` is not a session state",
             "expected a session, got string",
@@ -502,9 +502,12 @@ fn help_examples_are_shown() {
     assert_eq!(
         value,
         json!([
+            "connect-session",
+            "disconnect-session",
             "get-session",
             "invoke-session",
             "new-session",
+            "receive-session",
             "remove-session"
         ])
     );

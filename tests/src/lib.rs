@@ -70,6 +70,17 @@ impl Sandbox {
         Sandbox { dir }
     }
 
+    /// Host settings (`host.json`) for the hosts this sandbox's scripts start: the file is
+    /// written and `$env.NU_SESSION_HOST_CONFIG` set for every script run after this.
+    pub fn host_config(&self, json: &str) {
+        std::fs::write(self.path().join("host.json"), json).expect("host.json");
+    }
+
+    fn host_config_env(&self) -> Option<PathBuf> {
+        let path = self.path().join("host.json");
+        path.exists().then_some(path)
+    }
+
     /// The scratch directory of this test (files the scripts write, for example).
     pub fn path(&self) -> &Path {
         self.dir.path()
@@ -95,6 +106,9 @@ impl Sandbox {
             .env("NU_SESSION_HOST", bin.join("nu-session-host"))
             .current_dir(self.dir.path())
             .stdin(Stdio::null());
+        if let Some(config) = self.host_config_env() {
+            command.env("NU_SESSION_HOST_CONFIG", config);
+        }
         // No controlling terminal: nothing may ask the developer running the tests for input.
         // SAFETY: setsid is async-signal-safe.
         unsafe {

@@ -50,7 +50,7 @@ impl ClientError {
         }
     }
 
-    pub(crate) fn lost() -> Self {
+    pub fn lost() -> Self {
         ClientError::Transport {
             msg: "the connection to the session was lost".into(),
             help: None,

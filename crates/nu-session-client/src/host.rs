@@ -13,11 +13,17 @@ use crate::transport::Transport;
 pub struct Host {
     transport: Transport,
     runtime: Handle,
+    /// Identifies this client process to the host's sessions.
+    client: Uuid,
 }
 
 impl Host {
-    pub(crate) fn new(transport: Transport, runtime: Handle) -> Self {
-        Host { transport, runtime }
+    pub(crate) fn new(transport: Transport, runtime: Handle, client: Uuid) -> Self {
+        Host {
+            transport,
+            runtime,
+            client,
+        }
     }
 
     pub fn transport(&self) -> &Transport {
@@ -77,7 +83,8 @@ impl Host {
         }
     }
 
-    /// Becomes the session's attached client. Output after event `resume_after` is sent again.
+    /// Becomes the session's attached client. Output after event `resume_after` that the host
+    /// still keeps is sent again. A session attached to another client is a `Busy` error.
     pub fn attach(
         &self,
         instance_id: Uuid,
@@ -89,13 +96,17 @@ impl Host {
             conn.send(ClientMessage::Attach {
                 instance_id,
                 resume_after,
+                client: Some(self.client),
             })
             .await
             .map_err(|e| ClientError::transport("cannot send to the session", e))?;
             match conn.next().await {
-                Some(Ok(HostMessage::Attached(info))) => {
-                    Ok(SessionHandle::start(conn, info, runtime))
-                }
+                Some(Ok(HostMessage::Attached(attachment))) => Ok(SessionHandle::start(
+                    conn,
+                    attachment,
+                    resume_after.unwrap_or(0),
+                    runtime,
+                )),
                 Some(Ok(HostMessage::Error(e))) => Err(e.into()),
                 Some(Ok(other)) => Err(unexpected(other)),
                 Some(Err(e)) => Err(ClientError::transport("bad answer from the session", e)),

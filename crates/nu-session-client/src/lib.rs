@@ -25,9 +25,10 @@ pub use error::ClientError;
 pub use host::Host;
 pub use nu_session_protocol::layout::Layout;
 pub use nu_session_protocol::{
-    Binding, ErrorKind, OutputBuffering, RemoteError, RemoteLabel, SessionInfo, SessionSettings,
+    Attachment, Binding, ErrorKind, OutputBuffering, RemoteError, RemoteLabel, SessionInfo,
+    SessionSettings,
 };
-pub use session::{Call, CallEvent, SessionHandle};
+pub use session::{BacklogEvent, Call, CallEvent, Receive, SessionHandle};
 pub use transport::Transport;
 
 /// Owns the I/O runtime and the SSH connections; create one per process and keep it.
@@ -35,6 +36,8 @@ pub struct Client {
     runtime: tokio::runtime::Runtime,
     /// One link per (user, host name, port), shared by every session on that host.
     ssh_links: std::sync::Mutex<Vec<std::sync::Arc<transport::SshLink>>>,
+    /// Identifies this client to hosts: a broken attachment of ours can be taken over.
+    id: uuid::Uuid,
 }
 
 impl Client {
@@ -48,6 +51,7 @@ impl Client {
         Ok(Client {
             runtime,
             ssh_links: Default::default(),
+            id: uuid::Uuid::new_v4(),
         })
     }
 
@@ -77,6 +81,6 @@ impl Client {
 
     /// The sessions of the host reached through `transport`.
     pub fn host(&self, transport: Transport) -> Host {
-        Host::new(transport, self.runtime.handle().clone())
+        Host::new(transport, self.runtime.handle().clone(), self.id)
     }
 }

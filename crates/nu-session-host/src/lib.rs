@@ -10,6 +10,7 @@
 //!
 //! It depends on `nu-session-protocol` only; it knows nothing of clients or transports.
 
+pub mod config;
 pub mod conn;
 pub mod manager;
 pub mod relay;

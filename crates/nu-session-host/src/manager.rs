@@ -140,12 +140,15 @@ fn serve(manager: &Manager, stream: UnixStream) {
             }
         };
         let reply = match request {
-            ClientMessage::CreateSession(settings) => match create(manager, settings) {
-                Ok(info) => HostMessage::Created(info),
-                Err(e) => HostMessage::Error(
-                    RemoteError::new(ErrorKind::Failed, format!("cannot start a session: {e}"))
-                        .with_help("see the manager's log in the runtime directory"),
-                ),
+            ClientMessage::CreateSession(settings) => match check_settings(&settings) {
+                Err(error) => HostMessage::Error(error),
+                Ok(()) => match create(manager, settings) {
+                    Ok(info) => HostMessage::Created(info),
+                    Err(e) => HostMessage::Error(
+                        RemoteError::new(ErrorKind::Failed, format!("cannot start a session: {e}"))
+                            .with_help("see the manager's log in the runtime directory"),
+                    ),
+                },
             },
             ClientMessage::ListSessions => HostMessage::Sessions(list(&manager.layout)),
             ClientMessage::RemoveSession { instance_id } => remove(&manager.layout, instance_id),
@@ -158,6 +161,13 @@ fn serve(manager: &Manager, stream: UnixStream) {
             return;
         }
     }
+}
+
+/// The host's limits apply to what clients ask for.
+fn check_settings(settings: &SessionSettings) -> Result<(), RemoteError> {
+    let config =
+        crate::config::HostConfig::load().map_err(|e| RemoteError::new(ErrorKind::Failed, e))?;
+    config.check_idle_timeout(settings.idle_timeout)
 }
 
 fn create(manager: &Manager, settings: SessionSettings) -> io::Result<SessionInfo> {

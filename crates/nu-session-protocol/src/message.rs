@@ -22,11 +22,22 @@ pub enum ClientMessage {
     RemoveSession {
         instance_id: Uuid,
     },
-    /// Worker: become the session's one attached client. `resume_after` is the last event
-    /// sequence number this client has processed; events after it are sent again.
+    /// Worker: become the session's one attached client, answered by [`HostMessage::Attached`].
+    /// `resume_after` is the last event sequence number this client has received; events after
+    /// it that are still kept are sent again. `client` identifies the client process: an
+    /// attachment of the same client on another connection (one that broke) is taken over; one
+    /// of another client makes the session busy.
     Attach {
         instance_id: Uuid,
         resume_after: Option<u64>,
+        #[serde(default)]
+        client: Option<Uuid>,
+    },
+    /// Worker: detach this client, leaving the session running, with new settings when given;
+    /// answered by [`HostMessage::Disconnected`].
+    Disconnect {
+        idle_timeout: Option<Duration>,
+        output_buffering: Option<OutputBuffering>,
     },
     /// Worker: run code. Invocations run one at a time, in the order received.
     Invoke(Invocation),
@@ -49,9 +60,15 @@ pub enum HostMessage {
     Removed {
         instance_id: Uuid,
     },
-    Attached(SessionInfo),
+    Attached(Attachment),
+    Disconnected(SessionInfo),
     /// Output of invocations, in sequence order, batched.
     Events(Vec<Event>),
+    /// `count` events were discarded to make room (output buffering `Drop`) since the last
+    /// report; the events that follow are the newest ones, contiguous.
+    Dropped {
+        count: u64,
+    },
     /// The request failed; the connection stays usable unless the error says otherwise.
     Error(RemoteError),
 }
@@ -136,15 +153,35 @@ pub struct SessionInfo {
     pub output_buffering: OutputBuffering,
     /// Whether a client is attached right now.
     pub attached: bool,
+    /// Which client is attached (its [`ClientMessage::Attach`] `client`).
+    #[serde(default)]
+    pub attached_client: Option<Uuid>,
     /// Whether an invocation is running.
     pub running: bool,
     pub disconnected_on: Option<DateTime<Utc>>,
 }
 
+/// The answer to [`ClientMessage::Attach`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub info: SessionInfo,
+    /// The sequence number the next new event will get: every event before it exists already
+    /// (or was acknowledged).
+    pub next_seq: u64,
+    /// Every event up to this one was acknowledged and is gone.
+    pub acked: u64,
+    /// Invocations running or queued now, in order (by any client).
+    pub pending_calls: Vec<u64>,
+    /// The highest invocation id this client has sent to this session, so that a client that
+    /// reattaches after a broken connection can send again what never arrived.
+    pub last_call_from_client: Option<u64>,
+}
+
 /// One piece of code to run in a session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Invocation {
-    /// Chosen by the client, unique on its connection; names the invocation's events.
+    /// Chosen by the client, unique in the session (clients start from a random base); names
+    /// the invocation's events. Increases with each invocation of a client.
     pub call_id: u64,
     /// Nushell source, evaluated at the session's top level (so `let`, `def`, `cd` persist).
     pub source: String,

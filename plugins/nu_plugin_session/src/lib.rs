@@ -47,6 +47,9 @@ impl Plugin for SessionPlugin {
             Box::new(commands::GetSession),
             Box::new(commands::RemoveSession),
             Box::new(commands::InvokeSession),
+            Box::new(commands::DisconnectSession),
+            Box::new(commands::ConnectSession),
+            Box::new(commands::ReceiveSession),
         ]
     }
 }

@@ -48,8 +48,11 @@ pub fn selection_signature(signature: Signature) -> Signature {
         )
         .named(
             "computer-name",
-            SyntaxShape::String,
-            "Sessions on this computer (a glob).",
+            SyntaxShape::OneOf(vec![
+                SyntaxShape::String,
+                SyntaxShape::List(Box::new(SyntaxShape::String)),
+            ]),
+            "Sessions on these computers (names or globs).",
             Some('c'),
         )
 }
@@ -68,15 +71,35 @@ impl Criteria {
                 criteria.add_value(value)?;
             }
         }
-        criteria
-            .names
-            .extend(call.get_flag::<Spanned<String>>("name")?);
+        let name = call.get_flag::<Spanned<String>>("name")?;
         criteria
             .instance_ids
             .extend(call.get_flag::<Spanned<String>>("instance-id")?);
-        criteria
-            .computer_names
-            .extend(call.get_flag::<Spanned<String>>("computer-name")?);
+        let mut computers = Vec::new();
+        if let Some(value) = call.get_flag_value("computer-name") {
+            let names = match value {
+                Value::List { vals, .. } => vals.into_owned(),
+                other => vec![other],
+            };
+            for name in names {
+                computers.push(Spanned {
+                    item: name.coerce_string()?,
+                    span: name.span(),
+                });
+            }
+        }
+        // `--computer-name` with `--name`: sessions of that name on those computers (both must
+        // hold). With `--instance-id`, the instance id alone says which session.
+        match name {
+            Some(name) if !computers.is_empty() => {
+                for computer in computers {
+                    criteria.pairs.push((computer, name.clone()));
+                }
+            }
+            Some(name) => criteria.names.push(name),
+            None if criteria.instance_ids.is_empty() => criteria.computer_names.extend(computers),
+            None => {}
+        }
         Ok(criteria)
     }
 
@@ -219,14 +242,9 @@ impl Criteria {
             }
             matched.into_iter().for_each(&mut add);
         }
+        // A computer with no sessions is not an error: it simply has none.
         for computer in &self.computer_names {
             let matched = matching(table, |s| matches(&computer.item, &s.computer_name))?;
-            if matched.is_empty() && !is_glob(&computer.item) {
-                return Err(not_found(
-                    format!("no session on computer {}", computer.item),
-                    computer.span,
-                ));
-            }
             matched.into_iter().for_each(&mut add);
         }
         for (computer, name) in &self.pairs {

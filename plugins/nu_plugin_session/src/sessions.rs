@@ -89,6 +89,8 @@ pub struct Session {
     pub removed: bool,
     /// Invocations running through this process right now.
     pub running: Arc<AtomicUsize>,
+    /// Not attached here, and the host says another client is attached.
+    pub attached_elsewhere: bool,
 }
 
 impl Session {
@@ -119,7 +121,31 @@ impl Session {
             closed: false,
             removed: false,
             running: Arc::new(AtomicUsize::new(0)),
+            attached_elsewhere: false,
         }
+    }
+
+    /// Takes in what the host says about the session now.
+    pub fn update(&mut self, info: &SessionInfo) {
+        self.idle_timeout = info.idle_timeout;
+        self.output_buffering = info.output_buffering;
+        self.disconnected_on = info.disconnected_on;
+        self.attached_elsewhere = self.handle.is_none() && info.attached;
+    }
+
+    /// Attached here: the connection and what the host said.
+    pub fn attached(&mut self, handle: SessionHandle) {
+        let info = handle.info().clone();
+        self.handle = Some(handle);
+        self.update(&info);
+        self.attached_elsewhere = false;
+    }
+
+    /// Detached on purpose: the session runs on, on its host.
+    pub fn detached(&mut self, info: &SessionInfo) {
+        self.handle = None;
+        self.update(info);
+        self.attached_elsewhere = false;
     }
 
     pub fn state(&self) -> SessionState {
@@ -138,6 +164,7 @@ impl Session {
         match self.state() {
             SessionState::Opened if self.running.load(Ordering::SeqCst) > 0 => Availability::Busy,
             SessionState::Opened => Availability::Available,
+            SessionState::Disconnected if self.attached_elsewhere => Availability::Busy,
             _ => Availability::None,
         }
     }
@@ -183,6 +210,13 @@ impl SessionTable {
 
     pub fn get_mut(&mut self, id: i64) -> Option<&mut Session> {
         self.sessions.get_mut(&id)
+    }
+
+    /// The session with this instance id, removed ones included.
+    pub fn by_instance_id(&mut self, instance_id: Uuid) -> Option<&mut Session> {
+        self.sessions
+            .values_mut()
+            .find(|s| s.instance_id == instance_id)
     }
 
     /// Every session, removed ones included, in id order.

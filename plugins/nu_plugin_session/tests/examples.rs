@@ -1,7 +1,10 @@
 //! Every `help` example of every command, run in-process against real host processes.
 
 use nu_plugin_session::SessionPlugin;
-use nu_plugin_session::commands::{GetSession, InvokeSession, NewSession, RemoveSession};
+use nu_plugin_session::commands::{
+    ConnectSession, DisconnectSession, GetSession, InvokeSession, NewSession, ReceiveSession,
+    RemoveSession,
+};
 use nu_plugin_test_support::PluginTest;
 use nu_protocol::{ShellError, Value};
 use nu_session_tests::{Sandbox, bin_dir};
@@ -11,6 +14,7 @@ fn plugin_test(sandbox: &Sandbox) -> Result<PluginTest, ShellError> {
     let mut test = PluginTest::new("session", SessionPlugin::default().into())?;
     test.add_decl(Box::new(nu_command::Select))?;
     test.add_decl(Box::new(nu_command::Get))?;
+    test.add_decl(Box::new(nu_command::Values))?;
     let state = test.engine_state_mut();
     let dir = sandbox.runtime_dir().display().to_string();
     state.add_env_var("NU_SESSION_DIR".into(), Value::test_string(dir));
@@ -43,4 +47,22 @@ fn remove_session_examples() -> Result<(), ShellError> {
 fn invoke_session_examples() -> Result<(), ShellError> {
     let sandbox = Sandbox::new();
     plugin_test(&sandbox)?.test_command_examples(&InvokeSession)
+}
+
+#[test]
+fn disconnect_session_examples() -> Result<(), ShellError> {
+    let sandbox = Sandbox::new();
+    plugin_test(&sandbox)?.test_command_examples(&DisconnectSession)
+}
+
+#[test]
+fn connect_session_examples() -> Result<(), ShellError> {
+    let sandbox = Sandbox::new();
+    plugin_test(&sandbox)?.test_command_examples(&ConnectSession)
+}
+
+#[test]
+fn receive_session_examples() -> Result<(), ShellError> {
+    let sandbox = Sandbox::new();
+    plugin_test(&sandbox)?.test_command_examples(&ReceiveSession)
 }

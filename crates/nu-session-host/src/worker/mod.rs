@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use nu_session_protocol::layout::Layout;
 use nu_session_protocol::{
-    ClientMessage, ErrorKind, EventBody, HostMessage, Invocation, RemoteError, SessionInfo,
-    SessionSettings,
+    Attachment, ClientMessage, ErrorKind, EventBody, HostMessage, Invocation, OutputBuffering,
+    RemoteError, SessionInfo, SessionSettings,
 };
 use uuid::Uuid;
 
+use crate::config::HostConfig;
 use crate::conn::{Conn, Writer};
 use crate::log;
 use engine::Engine;
@@ -54,6 +55,12 @@ struct Worker {
 struct State {
     info: SessionInfo,
     attached_conn: Option<u64>,
+    /// The attached connection's writer and stop flag, so that a reattaching client can take
+    /// over from its own broken connection.
+    attached_link: Option<(Writer, Arc<AtomicBool>)>,
+    /// The highest invocation id each client has sent.
+    last_call: std::collections::HashMap<Uuid, u64>,
+    config: HostConfig,
     /// Since when nobody is attached (the idle timeout counts from here).
     idle_since: Option<Instant>,
     queue: VecDeque<Invocation>,
@@ -115,6 +122,7 @@ extern "C" fn end_session_at_exit() {
 /// once it accepts connections.
 pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()> {
     crate::conn::init_log();
+    let config = HostConfig::load().map_err(io::Error::other)?;
     let interrupt = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(libc::SIGINT, interrupt.clone())?;
     let home = home_dir();
@@ -140,6 +148,7 @@ pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()
         idle_timeout: settings.idle_timeout,
         output_buffering: settings.output_buffering,
         attached: false,
+        attached_client: None,
         running: false,
         disconnected_on: None,
     };
@@ -153,7 +162,7 @@ pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()
     )?;
 
     let outbox = Arc::new(Outbox::new(
-        outbox::DEFAULT_LIMIT,
+        config.output_buffer_bytes,
         settings.output_buffering,
     ));
     let worker = Arc::new(Worker {
@@ -162,6 +171,9 @@ pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()
         state: Mutex::new(State {
             info: info.clone(),
             attached_conn: None,
+            attached_link: None,
+            last_call: Default::default(),
+            config,
             idle_since: Some(Instant::now()),
             queue: VecDeque::new(),
         }),
@@ -307,10 +319,27 @@ fn serve(worker: &Arc<Worker>, stream: UnixStream) {
             ClientMessage::Attach {
                 instance_id,
                 resume_after,
-            } => attach(worker, conn_id, instance_id, resume_after, &writer, &closed),
+                client,
+            } => {
+                let request = AttachRequest {
+                    conn_id,
+                    instance_id,
+                    resume_after,
+                    client,
+                };
+                attach(worker, request, &writer, &closed)
+            }
+            ClientMessage::Disconnect {
+                idle_timeout,
+                output_buffering,
+            } => disconnect(worker, conn_id, idle_timeout, output_buffering, &closed),
             ClientMessage::Invoke(invocation) => {
                 let mut state = worker.lock();
                 if state.attached_conn == Some(conn_id) {
+                    if let Some(client) = state.info.attached_client {
+                        let last = state.last_call.entry(client).or_default();
+                        *last = (*last).max(invocation.call_id);
+                    }
                     state.queue.push_back(invocation);
                     worker.work.notify_all();
                     None
@@ -323,7 +352,11 @@ fn serve(worker: &Arc<Worker>, stream: UnixStream) {
                 None
             }
             ClientMessage::Ack { seq } => {
-                worker.outbox.ack(seq);
+                // Only the attached client's acknowledgements count: a client that has
+                // disconnected must not take output away from the next one.
+                if worker.lock().attached_conn == Some(conn_id) {
+                    worker.outbox.ack(seq);
+                }
                 None
             }
             ClientMessage::ListSessions => Some(HostMessage::Sessions(vec![worker.info()])),
@@ -353,12 +386,51 @@ fn serve(worker: &Arc<Worker>, stream: UnixStream) {
     worker.outbox.wake();
     let mut state = worker.lock();
     if state.attached_conn == Some(conn_id) {
-        state.attached_conn = None;
-        state.info.attached = false;
-        state.info.disconnected_on = Some(Utc::now());
-        state.idle_since = Some(Instant::now());
-        log!("client detached");
+        detach(&mut state);
+        log!("client connection {conn_id} closed; session disconnected");
     }
+}
+
+/// Leaves the session with nobody attached; the idle timeout counts from now.
+fn detach(state: &mut State) {
+    state.attached_conn = None;
+    state.attached_link = None;
+    state.info.attached = false;
+    state.info.attached_client = None;
+    state.info.disconnected_on = Some(Utc::now());
+    state.idle_since = Some(Instant::now());
+}
+
+/// The attached client leaves on purpose, maybe with new settings; the session runs on.
+fn disconnect(
+    worker: &Worker,
+    conn_id: u64,
+    idle_timeout: Option<Duration>,
+    output_buffering: Option<OutputBuffering>,
+    closed: &AtomicBool,
+) -> Option<HostMessage> {
+    let mut state = worker.lock();
+    if state.attached_conn != Some(conn_id) {
+        return Some(not_attached());
+    }
+    if let Some(timeout) = idle_timeout {
+        if let Err(error) = state.config.check_idle_timeout(timeout) {
+            return Some(HostMessage::Error(error));
+        }
+        state.info.idle_timeout = timeout;
+    }
+    if let Some(mode) = output_buffering {
+        state.info.output_buffering = mode;
+        worker.outbox.set_mode(mode);
+    }
+    detach(&mut state);
+    // Stop sending output on this connection: it stays on the host until someone receives it.
+    closed.store(true, Ordering::SeqCst);
+    worker.outbox.wake();
+    let mut info = state.info.clone();
+    info.running = worker.running_call.load(Ordering::SeqCst) != 0;
+    log!("client disconnected on purpose");
+    Some(HostMessage::Disconnected(info))
 }
 
 fn not_attached() -> HostMessage {
@@ -368,41 +440,84 @@ fn not_attached() -> HostMessage {
     ))
 }
 
-fn attach(
-    worker: &Arc<Worker>,
+struct AttachRequest {
     conn_id: u64,
     instance_id: Uuid,
     resume_after: Option<u64>,
+    client: Option<Uuid>,
+}
+
+fn attach(
+    worker: &Arc<Worker>,
+    request: AttachRequest,
     writer: &Writer,
     closed: &Arc<AtomicBool>,
 ) -> Option<HostMessage> {
+    let AttachRequest {
+        conn_id,
+        instance_id,
+        resume_after,
+        client,
+    } = request;
     if instance_id != worker.id {
         return Some(HostMessage::Error(RemoteError::new(
             ErrorKind::NotFound,
             format!("no session {instance_id} here"),
         )));
     }
-    let info = {
+    let attachment = {
         let mut state = worker.lock();
         match state.attached_conn {
             Some(other) if other != conn_id => {
-                return Some(HostMessage::Error(
-                    RemoteError::new(
-                        ErrorKind::Busy,
-                        "the session is connected to another client",
-                    )
-                    .with_help("disconnect it there first, or wait until that client exits"),
-                ));
+                let same_client = client.is_some() && state.info.attached_client == client;
+                if !same_client {
+                    return Some(HostMessage::Error(
+                        RemoteError::new(
+                            ErrorKind::Busy,
+                            "the session is connected to another client",
+                        )
+                        .with_help(
+                            "disconnect it there first (disconnect-session), or wait until that client exits",
+                        ),
+                    ));
+                }
+                // The same client again, on a new connection: its old one broke.
+                if let Some((old_writer, old_closed)) = state.attached_link.take() {
+                    old_closed.store(true, Ordering::SeqCst);
+                    old_writer.shutdown();
+                }
+                log!("client reattached on connection {conn_id}, replacing {other}");
             }
-            Some(_) => return Some(HostMessage::Attached(state.info.clone())),
+            Some(_) => {
+                return Some(HostMessage::Error(RemoteError::new(
+                    ErrorKind::BadRequest,
+                    "this connection is attached already",
+                )));
+            }
             None => {}
         }
         state.attached_conn = Some(conn_id);
+        state.attached_link = Some((writer.clone(), closed.clone()));
         state.info.attached = true;
+        state.info.attached_client = client;
         state.idle_since = None;
-        state.info.clone()
+        let running = worker.running_call.load(Ordering::SeqCst);
+        let mut info = state.info.clone();
+        info.running = running != 0;
+        Attachment {
+            info,
+            next_seq: worker.outbox.next_seq(),
+            acked: worker.outbox.acked(),
+            pending_calls: (running != 0)
+                .then_some(running)
+                .into_iter()
+                .chain(state.queue.iter().map(|i| i.call_id))
+                .collect(),
+            last_call_from_client: client.and_then(|c| state.last_call.get(&c).copied()),
+        }
     };
-    if writer.send(&HostMessage::Attached(info)).is_err() {
+    worker.outbox.wake();
+    if writer.send(&HostMessage::Attached(attachment)).is_err() {
         return None;
     }
     let worker = worker.clone();
@@ -418,8 +533,20 @@ fn attach(
 fn send_output(worker: &Worker, writer: &Writer, closed: &AtomicBool, mut sent: u64) {
     while !closed.load(Ordering::SeqCst) {
         let batch = worker.outbox.next_batch(sent, Duration::from_millis(500));
+        if closed.load(Ordering::SeqCst) {
+            return;
+        }
         let Some(last) = batch.last() else { continue };
         let last = last.seq;
+        let dropped = worker.outbox.take_dropped();
+        if dropped > 0
+            && writer
+                .send(&HostMessage::Dropped { count: dropped })
+                .is_err()
+        {
+            writer.shutdown();
+            return;
+        }
         if writer.send(&HostMessage::Events(batch)).is_err() {
             writer.shutdown();
             return;

@@ -12,9 +12,6 @@ use std::time::Duration;
 
 use nu_session_protocol::{Event, EventBody, OutputBuffering};
 
-/// Default bound on buffered output: 16 MiB.
-pub const DEFAULT_LIMIT: usize = 16 * 1024 * 1024;
-
 /// Most events and bytes sent in one frame.
 const BATCH_EVENTS: usize = 4096;
 const BATCH_BYTES: usize = 1024 * 1024;
@@ -31,6 +28,8 @@ struct Inner {
     limit: usize,
     mode: OutputBuffering,
     dropped: u64,
+    /// Dropped and not reported to a client yet.
+    unreported: u64,
     /// Threads waiting on `changed`: waking nobody costs a system call per event, so only wake
     /// when someone waits.
     waiting: usize,
@@ -46,6 +45,7 @@ impl Outbox {
                 limit,
                 mode,
                 dropped: 0,
+                unreported: 0,
                 waiting: 0,
             }),
             changed: Condvar::new(),
@@ -77,6 +77,7 @@ impl Outbox {
                     if let Some((_, w)) = inner.events.pop_front() {
                         inner.bytes -= w;
                         inner.dropped += 1;
+                        inner.unreported += 1;
                     }
                 }
             }
@@ -153,6 +154,33 @@ impl Outbox {
     pub fn dropped(&self) -> u64 {
         self.lock().dropped
     }
+
+    /// How many events were discarded since the last call (for reporting them once).
+    pub fn take_dropped(&self) -> u64 {
+        std::mem::take(&mut self.lock().unreported)
+    }
+
+    /// Every event up to this one is gone (acknowledged, or dropped).
+    pub fn acked(&self) -> u64 {
+        let inner = self.lock();
+        match inner.events.front() {
+            Some((event, _)) => event.seq - 1,
+            None => inner.next_seq - 1,
+        }
+    }
+
+    /// The sequence number the next event will get.
+    pub fn next_seq(&self) -> u64 {
+        self.lock().next_seq
+    }
+
+    /// Switches between `Block` and `Drop` (a paused producer re-checks at once).
+    pub fn set_mode(&self, mode: OutputBuffering) {
+        let mut inner = self.lock();
+        inner.mode = mode;
+        drop(inner);
+        self.changed.notify_all();
+    }
 }
 
 #[cfg(test)]
@@ -174,7 +202,10 @@ mod tests {
 
     #[test]
     fn events_stay_until_acknowledged_and_replay_from_any_point() {
-        let outbox = Outbox::new(DEFAULT_LIMIT, OutputBuffering::Block);
+        let outbox = Outbox::new(
+            crate::config::DEFAULT_OUTPUT_BUFFER_BYTES,
+            OutputBuffering::Block,
+        );
         for n in 0..5 {
             outbox.push(output(n));
         }

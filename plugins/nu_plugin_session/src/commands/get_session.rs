@@ -23,11 +23,13 @@ impl PluginCommand for GetSession {
 
     fn extra_description(&self) -> &str {
         "Without arguments, lists every session in id order. Ids, --name (a case-insensitive glob), \
-         --instance-id and piped sessions choose which; --state and --config-name filter them."
+         --instance-id and piped sessions choose which; --state and --config-name filter them. \
+         --computer-name asks those hosts for all of this user's sessions there, including ones \
+         made by other nu processes or machines, and adds the new ones to this process's table."
     }
 
     fn signature(&self) -> Signature {
-        selection_signature(Signature::build(self.name()))
+        super::ssh_flags(selection_signature(Signature::build(self.name())))
             .input_output_types(vec![(Type::Any, Type::table())])
             .named(
                 "state",
@@ -74,7 +76,7 @@ impl PluginCommand for GetSession {
     fn run(
         &self,
         plugin: &SessionPlugin,
-        _engine: &EngineInterface,
+        engine: &EngineInterface,
         call: &EvaluatedCall,
         input: PipelineData,
     ) -> Result<PipelineData, LabeledError> {
@@ -84,6 +86,7 @@ impl PluginCommand for GetSession {
         let states = state_filter(call)?;
         let config = call.get_flag::<String>("config-name")?;
         plugin.refresh();
+        super::discover(plugin, engine, call)?;
         let ids: Vec<i64> = {
             let table = plugin.sessions();
             let mut ids = if criteria.is_empty() {

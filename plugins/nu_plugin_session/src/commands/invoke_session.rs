@@ -62,6 +62,11 @@ impl PluginCommand for InvokeSession {
                 "How many sessions run the code at once (default 32); the next starts as one ends.",
                 None,
             )
+            .switch(
+                "disconnected",
+                "Start the code and disconnect at once; its output waits on the host for receive-session.",
+                None,
+            )
             .category(category())
     }
 
@@ -143,6 +148,10 @@ impl PluginCommand for InvokeSession {
             _ => crate::fanout::DEFAULT_THROTTLE,
         };
 
+        if call.has_flag("disconnected")? {
+            return start_disconnected(plugin, engine, &ids, &code, input, head);
+        }
+
         // Every session is looked up now; the code starts in the first `throttle` of them, and in
         // the next each time one finishes. Results are read session by session, in order.
         let mut pending: VecDeque<Result<Target, LabeledError>> =
@@ -158,6 +167,7 @@ impl PluginCommand for InvokeSession {
         };
         let output = OutputSink::new(engine);
         let starter = Starter {
+            engine: engine.clone(),
             code,
             input,
             head,
@@ -189,6 +199,39 @@ impl PluginCommand for InvokeSession {
     }
 }
 
+/// `--disconnected`: sends the code to every session and disconnects it; returns the records.
+fn start_disconnected(
+    plugin: &SessionPlugin,
+    engine: &EngineInterface,
+    ids: &[i64],
+    code: &Code,
+    input: Option<Value>,
+    head: Span,
+) -> Result<PipelineData, LabeledError> {
+    let rows = ids
+        .iter()
+        .map(|id| {
+            let target = lookup(plugin, *id, head)?;
+            target
+                .handle
+                .invoke_detached(code.source.clone(), code.bindings.clone(), input.clone())
+                .map_err(|e| client_error(&e, head))?;
+            let info = target
+                .handle
+                .disconnect(None, None)
+                .map_err(|e| client_error(&e, head))?;
+            let mut table = plugin.sessions();
+            let session = table
+                .get_mut(*id)
+                .ok_or_else(|| LabeledError::new(format!("no session with id {id}")))?;
+            session.detached(&info);
+            Ok(crate::record::session_record(session, head))
+        })
+        .collect();
+    plugin.keep_alive(engine);
+    Ok(PipelineData::value(super::rows_or_error(rows, head)?, None))
+}
+
 fn not_opened(session: &crate::sessions::Session, span: Span) -> LabeledError {
     LabeledError::new(format!(
         "session {} ({}) is {}, not Opened: it cannot run code",
@@ -205,13 +248,29 @@ fn not_opened(session: &crate::sessions::Session, span: Span) -> LabeledError {
 
 /// One invocation in one session.
 struct Run {
-    call: Call,
+    /// `None` once given up without interrupting (see [`Drop`]).
+    call: Option<Call>,
     code: Arc<Code>,
     code_span: Span,
     head: Span,
     _busy: Busy,
     guard: Option<HandlerGuard>,
     done: bool,
+    engine: EngineInterface,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        // Dropped unfinished: the user stopped reading (`| first 3`), and the code is
+        // interrupted (the call's own drop); or `nu` itself is gone (killed, its terminal
+        // closed), and the code runs on in the session, its output kept for receive-session.
+        if !self.done
+            && self.engine.get_current_dir().is_err()
+            && let Some(call) = self.call.take()
+        {
+            call.forget();
+        }
+    }
 }
 
 /// Marks a session busy while an invocation runs in it.
@@ -272,6 +331,7 @@ impl Interrupters {
 
 /// Starts the code in a session.
 struct Starter {
+    engine: EngineInterface,
     code: Arc<Code>,
     input: Option<Value>,
     head: Span,
@@ -291,13 +351,14 @@ impl Starter {
             .map_err(|e| client_error(&e, self.head))?;
         self.interrupters.add(call.interrupter());
         Ok(Run {
-            call,
+            call: Some(call),
             code: self.code.clone(),
             code_span: self.code_span,
             head: self.head,
             _busy: Busy::new(target.running),
             guard: None,
             done: false,
+            engine: self.engine.clone(),
         })
     }
 }
@@ -305,18 +366,29 @@ impl Starter {
 /// Where a session's printed output goes: stderr, or stdout when stdout is the terminal (not
 /// the plugin protocol).
 #[derive(Clone, Copy)]
-struct OutputSink {
+pub(crate) struct OutputSink {
     stdout_ok: bool,
 }
 
 impl OutputSink {
-    fn new(engine: &EngineInterface) -> Self {
+    pub(crate) fn new(engine: &EngineInterface) -> Self {
         OutputSink {
             stdout_ok: !engine.is_using_stdio(),
         }
     }
 
-    fn write(&self, stderr: bool, bytes: &[u8]) {
+    /// Says that the host discarded older output (output buffering `Drop`).
+    pub(crate) fn dropped(&self, count: u64) {
+        self.write(
+            true,
+            format!(
+                "warning: the session's output buffer was full: {count} older outputs were dropped (output buffering Drop)\n"
+            )
+            .as_bytes(),
+        );
+    }
+
+    pub(crate) fn write(&self, stderr: bool, bytes: &[u8]) {
         if stderr || !self.stdout_ok {
             let _ = std::io::stderr().write_all(bytes);
         } else {
@@ -330,9 +402,11 @@ impl OutputSink {
 impl Run {
     /// The next event that is not printed output.
     fn next_event(&mut self, output: &OutputSink) -> Result<CallEvent, ClientError> {
+        let call = self.call.as_mut().ok_or_else(ClientError::lost)?;
         loop {
-            match self.call.next_event()? {
+            match call.next_event()? {
                 CallEvent::Output { stderr, bytes } => output.write(stderr, &bytes),
+                CallEvent::Dropped(count) => output.dropped(count),
                 event => return Ok(event),
             }
         }
@@ -361,7 +435,9 @@ impl Run {
                     None,
                 ))
             }
-            CallEvent::Started { stream: false } | CallEvent::Output { .. } => {
+            CallEvent::Started { stream: false }
+            | CallEvent::Output { .. }
+            | CallEvent::Dropped(_) => {
                 let mut result = PipelineData::empty();
                 loop {
                     match self.next_event(output).map_err(lost)? {
@@ -370,7 +446,9 @@ impl Run {
                         }
                         CallEvent::Finished(None) => return Ok(result),
                         CallEvent::Finished(Some(error)) => return Err(self.error(&error)),
-                        CallEvent::Started { .. } | CallEvent::Output { .. } => {}
+                        CallEvent::Started { .. }
+                        | CallEvent::Output { .. }
+                        | CallEvent::Dropped(_) => {}
                     }
                 }
             }
@@ -386,7 +464,9 @@ impl Run {
         loop {
             match self.next_event(output) {
                 Ok(CallEvent::Value(value)) => return Some(local_value(value, self.head)),
-                Ok(CallEvent::Started { .. }) | Ok(CallEvent::Output { .. }) => {}
+                Ok(
+                    CallEvent::Started { .. } | CallEvent::Output { .. } | CallEvent::Dropped(_),
+                ) => {}
                 Ok(CallEvent::Finished(None)) => {
                     self.done = true;
                     return None;
@@ -461,7 +541,7 @@ impl Results {
 
 /// Values from a session get the span of this call: their own spans point into the session's
 /// sources.
-fn local_value(mut value: Value, span: Span) -> Value {
+pub(crate) fn local_value(mut value: Value, span: Span) -> Value {
     let _ = value.recurse_mut(&mut |v: &mut Value| {
         v.set_span(span);
         Ok::<_, std::convert::Infallible>(())

@@ -37,7 +37,7 @@ impl PluginCommand for NewSession {
     }
 
     fn signature(&self) -> Signature {
-        Signature::build(self.name())
+        super::ssh_flags(Signature::build(self.name()))
             // A list, not a table: a computer that cannot be reached is an error row.
             .input_output_types(vec![
                 (Type::Nothing, Type::list(Type::Any)),
@@ -52,15 +52,10 @@ impl PluginCommand for NewSession {
                 "Computers to open sessions on: host, user@host, host:port, or an ssh config alias. None: this machine.",
             )
             .named("name", SyntaxShape::String, "A friendly name for the sessions.", Some('n'))
-            .named("user", SyntaxShape::String, "The user to log in as (SSH).", Some('u'))
-            .named("port", SyntaxShape::Int, "The SSH port.", Some('p'))
-            .named("identity-file", SyntaxShape::Filepath, "The private key to log in with (SSH).", Some('i'))
             .named("config-name", SyntaxShape::String, "The session configuration on the host (default: default).", None)
             .named("idle-timeout", SyntaxShape::Duration, "How long the host keeps the session with nobody connected (at least 1min; default 2hr).", None)
             .named("output-buffering", SyntaxShape::String, "When nobody reads the output and the buffer is full: Block (pause, default) or Drop (discard the oldest).", None)
             .named("throttle-limit", SyntaxShape::Int, "How many sessions to open at once (default 32).", None)
-            .named("connect-timeout", SyntaxShape::Duration, "How long to wait for a computer to answer (SSH).", None)
-            .named("strict-host-key-checking", SyntaxShape::String, "What to do with an unknown host key (SSH): yes (refuse, default), accept-new (record it) or no.", None)
             .category(category())
     }
 
@@ -247,7 +242,10 @@ impl PluginCommand for NewSession {
 }
 
 /// The SSH settings from the flags, and `$env.NU_SESSION_SSH_CONFIG` as the ssh config file.
-fn ssh_options(call: &EvaluatedCall, engine: &EngineInterface) -> Result<SshOptions, LabeledError> {
+pub(crate) fn ssh_options(
+    call: &EvaluatedCall,
+    engine: &EngineInterface,
+) -> Result<SshOptions, LabeledError> {
     let port = match call.get_flag::<Spanned<i64>>("port")? {
         Some(port) => Some(
             u16::try_from(port.item)
@@ -310,10 +308,18 @@ pub fn idle_timeout(call: &EvaluatedCall) -> Result<Option<Duration>, LabeledErr
     let timeout = u64::try_from(nanos).map(Duration::from_nanos).ok();
     match timeout {
         Some(t) if t >= MIN_IDLE_TIMEOUT => Ok(Some(t)),
-        _ => Err(LabeledError::new("the idle timeout is too short")
-            .with_label("must be at least 1min", span)
-            .with_help("the host keeps a session with nobody connected for at least 1min (60sec)")),
+        _ => Err(LabeledError::new(format!(
+            "the idle timeout {} is out of range: it must be at least 1min and at most the host's maximum (1wk unless the host sets another)",
+            value_text(&value)
+        ))
+        .with_label("must be at least 1min", span)
+        .with_help("the host keeps a session with nobody connected for at least 1min (60sec)")),
     }
+}
+
+/// A value as the user would write it (`30sec`).
+fn value_text(value: &Value) -> String {
+    value.to_expanded_string("", &nu_protocol::Config::default())
 }
 
 /// `--output-buffering`: `Block` or `Drop`.

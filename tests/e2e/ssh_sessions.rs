@@ -428,3 +428,41 @@ fn an_encrypted_key_is_asked_for_on_the_terminal_and_refused_without_one() {
         "{error}"
     );
 }
+
+#[test]
+fn over_ssh_another_process_finds_the_session_connects_and_receives_its_output() {
+    let sb = Sandbox::new();
+    let server = sb.sshd("127.0.0.17");
+    let config = sb.ssh_config(&[&server], "");
+    let computer = server.computer("root");
+    let left = sb.ssh_json(
+        &config,
+        &format!(
+            "let s = new-session {computer} --name ITTask
+             invoke-session $s {{ let n = 41 }}
+             invoke-session $s {{ 1..40 | each {{|i| sleep 10ms; $i }} }} --disconnected | get 0.state"
+        ),
+    );
+    assert_eq!(left, json!("Disconnected"));
+    let out = sb.ssh_json(
+        &config,
+        &format!(
+            "let found = get-session --computer-name {computer} | where name == ITTask | first
+             {{
+               found: ($found | select computer_name transport state availability)
+               received: (receive-session --computer-name {computer} --name ITTask)
+               state: (invoke-session (get-session --name ITTask) '$n + 1')
+               again: (receive-session --name ITTask | length)
+             }}"
+        ),
+    );
+    assert_eq!(
+        out,
+        json!({
+            "found": {"computer_name": computer, "transport": "SSH", "state": "Disconnected", "availability": "None"},
+            "received": (1..=40).collect::<Vec<i64>>(),
+            "state": 42,
+            "again": 0
+        })
+    );
+}

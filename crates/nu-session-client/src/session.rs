@@ -108,6 +108,9 @@ struct State {
     dropped: u64,
     /// A call was forgotten: this client is going away and acknowledges nothing more.
     forgotten: bool,
+    /// Invocations of other clients that were running or queued when this client attached and
+    /// whose end has not been handed to the backlog yet.
+    foreign_pending: HashSet<u64>,
     backlog: std::sync::mpsc::Sender<Batch<BacklogEvent>>,
 }
 
@@ -167,6 +170,7 @@ impl SessionHandle {
                 reply: None,
                 dropped: 0,
                 forgotten: false,
+                foreign_pending: HashSet::new(),
                 backlog: backlog_tx,
             }),
             first_call,
@@ -177,6 +181,16 @@ impl SessionHandle {
             runtime: runtime.clone(),
             backlog: Mutex::new(Some(backlog_rx)),
         });
+        {
+            let mut state = inner.state();
+            state.foreign_pending = inner
+                .attachment
+                .pending_calls
+                .iter()
+                .copied()
+                .filter(|id| !inner.is_ours(*id))
+                .collect();
+        }
         let (mut sink, stream) = conn.split();
         runtime.spawn(async move {
             while let Some(Outgoing::Message(message)) = to_send.recv().await {
@@ -329,12 +343,6 @@ impl SessionHandle {
             batch: None,
             lag: Lag::default(),
             until_seq: attachment.next_seq.saturating_sub(1),
-            waiting: attachment
-                .pending_calls
-                .iter()
-                .copied()
-                .filter(|id| !self.inner.is_ours(*id))
-                .collect(),
         })
     }
 }
@@ -511,8 +519,6 @@ pub struct Receive {
     lag: Lag,
     /// Every event up to this one existed when the client attached.
     until_seq: u64,
-    /// Invocations running or queued at attach time that have not finished yet.
-    waiting: HashSet<u64>,
 }
 
 impl Receive {
@@ -520,9 +526,6 @@ impl Receive {
     pub fn next_event(&mut self) -> Result<Option<BacklogEvent>, ClientError> {
         loop {
             if let Some((call_id, event)) = self.pending.pop_front() {
-                if let (Some(id), CallEvent::Finished(_)) = (call_id, &event) {
-                    self.waiting.remove(&id);
-                }
                 self.lag.event();
                 return Ok(Some((call_id, event)));
             }
@@ -541,10 +544,13 @@ impl Receive {
                 }
                 Err(std::sync::mpsc::TryRecvError::Empty) => {}
             }
-            // Batches are queued before `received` moves past them: nothing is missed here.
-            let received = self.session.state().received;
-            if self.waiting.is_empty() && received >= self.until_seq {
-                return Ok(None);
+            // Batches are queued before `received` moves past them, and before the invocations
+            // they end leave `foreign_pending`: nothing is missed here.
+            {
+                let state = self.session.state();
+                if state.foreign_pending.is_empty() && state.received >= self.until_seq {
+                    return Ok(None);
+                }
             }
             if !self.session.alive.load(Ordering::SeqCst) {
                 return Err(ClientError::lost());
@@ -707,6 +713,11 @@ async fn hand_over(inner: &Inner, to: Destination, run: Vec<(u64, Option<u64>, C
         Destination::Backlog => {
             let mut state = inner.state();
             state.outstanding.insert(first, last);
+            for (_, call_id, event) in &run {
+                if let (Some(id), CallEvent::Finished(_)) = (call_id, event) {
+                    state.foreign_pending.remove(id);
+                }
+            }
             let batch = Batch {
                 first,
                 events: run.into_iter().map(|(_, id, e)| (id, e)).collect(),

@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use nu_protocol::{LabeledError, Span};
+
 /// The default `--throttle-limit`, as PowerShell's.
 pub const DEFAULT_THROTTLE: usize = 32;
 
@@ -45,6 +47,27 @@ pub fn run_all<T: Sync, R: Send>(
         }
     });
     results.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// [`run_all`] for work that can fail: a panic for one item becomes that item's error, labelled
+/// at `span_of(item)`.
+pub fn run_each<T: Sync, R: Send>(
+    items: &[T],
+    limit: usize,
+    what: &str,
+    span_of: impl Fn(&T) -> Span,
+    f: impl Fn(&T) -> Result<R, LabeledError> + Sync,
+) -> Vec<Result<R, LabeledError>> {
+    run_all(items, limit, what, f)
+        .into_iter()
+        .zip(items)
+        .map(|(result, item)| {
+            result.unwrap_or_else(|| {
+                Err(LabeledError::new(format!("{what} failed unexpectedly"))
+                    .with_label("here", span_of(item)))
+            })
+        })
+        .collect()
 }
 
 /// Rewrites one stderr line with the count done until all are, then erases it.

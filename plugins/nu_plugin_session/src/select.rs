@@ -103,6 +103,28 @@ impl Criteria {
         Ok(criteria)
     }
 
+    /// The criteria of a command that acts on sessions (ids, flags, pipeline input); naming
+    /// none is an error saying what the command needs (`no sessions to remove`) and `help`.
+    pub fn required(
+        call: &EvaluatedCall,
+        input: PipelineData,
+        span: Span,
+        nothing: &str,
+        help: &str,
+    ) -> Result<Self, LabeledError> {
+        let mut criteria = Criteria::from_call(call, Some(0))?;
+        criteria.add_pipeline(input)?;
+        if criteria.is_empty() {
+            return Err(LabeledError::new(nothing)
+                .with_label(
+                    "needs session ids, --name, --instance-id, --computer-name or piped sessions",
+                    span,
+                )
+                .with_help(help));
+        }
+        Ok(criteria)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
             && self.names.is_empty()

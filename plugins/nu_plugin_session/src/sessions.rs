@@ -125,7 +125,8 @@ impl Session {
         }
     }
 
-    /// Takes in what the host says about the session now.
+    /// Takes in what the host says about the session now (attached elsewhere only when it is
+    /// not attached here).
     pub fn update(&mut self, info: &SessionInfo) {
         self.idle_timeout = info.idle_timeout;
         self.output_buffering = info.output_buffering;
@@ -138,14 +139,12 @@ impl Session {
         let info = handle.info().clone();
         self.handle = Some(handle);
         self.update(&info);
-        self.attached_elsewhere = false;
     }
 
     /// Detached on purpose: the session runs on, on its host.
     pub fn detached(&mut self, info: &SessionInfo) {
         self.handle = None;
         self.update(info);
-        self.attached_elsewhere = false;
     }
 
     pub fn state(&self) -> SessionState {

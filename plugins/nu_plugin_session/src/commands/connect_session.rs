@@ -1,8 +1,7 @@
 use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
 use nu_protocol::{Example, LabeledError, PipelineData, Signature, Span, Type, Value};
 
-use super::disconnect_session::throttle_limit;
-use super::{category, discover, rows_or_error, ssh_flags};
+use super::{category, discover, rows_or_error, ssh_flags, throttle_limit};
 use crate::SessionPlugin;
 use crate::errors::client_error;
 use crate::record::session_record;
@@ -73,30 +72,30 @@ impl PluginCommand for ConnectSession {
         input: PipelineData,
     ) -> Result<PipelineData, LabeledError> {
         let span = call.head;
-        let mut criteria = Criteria::from_call(call, Some(0))?;
-        criteria.add_pipeline(input)?;
-        if criteria.is_empty() {
-            return Err(LabeledError::new("no sessions to connect")
-                .with_label(
-                    "needs session ids, --name, --instance-id, --computer-name or piped sessions",
-                    span,
-                )
-                .with_help("`get-session --computer-name <host>` lists a host's sessions"));
-        }
+        let criteria = Criteria::required(
+            call,
+            input,
+            span,
+            "no sessions to connect",
+            "`get-session --computer-name <host>` lists a host's sessions",
+        )?;
         let throttle = throttle_limit(call)?;
         discover(plugin, engine, call)?;
         let ids = criteria.select(&plugin.sessions())?;
-        let rows = crate::fanout::run_all(&ids, throttle, "connect-session", |id| {
-            connect(plugin, *id, span).map(|()| {
-                let table = plugin.sessions();
-                table
-                    .get(*id)
-                    .map_or(Value::nothing(span), |s| session_record(s, span))
-            })
-        })
-        .into_iter()
-        .map(|row| row.unwrap_or_else(|| Err(LabeledError::new("connecting failed unexpectedly"))))
-        .collect();
+        let rows = crate::fanout::run_each(
+            &ids,
+            throttle,
+            "connect-session",
+            |_| span,
+            |id| {
+                connect(plugin, *id, span).map(|()| {
+                    let table = plugin.sessions();
+                    table
+                        .get(*id)
+                        .map_or(Value::nothing(span), |s| session_record(s, span))
+                })
+            },
+        );
         plugin.keep_alive(engine);
         Ok(PipelineData::value(rows_or_error(rows, span)?, None))
     }

@@ -1,9 +1,7 @@
 use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
-use nu_protocol::{
-    Example, LabeledError, PipelineData, Signature, Spanned, SyntaxShape, Type, Value,
-};
+use nu_protocol::{Example, LabeledError, PipelineData, Signature, SyntaxShape, Type, Value};
 
-use super::{category, idle_timeout, output_buffering, rows_or_error};
+use super::{category, idle_timeout, output_buffering, rows_or_error, throttle_limit};
 use crate::SessionPlugin;
 use crate::errors::client_error;
 use crate::record::session_record;
@@ -88,29 +86,20 @@ impl PluginCommand for DisconnectSession {
         input: PipelineData,
     ) -> Result<PipelineData, LabeledError> {
         let span = call.head;
-        let mut criteria = Criteria::from_call(call, Some(0))?;
-        criteria.add_pipeline(input)?;
-        if criteria.is_empty() {
-            return Err(LabeledError::new("no sessions to disconnect")
-                .with_label(
-                    "needs session ids, --name, --instance-id, --computer-name or piped sessions",
-                    span,
-                )
-                .with_help("`get-session | disconnect-session` disconnects them all"));
-        }
+        let criteria = Criteria::required(
+            call,
+            input,
+            span,
+            "no sessions to disconnect",
+            "`get-session | disconnect-session` disconnects them all",
+        )?;
         let timeout = idle_timeout(call)?;
         let timeout_span = call.get_flag_span("idle-timeout").unwrap_or(span);
         let buffering = output_buffering(call)?;
         let throttle = throttle_limit(call)?;
         let ids = criteria.select(&plugin.sessions())?;
         if call.has_flag("what-if")? {
-            let table = plugin.sessions();
-            for session in ids.iter().filter_map(|id| table.get(*id)) {
-                eprintln!(
-                    "What if: Performing the operation \"Disconnect\" on target \"{}\" (session {}, {}).",
-                    session.computer_name, session.id, session.name
-                );
-            }
+            super::what_if(plugin, &ids, "Disconnect");
             return Ok(PipelineData::empty());
         }
         let disconnect = |id: &i64| -> Result<Value, LabeledError> {
@@ -147,26 +136,10 @@ impl PluginCommand for DisconnectSession {
             session.detached(&info);
             Ok(session_record(session, span))
         };
-        let rows = crate::fanout::run_all(&ids, throttle, "disconnect-session", disconnect)
-            .into_iter()
-            .map(|row| {
-                row.unwrap_or_else(|| Err(LabeledError::new("disconnecting failed unexpectedly")))
-            })
-            .collect();
+        let rows =
+            crate::fanout::run_each(&ids, throttle, "disconnect-session", |_| span, disconnect);
         // Nothing attached here any more may not need this process.
         plugin.keep_alive(engine);
         Ok(PipelineData::value(rows_or_error(rows, span)?, None))
-    }
-}
-
-/// `--throttle-limit`: 0 or nothing means the default.
-pub(crate) fn throttle_limit(call: &EvaluatedCall) -> Result<usize, LabeledError> {
-    match call.get_flag::<Spanned<i64>>("throttle-limit")? {
-        Some(limit) if limit.item < 0 => {
-            Err(LabeledError::new("the throttle limit cannot be negative")
-                .with_label("must be 0 (meaning 32) or more", limit.span))
-        }
-        Some(limit) if limit.item > 0 => Ok(limit.item as usize),
-        _ => Ok(crate::fanout::DEFAULT_THROTTLE),
     }
 }

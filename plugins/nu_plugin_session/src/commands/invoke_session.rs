@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
 use nu_protocol::{
     Example, HandlerGuard, LabeledError, ListStream, PipelineData, ShellError, SignalAction,
-    Signature, Span, Spanned, SyntaxShape, Type, Value,
+    Signature, Span, SyntaxShape, Type, Value,
 };
 use nu_session_client::{Call, CallEvent, ClientError, SessionHandle};
 
@@ -139,14 +139,7 @@ impl PluginCommand for InvokeSession {
             other => Some(other.into_value(head)?),
         };
 
-        let throttle = match call.get_flag::<Spanned<i64>>("throttle-limit")? {
-            Some(limit) if limit.item < 0 => {
-                return Err(LabeledError::new("the throttle limit cannot be negative")
-                    .with_label("must be 0 (meaning 32) or more", limit.span));
-            }
-            Some(limit) if limit.item > 0 => limit.item as usize,
-            _ => crate::fanout::DEFAULT_THROTTLE,
-        };
+        let throttle = super::throttle_limit(call)?;
 
         if call.has_flag("disconnected")? {
             return start_disconnected(plugin, engine, &ids, &code, input, head);

@@ -32,6 +32,29 @@ use crate::sessions::{Session, TransportKind};
 
 pub(crate) use new_session::{idle_timeout, output_buffering, ssh_options};
 
+/// `--throttle-limit`: how many computers or sessions at once; 0 or nothing means the default.
+pub(crate) fn throttle_limit(call: &EvaluatedCall) -> Result<usize, LabeledError> {
+    match call.get_flag::<Spanned<i64>>("throttle-limit")? {
+        Some(limit) if limit.item < 0 => {
+            Err(LabeledError::new("the throttle limit cannot be negative")
+                .with_label("must be 0 (meaning 32) or more", limit.span))
+        }
+        Some(limit) if limit.item > 0 => Ok(limit.item as usize),
+        _ => Ok(crate::fanout::DEFAULT_THROTTLE),
+    }
+}
+
+/// `--what-if`: says what `operation` would do to each session, on stderr, as PowerShell does.
+pub(crate) fn what_if(plugin: &SessionPlugin, ids: &[i64], operation: &str) {
+    let table = plugin.sessions();
+    for session in ids.iter().filter_map(|id| table.get(*id)) {
+        eprintln!(
+            "What if: Performing the operation \"{operation}\" on target \"{}\" (session {}, {}).",
+            session.computer_name, session.id, session.name
+        );
+    }
+}
+
 /// The flags that say how to reach computers over SSH (they override the ssh config).
 pub(crate) fn ssh_flags(signature: Signature) -> Signature {
     signature

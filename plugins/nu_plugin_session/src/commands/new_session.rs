@@ -114,16 +114,7 @@ impl PluginCommand for NewSession {
         let configuration_name = call
             .get_flag::<String>("config-name")?
             .unwrap_or_else(|| "default".into());
-        if let Some(limit) = call.get_flag::<Spanned<i64>>("throttle-limit")?
-            && limit.item < 0
-        {
-            return Err(LabeledError::new("the throttle limit cannot be negative")
-                .with_label("must be 0 (meaning 32) or more", limit.span));
-        }
-        let throttle = match call.get_flag::<i64>("throttle-limit")? {
-            Some(n) if n > 0 => n as usize,
-            _ => crate::fanout::DEFAULT_THROTTLE,
-        };
+        let throttle = super::throttle_limit(call)?;
         let name_flag = call.get_flag::<String>("name")?;
         let ssh = ssh_options(call, engine)?;
 
@@ -196,17 +187,13 @@ impl PluginCommand for NewSession {
                 Some(handle),
             ))
         };
-        let results: Vec<Result<Session, LabeledError>> =
-            crate::fanout::run_all(&targets, throttle, "new-session", open)
-                .into_iter()
-                .zip(&targets)
-                .map(|(result, target)| {
-                    result.unwrap_or_else(|| {
-                        Err(LabeledError::new("opening the session failed unexpectedly")
-                            .with_label("here", target.1.as_ref().map_or(span, |c| c.name.span)))
-                    })
-                })
-                .collect();
+        let results: Vec<Result<Session, LabeledError>> = crate::fanout::run_each(
+            &targets,
+            throttle,
+            "new-session",
+            |target| target.1.as_ref().map_or(span, |c| c.name.span),
+            open,
+        );
 
         let single = results.len() == 1;
         let mut rows = Vec::with_capacity(results.len());

@@ -69,16 +69,13 @@ impl PluginCommand for ReceiveSession {
         input: PipelineData,
     ) -> Result<PipelineData, LabeledError> {
         let span = call.head;
-        let mut criteria = Criteria::from_call(call, Some(0))?;
-        criteria.add_pipeline(input)?;
-        if criteria.is_empty() {
-            return Err(LabeledError::new("no sessions to receive from")
-                .with_label(
-                    "needs session ids, --name, --instance-id, --computer-name or piped sessions",
-                    span,
-                )
-                .with_help("`get-session --computer-name <host>` lists a host's sessions"));
-        }
+        let criteria = Criteria::required(
+            call,
+            input,
+            span,
+            "no sessions to receive from",
+            "`get-session --computer-name <host>` lists a host's sessions",
+        )?;
         discover(plugin, engine, call)?;
         let ids = criteria.select(&plugin.sessions())?;
         // One session: its connection error is the command's error.

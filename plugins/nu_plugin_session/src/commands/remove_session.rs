@@ -68,25 +68,16 @@ impl PluginCommand for RemoveSession {
         input: PipelineData,
     ) -> Result<PipelineData, LabeledError> {
         let span = call.head;
-        let mut criteria = Criteria::from_call(call, Some(0))?;
-        criteria.add_pipeline(input)?;
-        if criteria.is_empty() {
-            return Err(LabeledError::new("no sessions to remove")
-                .with_label(
-                    "needs session ids, --name, --instance-id, --computer-name or piped sessions",
-                    span,
-                )
-                .with_help("`get-session | remove-session` removes them all"));
-        }
+        let criteria = Criteria::required(
+            call,
+            input,
+            span,
+            "no sessions to remove",
+            "`get-session | remove-session` removes them all",
+        )?;
         let ids = criteria.select(&plugin.sessions())?;
         if call.has_flag("what-if")? {
-            let table = plugin.sessions();
-            for session in ids.iter().filter_map(|id| table.get(*id)) {
-                eprintln!(
-                    "What if: Performing the operation \"Remove\" on target \"{}\" (session {}, {}).",
-                    session.computer_name, session.id, session.name
-                );
-            }
+            super::what_if(plugin, &ids, "Remove");
             return Ok(PipelineData::empty());
         }
         let mut failures = Vec::new();

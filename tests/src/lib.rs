@@ -288,7 +288,11 @@ impl Sshd {
 
     /// The known_hosts line for this server.
     pub fn known_hosts_line(&self) -> String {
-        format!("[{}]:{} {}", self.address, self.port, self.host_key)
+        match self.port {
+            // As OpenSSH writes it: the bare name for the default port.
+            22 => format!("{} {}", self.address, self.host_key),
+            port => format!("[{}]:{port} {}", self.address, self.host_key),
+        }
     }
 
     /// What the server logged (raise `LogLevel` with [`Sandbox::sshd_with`] to see more).
@@ -300,6 +304,113 @@ impl Sshd {
     pub fn remote_runtime_dir(sandbox: &Sandbox, address: &str) -> PathBuf {
         sandbox.path().join(format!("remote-{address}"))
     }
+
+    /// Kills (SIGKILL) the per-connection sshd processes: every client connection drops as if
+    /// the server side had crashed; the listener stays. Returns how many were killed.
+    pub fn kill_connections(&self) -> usize {
+        let children = children_of(self.child.id() as i32);
+        for pid in &children {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        children.len()
+    }
+}
+
+/// The pids whose parent is `parent`.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // `pid (comm) state ppid ...`; comm may contain spaces.
+                    let after = stat.rsplit_once(')')?.1;
+                    after.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// A network namespace joined to this one by a veth pair: a server inside it is reached at
+/// [`NetNs::address`], and [`NetNs::cut`] takes the link down (packets go nowhere, as when a
+/// network fails) until [`NetNs::restore`]. Removed when dropped. Needs root (CAP_NET_ADMIN).
+pub struct NetNs {
+    pub name: String,
+    veth: String,
+    /// The namespace side's address.
+    pub address: String,
+}
+
+impl NetNs {
+    pub fn new() -> NetNs {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tag = format!("{}x{n}", std::process::id() % 100_000);
+        let name = format!("nus{tag}");
+        let veth = format!("nvh{tag}");
+        let inner = format!("nvi{tag}");
+        // 10.(200 + pid % 50).(n % 64 * 4): a /30 of our own.
+        let net = format!("10.{}.{}", 200 + std::process::id() % 50, (n % 64) * 4);
+        let ns = NetNs {
+            name: name.clone(),
+            veth: veth.clone(),
+            address: format!("{net}.2"),
+        };
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", &inner, "netns", &name,
+        ]);
+        ip(&["addr", "add", &format!("{net}.1/30"), "dev", &veth]);
+        ip(&["link", "set", &veth, "up"]);
+        ip(&["-n", &name, "addr", "add", &format!("{net}.2/30"), "dev", &inner]);
+        ip(&["-n", &name, "link", "set", &inner, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Takes the link down: nothing gets through.
+    pub fn cut(&self) {
+        ip(&["link", "set", &self.veth, "down"]);
+    }
+
+    /// Brings the link back.
+    pub fn restore(&self) {
+        ip(&["link", "set", &self.veth, "up"]);
+    }
+}
+
+impl Default for NetNs {
+    fn default() -> Self {
+        NetNs::new()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `text` as one word for `sh`.
@@ -415,6 +526,12 @@ impl Sandbox {
     /// Like [`Sandbox::sshd`], with `extra` sshd_config lines (they win: sshd keeps the first
     /// value of a keyword).
     pub fn sshd_with(&self, address: &str, extra: &str) -> Sshd {
+        self.sshd_in(None, address, extra)
+    }
+
+    /// Like [`Sandbox::sshd_with`], running inside the network namespace `netns` when given
+    /// (listening on port 22 of `address` there).
+    pub fn sshd_in(&self, netns: Option<&NetNs>, address: &str, extra: &str) -> Sshd {
         let sshd = Path::new("/usr/sbin/sshd");
         assert!(
             sshd.exists(),
@@ -431,9 +548,12 @@ impl Sandbox {
                 .args(["-q", "-t", "ed25519", "-N", "", "-f"])
                 .arg(&host_key),
         );
-        let port = {
-            let listener = std::net::TcpListener::bind((address, 0)).expect("free port");
-            listener.local_addr().expect("port").port()
+        let port = match netns {
+            Some(_) => 22,
+            None => {
+                let listener = std::net::TcpListener::bind((address, 0)).expect("free port");
+                listener.local_addr().expect("port").port()
+            }
         };
         let path = format!("{}:/usr/local/bin:/usr/bin:/bin", bin_dir().display());
         let config = dir.join("sshd_config");
@@ -447,7 +567,15 @@ impl Sandbox {
             ),
         )
         .expect("sshd_config");
-        let child = Command::new(sshd)
+        let mut command = match netns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &ns.name]).arg(sshd);
+                command
+            }
+            None => Command::new(sshd),
+        };
+        let child = command
             .args(["-D", "-e", "-f"])
             .arg(&config)
             .stdin(Stdio::null())
@@ -503,6 +631,17 @@ impl Sandbox {
             .env("NU_SESSION_SSH_CONFIG", config)
             .env_remove("SSH_AUTH_SOCK");
         command.output().expect("run nu")
+    }
+
+    /// Starts a script with the ssh config and no ssh-agent, stdout and stderr piped.
+    pub fn ssh_spawn(&self, config: &Path, script: &str) -> Child {
+        self.command(script)
+            .env("NU_SESSION_SSH_CONFIG", config)
+            .env_remove("SSH_AUTH_SOCK")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nu")
     }
 
     /// Authorizes another public key on every sshd of this sandbox.

@@ -1,29 +1,62 @@
 //! [`Host`]: the sessions of one machine, as reached over one [`Transport`].
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
 use futures::{SinkExt, StreamExt};
-use nu_session_protocol::{ClientMessage, HostMessage, SessionInfo, SessionSettings};
+use nu_session_protocol::{Attachment, ClientMessage, HostMessage, SessionInfo, SessionSettings};
 use tokio::runtime::Handle;
 use uuid::Uuid;
 
 use crate::ClientError;
 use crate::session::SessionHandle;
-use crate::transport::Transport;
+use crate::transport::{Connection, Transport};
 
 #[derive(Clone)]
 pub struct Host {
     transport: Transport,
     runtime: Handle,
-    /// Identifies this client process to the host's sessions.
-    client: Uuid,
+    client: Arc<ClientShared>,
+}
+
+/// What every host and session of one [`crate::Client`] shares.
+pub(crate) struct ClientShared {
+    /// Identifies this client process to the hosts' sessions.
+    pub id: Uuid,
+    /// Invocation ids: one counter per client, from a random start, so that a session sees the
+    /// ids of one client only grow (it ignores one sent again) and ids of different clients
+    /// never collide.
+    pub next_call: AtomicU64,
+    /// How long a broken connection is retried before the session is left disconnected.
+    pub reconnect_for: std::sync::Mutex<Duration>,
+}
+
+impl ClientShared {
+    pub fn new() -> ClientShared {
+        ClientShared {
+            id: Uuid::new_v4(),
+            next_call: AtomicU64::new((Uuid::new_v4().as_u128() as u64 >> 24) << 20 | 1),
+            reconnect_for: std::sync::Mutex::new(crate::DEFAULT_RECONNECT_FOR),
+        }
+    }
+
+    pub fn reconnect_for(&self) -> Duration {
+        *self.reconnect_for.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Host {
-    pub(crate) fn new(transport: Transport, runtime: Handle, client: Uuid) -> Self {
+    pub(crate) fn new(transport: Transport, runtime: Handle, client: Arc<ClientShared>) -> Self {
         Host {
             transport,
             runtime,
             client,
         }
+    }
+
+    pub(crate) fn shared(&self) -> &ClientShared {
+        &self.client
     }
 
     pub fn transport(&self) -> &Transport {
@@ -40,24 +73,47 @@ impl Host {
 
     /// One request to the manager on a connection of its own.
     fn ask_manager(&self, request: ClientMessage) -> Result<HostMessage, ClientError> {
-        self.runtime.block_on(async {
-            let mut conn = self.transport.connect_manager().await?;
-            conn.send(request)
-                .await
-                .map_err(|e| ClientError::transport("cannot send to the session manager", e))?;
-            match conn.next().await {
-                Some(Ok(HostMessage::Error(e))) => Err(e.into()),
-                Some(Ok(reply)) => Ok(reply),
-                Some(Err(e)) => Err(ClientError::transport(
-                    "bad answer from the session manager",
-                    e,
-                )),
-                None => Err(ClientError::transport(
-                    "the session manager closed the connection",
-                    "no answer",
-                )),
+        self.runtime.block_on(self.ask_manager_async(request))
+    }
+
+    async fn ask_manager_async(&self, request: ClientMessage) -> Result<HostMessage, ClientError> {
+        let mut conn = self.transport.connect_manager().await?;
+        conn.send(request)
+            .await
+            .map_err(|e| ClientError::transport("cannot send to the session manager", e))?;
+        match conn.next().await {
+            Some(Ok(HostMessage::Error(e))) => Err(e.into()),
+            Some(Ok(reply)) => Ok(reply),
+            Some(Err(e)) => Err(ClientError::transport(
+                "bad answer from the session manager",
+                e,
+            )),
+            None => Err(ClientError::transport(
+                "the session manager closed the connection",
+                "no answer",
+            )),
+        }
+    }
+
+    /// Whether the session is gone from its host, and why: `Ok(None)` while it still exists.
+    pub(crate) async fn gone(&self, instance_id: Uuid) -> Result<Option<String>, ClientError> {
+        match self.ask_manager_async(ClientMessage::ListSessions).await? {
+            HostMessage::Sessions(all) if all.iter().any(|s| s.instance_id == instance_id) => {
+                return Ok(None);
             }
-        })
+            HostMessage::Sessions(_) => {}
+            other => return Err(unexpected(other)),
+        }
+        let reason = match self
+            .ask_manager_async(ClientMessage::EndReason { instance_id })
+            .await
+        {
+            Ok(HostMessage::EndReason { reason, .. }) => reason,
+            _ => None,
+        };
+        Ok(Some(reason.unwrap_or_else(|| {
+            "it no longer exists on its host".to_string()
+        })))
     }
 
     pub fn create_session(&self, settings: SessionSettings) -> Result<SessionInfo, ClientError> {
@@ -90,29 +146,42 @@ impl Host {
         instance_id: Uuid,
         resume_after: Option<u64>,
     ) -> Result<SessionHandle, ClientError> {
-        let runtime = self.runtime.clone();
-        self.runtime.block_on(async {
-            let mut conn = self.transport.connect_session(instance_id).await?;
-            conn.send(ClientMessage::Attach {
-                instance_id,
-                resume_after,
-                client: Some(self.client),
-            })
-            .await
-            .map_err(|e| ClientError::transport("cannot send to the session", e))?;
-            match conn.next().await {
-                Some(Ok(HostMessage::Attached(attachment))) => Ok(SessionHandle::start(
-                    conn,
-                    attachment,
-                    resume_after.unwrap_or(0),
-                    runtime,
-                )),
-                Some(Ok(HostMessage::Error(e))) => Err(e.into()),
-                Some(Ok(other)) => Err(unexpected(other)),
-                Some(Err(e)) => Err(ClientError::transport("bad answer from the session", e)),
-                None => Err(ClientError::lost()),
-            }
+        let (conn, attachment) = self
+            .runtime
+            .block_on(self.attach_conn(instance_id, resume_after))?;
+        Ok(SessionHandle::start(
+            self.clone(),
+            conn,
+            attachment,
+            resume_after.unwrap_or(0),
+        ))
+    }
+
+    /// A connection to the session, attached.
+    pub(crate) async fn attach_conn(
+        &self,
+        instance_id: Uuid,
+        resume_after: Option<u64>,
+    ) -> Result<(Connection, Attachment), ClientError> {
+        let mut conn = self.transport.connect_session(instance_id).await?;
+        conn.send(ClientMessage::Attach {
+            instance_id,
+            resume_after,
+            client: Some(self.client.id),
         })
+        .await
+        .map_err(|e| ClientError::transport("cannot send to the session", e))?;
+        match conn.next().await {
+            Some(Ok(HostMessage::Attached(attachment))) => Ok((conn, attachment)),
+            Some(Ok(HostMessage::Error(e))) => Err(e.into()),
+            Some(Ok(other)) => Err(unexpected(other)),
+            Some(Err(e)) => Err(ClientError::transport("bad answer from the session", e)),
+            None => Err(ClientError::lost()),
+        }
+    }
+
+    pub(crate) fn runtime(&self) -> &Handle {
+        &self.runtime
     }
 }
 

@@ -28,7 +28,7 @@ pub use nu_session_protocol::{
     Attachment, Binding, ErrorKind, OutputBuffering, RemoteError, RemoteLabel, SessionInfo,
     SessionSettings,
 };
-pub use session::{BacklogEvent, Call, CallEvent, Receive, SessionHandle};
+pub use session::{BacklogEvent, Call, CallEvent, Link, Notice, Receive, SessionHandle};
 pub use transport::Transport;
 
 /// Owns the I/O runtime and the SSH connections; create one per process and keep it.
@@ -36,9 +36,12 @@ pub struct Client {
     runtime: tokio::runtime::Runtime,
     /// One link per (user, host name, port), shared by every session on that host.
     ssh_links: std::sync::Mutex<Vec<std::sync::Arc<transport::SshLink>>>,
-    /// Identifies this client to hosts: a broken attachment of ours can be taken over.
-    id: uuid::Uuid,
+    shared: std::sync::Arc<host::ClientShared>,
 }
+
+/// How long a broken connection is retried by default before its sessions are left
+/// disconnected on their hosts (PowerShell's robust connections: 4 minutes).
+pub const DEFAULT_RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(240);
 
 impl Client {
     pub fn new() -> Result<Client, ClientError> {
@@ -51,8 +54,17 @@ impl Client {
         Ok(Client {
             runtime,
             ssh_links: Default::default(),
-            id: uuid::Uuid::new_v4(),
+            shared: std::sync::Arc::new(host::ClientShared::new()),
         })
+    }
+
+    /// How long a broken connection is retried before its sessions are left disconnected.
+    pub fn set_reconnect_for(&self, duration: std::time::Duration) {
+        *self
+            .shared
+            .reconnect_for
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = duration;
     }
 
     /// The host behind a computer name, over SSH: the configuration is resolved now (`ssh -G`),
@@ -81,6 +93,6 @@ impl Client {
 
     /// The sessions of the host reached through `transport`.
     pub fn host(&self, transport: Transport) -> Host {
-        Host::new(transport, self.runtime.handle().clone(), self.id)
+        Host::new(transport, self.runtime.handle().clone(), self.shared.clone())
     }
 }

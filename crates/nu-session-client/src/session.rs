@@ -8,11 +8,18 @@
 //!
 //! Output of invocations this handle did not start (started by another client, or sent with
 //! [`SessionHandle::invoke_detached`]) is kept for [`SessionHandle::receive`].
+//!
+//! Broken connections: when the connection fails without a disconnect, a supervisor task
+//! reattaches with backoff (the same client takes over its old attachment on the host), resumes
+//! the output after the last event received, and sends again the invocations and interrupts the
+//! host may not have received (it ignores an invocation id it has seen). Calls simply wait
+//! meanwhile. If it gives up, the session is left disconnected on its host; if the host says the
+//! session is gone (its worker crashed), the calls end with the reason.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use nu_protocol::Value;
@@ -22,9 +29,10 @@ use nu_session_protocol::{
 };
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
 
-use crate::ClientError;
 use crate::transport::Connection;
+use crate::{ClientError, Host};
 
 /// One event of an invocation, in order: `Started`, then values and output, then `Finished`.
 #[derive(Debug, Clone)]
@@ -56,6 +64,43 @@ const RELEASE_AFTER: Duration = Duration::from_millis(50);
 /// Batches of events per channel message keep the hand-over between threads cheap.
 const CALL_CHANNEL_BATCHES: usize = 16;
 
+/// Reconnect attempts: the first at once, then after this, doubling up to [`MAX_RETRY_DELAY`]
+/// (about once a second, as PowerShell does).
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// One reconnect attempt (SSH handshake and attach included) gets this long.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a handle's connection is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Link {
+    Up,
+    /// The connection failed without a disconnect; reconnecting.
+    Reconnecting,
+    /// Reconnecting did not succeed (why): the session runs on, disconnected, on its host.
+    Down(String),
+    /// Disconnected on purpose.
+    Detached,
+    /// The session ended on its host (why).
+    Ended(String),
+}
+
+/// What happened to a handle's connection, for telling the user.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// The connection failed (`error`); reconnecting for up to `retry_for`.
+    Interrupted { error: String, retry_for: Duration },
+    /// Attached again, `after` the failure; missed output follows.
+    Restored { after: Duration },
+    /// Reconnecting did not succeed; the session is left disconnected on its host.
+    GaveUp { reason: String },
+    /// The host says the session is gone.
+    Ended { reason: String },
+}
+
+/// Told about every [`Notice`] of a handle.
+pub type Notify = Arc<dyn Fn(Notice) + Send + Sync>;
+
 /// Events handed over together, with the sequence numbers they span.
 struct Batch<T> {
     first: u64,
@@ -77,25 +122,30 @@ enum Outgoing {
 }
 
 struct Inner {
+    host: Host,
+    instance_id: Uuid,
     outgoing: mpsc::UnboundedSender<Outgoing>,
     state: Mutex<State>,
-    /// Call ids of this handle start at a random base: ids from other clients (whose output
-    /// may still be on the host) never collide with ours.
-    first_call: u64,
-    next_call: AtomicU64,
-    alive: AtomicBool,
-    /// The host said the session ended (its code called `exit`).
+    link: Mutex<Link>,
+    /// The host said the session ended (its code called `exit`, or its worker is gone).
     ended: AtomicBool,
-    attachment: Attachment,
+    /// What the host said when this client (last) attached.
+    attachment: Mutex<Attachment>,
     runtime: Handle,
     /// The backlog's receiving end, while no [`Receive`] holds it.
     backlog: Mutex<Option<std::sync::mpsc::Receiver<Batch<BacklogEvent>>>>,
+    notify: Mutex<Option<Notify>>,
 }
 
 struct State {
     calls: HashMap<u64, mpsc::Sender<Batch<CallEvent>>>,
-    /// Invocations sent detached: their output goes to the backlog.
-    detached: HashSet<u64>,
+    /// Invocations of ours that were given up before they finished: their output is discarded.
+    abandoned: HashSet<u64>,
+    /// Invocations sent that the host has not shown it received yet (no event for them): sent
+    /// again after a reconnect unless the host says it has them.
+    unconfirmed: BTreeMap<u64, Invocation>,
+    /// Invocations asked to stop that have not finished: asked again after a reconnect.
+    interrupted: HashSet<u64>,
     /// The highest sequence number received.
     received: u64,
     /// The highest sequence number acknowledged.
@@ -119,8 +169,58 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn is_ours(&self, call_id: u64) -> bool {
-        call_id >= self.first_call && call_id < self.next_call.load(Ordering::SeqCst)
+    fn link(&self) -> MutexGuard<'_, Link> {
+        self.link.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_link(&self, link: Link) {
+        *self.link() = link;
+    }
+
+    fn attachment(&self) -> MutexGuard<'_, Attachment> {
+        self.attachment.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self, notice: Notice) {
+        let notify = self
+            .notify
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(notify) = notify {
+            notify(notice);
+        }
+    }
+
+    /// Why nothing more can be sent or received.
+    fn lost_error(&self) -> ClientError {
+        match &*self.link() {
+            Link::Down(reason) => ClientError::Transport {
+                msg: format!("the connection to the session was lost: {reason}"),
+                help: Some(
+                    "the session keeps running on its host: `connect-session` reconnects it, `receive-session` collects its output"
+                        .into(),
+                ),
+            },
+            Link::Ended(reason) => RemoteError::new(
+                ErrorKind::Ended,
+                format!("the session has ended: {reason}"),
+            )
+            .into(),
+            Link::Detached => ClientError::Transport {
+                msg: "the session was disconnected".into(),
+                help: Some("`connect-session` reconnects it".into()),
+            },
+            Link::Up | Link::Reconnecting => ClientError::lost(),
+        }
+    }
+
+    /// Asks the host to stop `call_id`; asked again after a reconnect until it finishes.
+    fn interrupt(&self, call_id: u64) {
+        self.state().interrupted.insert(call_id);
+        let _ = self
+            .outgoing
+            .send(Outgoing::Message(ClientMessage::Interrupt { call_id }));
     }
 
     /// A batch was consumed: acknowledge what can be.
@@ -150,19 +250,24 @@ impl Inner {
 
 impl SessionHandle {
     pub(crate) fn start(
+        host: Host,
         conn: Connection,
         attachment: Attachment,
         resumed_from: u64,
-        runtime: Handle,
     ) -> SessionHandle {
-        let (outgoing, mut to_send) = mpsc::unbounded_channel::<Outgoing>();
+        let (outgoing, to_send) = mpsc::unbounded_channel::<Outgoing>();
         let (backlog_tx, backlog_rx) = std::sync::mpsc::channel();
-        let first_call = (uuid::Uuid::new_v4().as_u128() as u64 >> 24) << 20 | 1;
+        let runtime = host.runtime().clone();
+        let foreign_pending = attachment.pending_calls.iter().copied().collect();
         let inner = Arc::new(Inner {
+            instance_id: attachment.info.instance_id,
+            host,
             outgoing,
             state: Mutex::new(State {
                 calls: HashMap::new(),
-                detached: HashSet::new(),
+                abandoned: HashSet::new(),
+                unconfirmed: BTreeMap::new(),
+                interrupted: HashSet::new(),
                 // Events up to the host's acknowledged mark are gone: nothing to wait for there.
                 received: resumed_from.max(attachment.acked),
                 acked: resumed_from.max(attachment.acked),
@@ -170,53 +275,44 @@ impl SessionHandle {
                 reply: None,
                 dropped: 0,
                 forgotten: false,
-                foreign_pending: HashSet::new(),
+                // A new handle has no invocations yet: every pending one is another client's.
+                foreign_pending,
                 backlog: backlog_tx,
             }),
-            first_call,
-            next_call: AtomicU64::new(first_call),
-            alive: AtomicBool::new(true),
+            link: Mutex::new(Link::Up),
             ended: AtomicBool::new(false),
-            attachment,
+            attachment: Mutex::new(attachment),
             runtime: runtime.clone(),
             backlog: Mutex::new(Some(backlog_rx)),
+            notify: Mutex::new(None),
         });
-        {
-            let mut state = inner.state();
-            state.foreign_pending = inner
-                .attachment
-                .pending_calls
-                .iter()
-                .copied()
-                .filter(|id| !inner.is_ours(*id))
-                .collect();
-        }
-        let (mut sink, stream) = conn.split();
-        runtime.spawn(async move {
-            while let Some(Outgoing::Message(message)) = to_send.recv().await {
-                if sink.send(message).await.is_err() {
-                    break;
-                }
-            }
-            let _ = sink.close().await;
-        });
-        runtime.spawn(read_events(stream, inner.clone()));
+        runtime.spawn(supervise(inner.clone(), conn, to_send));
         SessionHandle { inner }
     }
 
-    /// The session as the host described it when this client attached.
-    pub fn info(&self) -> &SessionInfo {
-        &self.inner.attachment.info
+    /// The session as the host described it when this client (last) attached.
+    pub fn info(&self) -> SessionInfo {
+        self.inner.attachment().info.clone()
     }
 
-    /// What the host said when this client attached.
-    pub fn attachment(&self) -> &Attachment {
-        &self.inner.attachment
+    /// What the host said when this client (last) attached.
+    pub fn attachment(&self) -> Attachment {
+        self.inner.attachment().clone()
     }
 
-    /// Whether the connection is still up.
+    /// Whether the connection is up (not reconnecting, given up, detached or ended).
     pub fn is_alive(&self) -> bool {
-        self.inner.alive.load(Ordering::SeqCst)
+        *self.inner.link() == Link::Up
+    }
+
+    /// What the connection is doing.
+    pub fn link(&self) -> Link {
+        self.inner.link().clone()
+    }
+
+    /// `notify` is told when the connection fails, comes back, or is given up.
+    pub fn on_notice(&self, notify: Notify) {
+        *self.inner.notify.lock().unwrap_or_else(|e| e.into_inner()) = Some(notify);
     }
 
     /// Whether the host said the session ended; it no longer exists there.
@@ -224,14 +320,23 @@ impl SessionHandle {
         self.inner.ended.load(Ordering::SeqCst)
     }
 
+    /// Why the session ended, when the host said.
+    pub fn end_reason(&self) -> Option<String> {
+        match &*self.inner.link() {
+            Link::Ended(reason) => Some(reason.clone()),
+            _ => None,
+        }
+    }
+
     /// The last event number received (for resuming on another connection).
     pub fn last_seq(&self) -> u64 {
         self.inner.state().received
     }
 
+    /// Sends now, or once reconnected.
     fn send(&self, message: ClientMessage) -> Result<(), ClientError> {
-        if !self.is_alive() {
-            return Err(ClientError::lost());
+        if !matches!(*self.inner.link(), Link::Up | Link::Reconnecting) {
+            return Err(self.inner.lost_error());
         }
         self.inner
             .outgoing
@@ -240,7 +345,25 @@ impl SessionHandle {
     }
 
     fn new_call_id(&self) -> u64 {
-        self.inner.next_call.fetch_add(1, Ordering::SeqCst)
+        self.inner
+            .host
+            .shared()
+            .next_call
+            .fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Sends an invocation, kept until the host shows it has it.
+    fn send_invocation(&self, invocation: Invocation) -> Result<(), ClientError> {
+        let call_id = invocation.call_id;
+        self.inner
+            .state()
+            .unconfirmed
+            .insert(call_id, invocation.clone());
+        let sent = self.send(ClientMessage::Invoke(invocation));
+        if sent.is_err() {
+            self.inner.state().unconfirmed.remove(&call_id);
+        }
+        sent
     }
 
     /// Starts running `source` in the session; its events arrive through the returned [`Call`].
@@ -260,7 +383,7 @@ impl SessionHandle {
             bindings,
             input,
         };
-        if let Err(e) = self.send(ClientMessage::Invoke(invocation)) {
+        if let Err(e) = self.send_invocation(invocation) {
             self.inner.state().calls.remove(&call_id);
             return Err(e);
         }
@@ -284,13 +407,12 @@ impl SessionHandle {
         input: Option<Value>,
     ) -> Result<u64, ClientError> {
         let call_id = self.new_call_id();
-        self.inner.state().detached.insert(call_id);
-        self.send(ClientMessage::Invoke(Invocation {
+        self.send_invocation(Invocation {
             call_id,
             source,
             bindings,
             input,
-        }))?;
+        })?;
         Ok(call_id)
     }
 
@@ -301,6 +423,12 @@ impl SessionHandle {
         idle_timeout: Option<Duration>,
         output_buffering: Option<OutputBuffering>,
     ) -> Result<SessionInfo, ClientError> {
+        if *self.inner.link() == Link::Reconnecting {
+            return Err(ClientError::Transport {
+                msg: "the connection to the session is broken and being re-established".into(),
+                help: Some("try again once it is back (get-session shows Opened)".into()),
+            });
+        }
         let (tx, rx) = oneshot::channel();
         self.inner.state().reply = Some(tx);
         self.send(ClientMessage::Disconnect {
@@ -310,7 +438,7 @@ impl SessionHandle {
         let reply = rx.blocking_recv().map_err(|_| ClientError::lost())?;
         match reply {
             HostMessage::Disconnected(info) => {
-                self.inner.alive.store(false, Ordering::SeqCst);
+                self.inner.set_link(Link::Detached);
                 let _ = self.inner.outgoing.send(Outgoing::Close);
                 Ok(info)
             }
@@ -335,14 +463,14 @@ impl SessionHandle {
             .ok_or_else(|| {
                 ClientError::transport("cannot receive", "another receive is in progress")
             })?;
-        let attachment = &self.inner.attachment;
+        let until_seq = self.inner.attachment().next_seq.saturating_sub(1);
         Ok(Receive {
             session: self.inner.clone(),
             rx: Some(rx),
             pending: VecDeque::new(),
             batch: None,
             lag: Lag::default(),
-            until_seq: attachment.next_seq.saturating_sub(1),
+            until_seq,
         })
     }
 }
@@ -446,7 +574,7 @@ impl Call {
                 }
                 None => {
                     self.finished = true;
-                    return Err(ClientError::lost());
+                    return Err(self.session.lost_error());
                 }
             }
         }
@@ -460,8 +588,8 @@ impl Call {
         self.lag.held.clear();
         self.batch = None;
         let mut state = self.session.state();
+        // Its output goes to the backlog from now on.
         state.calls.remove(&self.id);
-        state.detached.insert(self.id);
         // Batches already handed to this call stay outstanding: never acknowledged here.
         self.rx.close();
         state.forgotten = true;
@@ -469,27 +597,22 @@ impl Call {
 
     /// Asks the host to stop this invocation; its `Finished` event still follows.
     pub fn interrupt(&self) {
-        interrupt(&self.session, self.id);
+        self.session.interrupt(self.id);
     }
 
     /// A handle that can interrupt this call from another thread (a signal handler).
     pub fn interrupter(&self) -> impl Fn() + Send + Sync + 'static {
         let session = self.session.clone();
         let id = self.id;
-        move || interrupt(&session, id)
+        move || session.interrupt(id)
     }
-}
-
-fn interrupt(session: &Inner, call_id: u64) {
-    let _ = session
-        .outgoing
-        .send(Outgoing::Message(ClientMessage::Interrupt { call_id }));
 }
 
 impl Drop for Call {
     fn drop(&mut self) {
         if !self.finished {
-            interrupt(&self.session, self.id);
+            self.session.interrupt(self.id);
+            self.session.state().abandoned.insert(self.id);
         }
         if self.session.state().forgotten {
             // See `forget`: nothing more is acknowledged by this client.
@@ -540,7 +663,7 @@ impl Receive {
                     continue;
                 }
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    return Err(ClientError::lost());
+                    return Err(self.session.lost_error());
                 }
                 Err(std::sync::mpsc::TryRecvError::Empty) => {}
             }
@@ -552,8 +675,8 @@ impl Receive {
                     return Ok(None);
                 }
             }
-            if !self.session.alive.load(Ordering::SeqCst) {
-                return Err(ClientError::lost());
+            if !matches!(*self.session.link(), Link::Up | Link::Reconnecting) {
+                return Err(self.session.lost_error());
             }
             match rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(batch) => {
@@ -564,7 +687,7 @@ impl Receive {
                     self.lag.release_now(&self.session);
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(ClientError::lost());
+                    return Err(self.session.lost_error());
                 }
             }
         }
@@ -602,14 +725,14 @@ enum Destination {
     Discard,
 }
 
-async fn read_events(mut stream: futures::stream::SplitStream<Connection>, inner: Arc<Inner>) {
+async fn read_events(mut stream: futures::stream::SplitStream<Connection>, inner: &Inner) {
     while let Some(Ok(message)) = stream.next().await {
         match message {
             HostMessage::Events(events) => {
                 let Some(last) = events.last().map(|e| e.seq) else {
                     continue;
                 };
-                deliver(&inner, events).await;
+                deliver(inner, events).await;
                 let mut state = inner.state();
                 state.received = state.received.max(last);
                 inner.acknowledge(&mut state);
@@ -639,11 +762,175 @@ async fn read_events(mut stream: futures::stream::SplitStream<Connection>, inner
             _ => {}
         }
     }
-    inner.alive.store(false, Ordering::SeqCst);
+}
+
+/// Runs the handle's connection, and the next one each time it fails, until a disconnect, the
+/// session's end, or giving up.
+async fn supervise(
+    inner: Arc<Inner>,
+    mut conn: Connection,
+    queue: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    let queue = Arc::new(tokio::sync::Mutex::new(queue));
+    let mut first = Vec::new();
+    loop {
+        let (sink, stream) = conn.split();
+        let writer = tokio::spawn(write_messages(
+            sink,
+            std::mem::take(&mut first),
+            queue.clone(),
+        ));
+        read_events(stream, &inner).await;
+        writer.abort();
+        let _ = writer.await;
+        // A request waiting for its answer will not get it on this connection.
+        inner.state().reply = None;
+        if *inner.link() != Link::Up || inner.ended.load(Ordering::SeqCst) {
+            break;
+        }
+        match reconnect(&inner, &queue).await {
+            Some((next, resend)) => {
+                conn = next;
+                first = resend;
+            }
+            None => break,
+        }
+    }
+    let (calls, ended) = {
+        let mut state = inner.state();
+        let calls: Vec<_> = state.calls.drain().collect();
+        (calls, inner.link().clone())
+    };
+    // Every waiting call learns the end: why the session ended, or (by its channel closing)
+    // that the connection is gone.
+    if let Link::Ended(reason) = ended {
+        let error = RemoteError::new(ErrorKind::Ended, format!("the session has ended: {reason}"));
+        for (_, sender) in calls {
+            let batch = Batch {
+                first: 0,
+                events: vec![CallEvent::Finished(Some(error.clone()))],
+            };
+            let _ = sender.send(batch).await;
+        }
+    }
+}
+
+async fn write_messages(
+    mut sink: futures::stream::SplitSink<Connection, ClientMessage>,
+    first: Vec<ClientMessage>,
+    queue: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Outgoing>>>,
+) {
+    for message in first {
+        if sink.send(message).await.is_err() {
+            return;
+        }
+    }
+    let mut queue = queue.lock().await;
+    while let Some(Outgoing::Message(message)) = queue.recv().await {
+        if sink.send(message).await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// Attaches again after the connection failed, with backoff, for up to the client's
+/// reconnect time. Returns the new connection and what to send on it first.
+async fn reconnect(
+    inner: &Arc<Inner>,
+    queue: &tokio::sync::Mutex<mpsc::UnboundedReceiver<Outgoing>>,
+) -> Option<(Connection, Vec<ClientMessage>)> {
+    let retry_for = inner.host.shared().reconnect_for();
+    let started = Instant::now();
+    inner.set_link(Link::Reconnecting);
+    inner.notify(Notice::Interrupted {
+        error: "the connection closed".into(),
+        retry_for,
+    });
+    let mut delay = FIRST_RETRY_DELAY;
+    let mut last_error;
+    loop {
+        let resume = inner.state().received;
+        let attempt = tokio::time::timeout(
+            ATTEMPT_TIMEOUT,
+            inner.host.attach_conn(inner.instance_id, Some(resume)),
+        )
+        .await;
+        match attempt {
+            Ok(Ok((conn, attachment))) => {
+                let resend = resume_messages(inner, &attachment, queue).await;
+                *inner.attachment() = attachment;
+                inner.set_link(Link::Up);
+                inner.notify(Notice::Restored {
+                    after: started.elapsed(),
+                });
+                return Some((conn, resend));
+            }
+            Ok(Err(e)) if e.kind() == ErrorKind::Busy => {
+                let reason = "another client connected to the session meanwhile".to_string();
+                inner.set_link(Link::Down(reason.clone()));
+                inner.notify(Notice::GaveUp { reason });
+                return None;
+            }
+            Ok(Err(e)) => {
+                last_error = e.to_string();
+                let gone =
+                    tokio::time::timeout(ATTEMPT_TIMEOUT, inner.host.gone(inner.instance_id)).await;
+                if let Ok(Ok(Some(reason))) = gone {
+                    inner.ended.store(true, Ordering::SeqCst);
+                    inner.set_link(Link::Ended(reason.clone()));
+                    inner.notify(Notice::Ended { reason });
+                    return None;
+                }
+            }
+            Err(_) => {
+                last_error = format!("no answer within {}s", ATTEMPT_TIMEOUT.as_secs());
+            }
+        }
+        if started.elapsed() + delay >= retry_for {
+            let reason = format!(
+                "could not reconnect within {}s ({last_error})",
+                retry_for.as_secs()
+            );
+            inner.set_link(Link::Down(reason.clone()));
+            inner.notify(Notice::GaveUp { reason });
+            return None;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    }
+}
+
+/// What to send first on a new connection: what the host may have missed. Messages queued
+/// while the connection was down are dropped; they are all regenerated here.
+async fn resume_messages(
+    inner: &Inner,
+    attachment: &Attachment,
+    queue: &tokio::sync::Mutex<mpsc::UnboundedReceiver<Outgoing>>,
+) -> Vec<ClientMessage> {
+    {
+        let mut queue = queue.lock().await;
+        while queue.try_recv().is_ok() {}
+    }
     let mut state = inner.state();
-    // Dropping the senders tells every waiting call the connection is gone.
-    state.calls.clear();
-    state.reply = None;
+    let confirmed = attachment.last_call_from_client.unwrap_or(0);
+    state.unconfirmed.retain(|id, _| *id > confirmed);
+    let mut messages: Vec<ClientMessage> = state
+        .unconfirmed
+        .values()
+        .cloned()
+        .map(ClientMessage::Invoke)
+        .collect();
+    messages.extend(
+        state
+            .interrupted
+            .iter()
+            .map(|&call_id| ClientMessage::Interrupt { call_id }),
+    );
+    if state.acked > attachment.acked && !state.forgotten {
+        messages.push(ClientMessage::Ack { seq: state.acked });
+    }
+    messages
 }
 
 /// Hands events to their calls or the backlog, one batch per run of the same destination.
@@ -652,7 +939,8 @@ async fn deliver(inner: &Inner, events: Vec<Event>) {
     let mut run_to = Destination::Discard;
     for event in events {
         let (call_id, call_event) = split(inner, event.body);
-        let to = destination(inner, call_id);
+        let finished = matches!(call_event, CallEvent::Finished(_));
+        let to = destination(inner, call_id, finished);
         if to != run_to && !run.is_empty() {
             hand_over(inner, run_to, std::mem::take(&mut run)).await;
         }
@@ -688,19 +976,30 @@ fn split(inner: &Inner, body: EventBody) -> (Option<u64>, CallEvent) {
     }
 }
 
-fn destination(inner: &Inner, call_id: Option<u64>) -> Destination {
+fn destination(inner: &Inner, call_id: Option<u64>, finished: bool) -> Destination {
     let Some(call_id) = call_id else {
         // Printed while no invocation ran (a background job): nobody to show it to.
         return Destination::Discard;
     };
-    let state = inner.state();
+    let mut state = inner.state();
+    // An event of the invocation: the host has it.
+    if !state.unconfirmed.is_empty() {
+        state.unconfirmed.remove(&call_id);
+    }
+    if finished {
+        state.interrupted.remove(&call_id);
+    }
     if state.calls.contains_key(&call_id) {
         Destination::Call(call_id)
-    } else if state.detached.contains(&call_id) || !inner.is_ours(call_id) {
-        Destination::Backlog
-    } else {
-        // One of ours that the user abandoned.
+    } else if state.abandoned.contains(&call_id) {
+        if finished {
+            state.abandoned.remove(&call_id);
+        }
+        // One of ours that the user gave up.
         Destination::Discard
+    } else {
+        // Started elsewhere, detached, or forgotten: kept for receive.
+        Destination::Backlog
     }
 }
 

@@ -94,7 +94,15 @@ pub struct SshTarget {
     pub proxy_jump: Vec<String>,
     /// The ssh config file the target was resolved with, for resolving the hops the same way.
     pub config_file: Option<PathBuf>,
+    /// Keepalives (`ServerAliveInterval`, `ServerAliveCountMax`): a connection that answers
+    /// none of `alive_count_max` in a row is considered broken. OpenSSH's default interval is 0
+    /// (off); ours is [`DEFAULT_ALIVE_INTERVAL`], since a session must notice a dead network.
+    pub alive_interval: Duration,
+    pub alive_count_max: usize,
 }
+
+/// The keepalive interval when the ssh config sets none.
+pub const DEFAULT_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Overrides given on the command line; they win over the ssh config.
 #[derive(Debug, Clone, Default)]
@@ -174,6 +182,8 @@ impl SshTarget {
             connect_timeout: None,
             proxy_jump: Vec::new(),
             config_file: None,
+            alive_interval: DEFAULT_ALIVE_INTERVAL,
+            alive_count_max: 3,
         };
         for line in text.lines() {
             let Some((key, value)) = line.split_once(' ') else {
@@ -193,6 +203,16 @@ impl SshTarget {
                 }
                 "connecttimeout" => {
                     target.connect_timeout = value.parse().ok().map(Duration::from_secs);
+                }
+                "serveraliveinterval" => {
+                    if let Some(secs) = value.parse::<u64>().ok().filter(|s| *s > 0) {
+                        target.alive_interval = Duration::from_secs(secs);
+                    }
+                }
+                "serveralivecountmax" => {
+                    if let Some(count) = value.parse::<usize>().ok().filter(|c| *c > 0) {
+                        target.alive_count_max = count;
+                    }
                 }
                 "proxyjump" if value != "none" => {
                     target.proxy_jump = value.split(',').map(str::to_string).collect();
@@ -371,8 +391,8 @@ impl SshConnection {
         prompter: Option<Prompter>,
     ) -> Result<SshConnection, ClientError> {
         let config = Arc::new(client::Config {
-            keepalive_interval: Some(Duration::from_secs(15)),
-            keepalive_max: 3,
+            keepalive_interval: Some(target.alive_interval),
+            keepalive_max: target.alive_count_max,
             nodelay: true,
             ..Default::default()
         });

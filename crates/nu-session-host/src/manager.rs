@@ -152,6 +152,10 @@ fn serve(manager: &Manager, stream: UnixStream) {
             },
             ClientMessage::ListSessions => HostMessage::Sessions(list(&manager.layout)),
             ClientMessage::RemoveSession { instance_id } => remove(&manager.layout, instance_id),
+            ClientMessage::EndReason { instance_id } => HostMessage::EndReason {
+                instance_id,
+                reason: end_reason(&manager.layout, instance_id),
+            },
             _ => HostMessage::Error(RemoteError::new(
                 ErrorKind::BadRequest,
                 "not a request the manager answers",
@@ -196,14 +200,31 @@ fn create(manager: &Manager, settings: SessionSettings) -> io::Result<SessionInf
         });
     }
     let mut child = command.spawn()?;
+    let pid = child.id();
     let stdout = child
         .stdout
         .take()
         .ok_or_else(|| io::Error::other("no stdout"))?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
-    // Reap the worker whenever it ends.
-    std::thread::spawn(move || child.wait());
+    // Reap the worker whenever it ends; if it did not delete the session itself, it crashed.
+    {
+        let layout = layout.clone();
+        std::thread::spawn(move || {
+            // Learn how it ended without reaping it: until the reason is recorded, the zombie
+            // counts as alive and nobody else records a vaguer one.
+            let ended = ended_how(pid);
+            if layout.session_meta(id).exists() {
+                let why = crash_reason(ended, &layout, id);
+                log!("session {id} ended: {why}");
+                record_end(&layout, id, &why);
+            }
+            let _ = child.wait();
+            if layout.session_meta(id).exists() {
+                clean_up(&layout, id);
+            }
+        });
+    }
     if line.is_empty() {
         let log = std::fs::read_to_string(layout.session_log(id)).unwrap_or_default();
         let _ = std::fs::remove_file(layout.session_log(id));
@@ -267,13 +288,19 @@ fn clean_up(layout: &Layout, id: Uuid) {
 }
 
 fn list(layout: &Layout) -> Vec<SessionInfo> {
+    prune_end_records(layout);
     let mut sessions = Vec::new();
     for id in session_files(layout) {
         match ask_worker(layout, id, &ClientMessage::ListSessions) {
             Ok(HostMessage::Sessions(mut infos)) => sessions.append(&mut infos),
             Ok(_) => {}
-            Err(e) if is_gone(&e) => {
+            Err(e) if is_gone(&e) && !worker_alive(layout, id) => {
                 log!("session {id} is gone; cleaning up");
+                record_end_once(
+                    layout,
+                    id,
+                    "its worker process ended while no session manager was watching it",
+                );
                 clean_up(layout, id);
             }
             Err(e) => log!("session {id}: {e}"),
@@ -281,6 +308,137 @@ fn list(layout: &Layout) -> Vec<SessionInfo> {
     }
     sessions.sort_by_key(|s| s.created);
     sessions
+}
+
+/// How long the reasons of ended sessions are kept.
+const END_RECORDS_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Records why a session ended, for the clients that were attached to it.
+pub(crate) fn record_end(layout: &Layout, id: Uuid, why: &str) {
+    let _ = std::fs::write(layout.session_ended(id), why);
+}
+
+/// Why the session ended, if recorded. A session whose worker just died is being recorded by
+/// its reaper: wait for it a moment.
+fn end_reason(layout: &Layout, id: Uuid) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Ok(reason) = std::fs::read_to_string(layout.session_ended(id)) {
+            return Some(reason.trim().to_string());
+        }
+        let dying = layout.session_meta(id).exists()
+            && std::os::unix::net::UnixStream::connect(layout.session_socket(id)).is_err();
+        if !dying || Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Records why a session ended unless a more precise reason is recorded already.
+fn record_end_once(layout: &Layout, id: Uuid, why: &str) {
+    use std::io::Write;
+    if let Ok(mut file) = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(layout.session_ended(id))
+    {
+        let _ = file.write_all(why.as_bytes());
+    }
+}
+
+/// Forgets the reasons of sessions that ended long ago.
+fn prune_end_records(layout: &Layout) {
+    let Ok(entries) = std::fs::read_dir(layout.sessions_dir()) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > END_RECORDS_KEPT));
+        if old && entry.file_name().to_string_lossy().ends_with(".ended") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// How a process ended: `Ok(code)` for an exit, `Err(signal)` for a signal. Waits for it
+/// without reaping it.
+fn ended_how(pid: u32) -> Option<Result<i32, i32>> {
+    // SAFETY: siginfo_t is plain data; waitid fills it in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waiting for our own child, into a valid siginfo_t.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 {
+            break;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return None;
+        }
+    }
+    // SAFETY: filled in by a successful waitid for an exited child.
+    let status = unsafe { info.si_status() };
+    match info.si_code {
+        libc::CLD_EXITED => Some(Ok(status)),
+        libc::CLD_KILLED | libc::CLD_DUMPED => Some(Err(status)),
+        _ => None,
+    }
+}
+
+/// What a worker's end says about why, with the last line it logged when it exited by itself.
+fn crash_reason(ended: Option<Result<i32, i32>>, layout: &Layout, id: Uuid) -> String {
+    let how = match ended {
+        Some(Err(signal)) => {
+            format!("was killed by signal {signal} ({})", signal_name(signal))
+        }
+        Some(Ok(code)) => format!("exited with status {code}"),
+        None => "ended".to_string(),
+    };
+    let last = std::fs::read_to_string(layout.session_log(id))
+        .ok()
+        .and_then(|log| log.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string));
+    match last {
+        Some(line) if !matches!(ended, Some(Err(_))) => {
+            format!("its worker process {how}; its last log line: {}", line.trim())
+        }
+        _ => format!("its worker process {how}"),
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        _ => "signal",
+    }
+}
+
+/// Whether the session's worker process still exists (a zombie not reaped yet counts: its
+/// reaper will record how it ended).
+fn worker_alive(layout: &Layout, id: Uuid) -> bool {
+    let pid = std::fs::read(layout.session_meta(id))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<SessionFile>(&bytes).ok())
+        .and_then(|file| i32::try_from(file.pid).ok())
+        .filter(|pid| *pid > 1);
+    // SAFETY: signal 0 only checks that the process exists.
+    pid.is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
 }
 
 fn is_gone(e: &io::Error) -> bool {

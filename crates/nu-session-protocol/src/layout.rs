@@ -73,6 +73,12 @@ impl Layout {
         self.sessions_dir().join(format!("{id}.log"))
     }
 
+    /// Why the session ended, written when it ends and kept for a while for clients that were
+    /// attached to it.
+    pub fn session_ended(&self, id: Uuid) -> PathBuf {
+        self.sessions_dir().join(format!("{id}.ended"))
+    }
+
     /// Creates the directory tree (0700) if missing, and refuses to use it unless it is a real
     /// directory owned by this user that nobody else can read or write.
     pub fn ensure_private(&self) -> io::Result<()> {

@@ -49,6 +49,10 @@ pub enum ClientMessage {
     Ack {
         seq: u64,
     },
+    /// Manager: why the session `instance_id` ended, answered by [`HostMessage::EndReason`].
+    EndReason {
+        instance_id: Uuid,
+    },
 }
 
 /// Host → client.
@@ -71,6 +75,12 @@ pub enum HostMessage {
     },
     /// The request failed; the connection stays usable unless the error says otherwise.
     Error(RemoteError),
+    /// Why a session ended (removed, expired, its worker crashed), when the host knows; `None`
+    /// when it has no record of it.
+    EndReason {
+        instance_id: Uuid,
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

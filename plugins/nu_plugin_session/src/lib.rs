@@ -54,10 +54,23 @@ impl Plugin for SessionPlugin {
     }
 }
 
+/// Seconds a broken connection is retried before its sessions are left disconnected on their
+/// hosts (default 240, PowerShell's 4 minutes).
+pub const RECONNECT_ENV: &str = "NU_SESSION_RECONNECT_SECS";
+
 impl SessionPlugin {
     pub fn client(&self) -> Result<&Client, LabeledError> {
         self.client
-            .get_or_init(|| Client::new().map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                let client = Client::new().map_err(|e| e.to_string())?;
+                if let Some(secs) = std::env::var(RECONNECT_ENV)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                {
+                    client.set_reconnect_for(std::time::Duration::from_secs(secs));
+                }
+                Ok(client)
+            })
             .as_ref()
             .map_err(|e| LabeledError::new(format!("cannot start the session client: {e}")))
     }
@@ -73,7 +86,12 @@ impl SessionPlugin {
         let dead: Vec<(i64, nu_session_client::Host, uuid::Uuid)> = self
             .sessions()
             .all()
-            .filter(|s| !s.closed && s.handle.as_ref().is_some_and(|h| !h.is_alive()))
+            .filter(|s| {
+                !s.closed
+                    && s.handle
+                        .as_ref()
+                        .is_some_and(|h| matches!(h.link(), nu_session_client::Link::Down(_)))
+            })
             .map(|s| (s.id, s.host.clone(), s.instance_id))
             .collect();
         for (id, host, instance_id) in dead {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use indexmap::IndexMap;
-use nu_session_client::{Host, OutputBuffering, SessionHandle, SessionInfo};
+use nu_session_client::{Host, Link, Notice, OutputBuffering, SessionHandle, SessionInfo};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +103,9 @@ impl Session {
         host: Host,
         handle: Option<SessionHandle>,
     ) -> Session {
+        if let Some(handle) = &handle {
+            watch(handle, id, &info.name, &computer_name);
+        }
         Session {
             id,
             name: info.name,
@@ -136,7 +139,8 @@ impl Session {
 
     /// Attached here: the connection and what the host said.
     pub fn attached(&mut self, handle: SessionHandle) {
-        let info = handle.info().clone();
+        watch(&handle, self.id, &self.name, &self.computer_name);
+        let info = handle.info();
         self.handle = Some(handle);
         self.update(&info);
     }
@@ -151,10 +155,12 @@ impl Session {
         if self.closed || self.handle.as_ref().is_some_and(|h| h.has_ended()) {
             SessionState::Closed
         } else {
-            match &self.handle {
-                Some(handle) if handle.is_alive() => SessionState::Opened,
-                Some(_) => SessionState::Broken,
-                None => SessionState::Disconnected,
+            match self.handle.as_ref().map(|h| h.link()) {
+                Some(Link::Up) => SessionState::Opened,
+                Some(Link::Reconnecting) => SessionState::Broken,
+                Some(Link::Ended(_)) => SessionState::Closed,
+                // Given up: the session runs on, disconnected, on its host.
+                Some(Link::Down(_) | Link::Detached) | None => SessionState::Disconnected,
             }
         }
     }
@@ -234,4 +240,28 @@ impl SessionTable {
             .values()
             .any(|s| s.state() != SessionState::Closed)
     }
+}
+
+/// Tells the user on stderr what happens to the session's connection (printed by the plugin
+/// while the command that uses the session runs, or between commands).
+fn watch(handle: &SessionHandle, id: i64, name: &str, computer_name: &str) {
+    let who = format!("session {id} ({name}) on {computer_name}");
+    handle.on_notice(Arc::new(move |notice| {
+        let line = match notice {
+            Notice::Interrupted { retry_for, .. } => format!(
+                "warning: the connection to {who} was interrupted; reconnecting for up to {}s...",
+                retry_for.as_secs()
+            ),
+            Notice::Restored { after } => format!(
+                "the connection to {who} is restored (after {:.1}s); output resumes where it stopped",
+                after.as_secs_f64()
+            ),
+            Notice::GaveUp { reason } => format!(
+                "warning: {who}: {reason}. It keeps running there, disconnected: `connect-session {id}` reconnects it, `receive-session {id}` collects its output"
+            ),
+            Notice::Ended { reason } => format!("warning: {who} has ended: {reason}"),
+        };
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }));
 }

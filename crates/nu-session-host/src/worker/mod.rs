@@ -81,6 +81,7 @@ impl Worker {
     /// (through the exit hook).
     fn terminate(&self, why: &str) -> ! {
         log!("terminating session {}: {why}", self.id);
+        crate::manager::record_end(&self.layout, self.id, why);
         std::process::exit(0)
     }
 
@@ -232,10 +233,14 @@ fn idle_timer(worker: &Worker) {
             let state = worker.lock();
             state
                 .idle_since
-                .is_some_and(|since| since.elapsed() >= state.info.idle_timeout)
+                .filter(|since| since.elapsed() >= state.info.idle_timeout)
+                .map(|_| state.info.idle_timeout)
         };
-        if expired {
-            worker.terminate("idle timeout expired with no client attached");
+        if let Some(timeout) = expired {
+            worker.terminate(&format!(
+                "its idle timeout ({}) expired with no client attached",
+                crate::config::human(timeout)
+            ));
         }
     }
 }
@@ -277,7 +282,7 @@ fn evaluate(worker: &Worker, engine: &mut Engine, capture: &OutputCapture) {
         if let Ok(Some(code)) = outcome {
             // Give the client a moment to receive the news before the session goes.
             worker.outbox.wait_acknowledged(Duration::from_secs(2));
-            worker.terminate(&format!("exit {code}"));
+            worker.terminate(&format!("its code called `exit {code}`"));
         }
         if outcome.is_err() {
             emit(EventBody::Finished {
@@ -336,12 +341,24 @@ fn serve(worker: &Arc<Worker>, stream: UnixStream) {
             ClientMessage::Invoke(invocation) => {
                 let mut state = worker.lock();
                 if state.attached_conn == Some(conn_id) {
-                    if let Some(client) = state.info.attached_client {
-                        let last = state.last_call.entry(client).or_default();
-                        *last = (*last).max(invocation.call_id);
+                    let call_id = invocation.call_id;
+                    let again = match state.info.attached_client {
+                        Some(client) => {
+                            let last = state.last_call.entry(client).or_default();
+                            let again = call_id <= *last;
+                            *last = (*last).max(call_id);
+                            again
+                        }
+                        None => false,
+                    };
+                    if again {
+                        // Sent again by a client that reattached after a broken connection
+                        // and could not know this one arrived: it runs once.
+                        log!("invocation {call_id} received again; ignored");
+                    } else {
+                        state.queue.push_back(invocation);
+                        worker.work.notify_all();
                     }
-                    state.queue.push_back(invocation);
-                    worker.work.notify_all();
                     None
                 } else {
                     Some(not_attached())
@@ -362,13 +379,15 @@ fn serve(worker: &Arc<Worker>, stream: UnixStream) {
             ClientMessage::ListSessions => Some(HostMessage::Sessions(vec![worker.info()])),
             ClientMessage::RemoveSession { instance_id } if instance_id == worker.id => {
                 let _ = writer.send(&HostMessage::Removed { instance_id });
-                worker.terminate("removed by a client");
+                worker.terminate("it was removed (remove-session)");
             }
             ClientMessage::RemoveSession { .. } => Some(HostMessage::Error(RemoteError::new(
                 ErrorKind::NotFound,
                 "this worker serves another session",
             ))),
-            ClientMessage::Hello(_) | ClientMessage::CreateSession(_) => {
+            ClientMessage::Hello(_)
+            | ClientMessage::CreateSession(_)
+            | ClientMessage::EndReason { .. } => {
                 Some(HostMessage::Error(RemoteError::new(
                     ErrorKind::BadRequest,
                     "not a request a session worker answers",

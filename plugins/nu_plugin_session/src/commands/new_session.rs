@@ -179,7 +179,7 @@ impl PluginCommand for NewSession {
             let port = host.port();
             Ok(Session::from_info(
                 *id,
-                handle.info().clone(),
+                handle.info(),
                 computer_name,
                 transport,
                 port,

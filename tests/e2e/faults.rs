@@ -1,0 +1,331 @@
+//! Real faults under real sessions: the SSH connection's server process killed, the network cut
+//! (a network namespace whose link goes down), a worker killed, the manager killed. What a user
+//! would notice: values lost or repeated, sessions gone, state lost, a shell that hangs.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nu_session_tests::{NetNs, Sandbox, alive, eventually};
+use serde_json::{Value, json};
+
+/// A running `nu` whose stderr lines are collected as they come, with when they came.
+struct Running {
+    child: Child,
+    stderr: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Running {
+    fn new(mut child: Child) -> Running {
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let pipe = child.stderr.take().expect("stderr");
+        let lines = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push((Instant::now(), line));
+            }
+        });
+        Running { child, stderr }
+    }
+
+    /// When a stderr line containing `text` came, waiting up to `timeout` for it.
+    fn wait_for(&self, text: &str, timeout: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((at, _)) = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, line)| line.contains(text))
+            {
+                return Some(*at);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        let lines = self.stderr.lock().unwrap();
+        lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Waits for `nu` to exit (a hang guard, not a measurement) and returns its JSON output.
+    fn json(mut self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.child.try_wait().expect("wait").is_none() {
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("nu did not finish; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut self.child.stdout.take().expect("stdout"), &mut out)
+            .expect("stdout");
+        let status = self.child.wait().expect("status");
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            status.success(),
+            "nu failed: {status}\n--- stdout\n{out}\n--- stderr\n{}",
+            self.stderr()
+        );
+        assert!(!self.stderr().contains("panicked"), "{}", self.stderr());
+        serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {out}\n--- stderr\n{}", self.stderr()))
+    }
+}
+
+/// The number the session's code last wrote to `path` (0 before it starts).
+fn progress(path: &Path) -> i64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+fn wait_progress(nu: &Running, path: &Path, at_least: i64) {
+    assert!(
+        eventually(Duration::from_secs(60), || progress(path) >= at_least),
+        "the session's code did not get to {at_least} (at {}); stderr:\n{}",
+        progress(path),
+        nu.stderr()
+    );
+}
+
+fn ints(value: &Value) -> Vec<i64> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {value}"))
+        .iter()
+        .map(|v| v.as_i64().unwrap_or_else(|| panic!("not an int: {v}")))
+        .collect()
+}
+
+/// A stream of `n` numbers that writes how far it got to `$p`, then the session's state.
+fn streaming_script(session: &str, n: i64, progress: &Path) -> String {
+    format!(
+        "let p = '{}'
+         let s = new-session {session}
+         let out = invoke-session $s {{|| 1..{n} | each {{|i| $i | into string | save -f $p; sleep 10ms; $i }} }} | collect
+         {{ out: $out, state: (get-session | get 0.state) }} | to json -r",
+        progress.display()
+    )
+}
+
+#[test]
+fn killing_the_ssh_connection_under_a_stream_loses_and_duplicates_nothing() {
+    let sb = Sandbox::new();
+    let server = sb.sshd("127.0.0.30");
+    let config = sb.ssh_config(&[&server], "");
+    let progress_file = sb.path().join("progress");
+    let nu = Running::new(sb.ssh_spawn(
+        &config,
+        &streaming_script(&server.computer("root"), 400, &progress_file),
+    ));
+    wait_progress(&nu, &progress_file, 100);
+    let killed = server.kill_connections();
+    assert!(killed > 0, "no per-connection sshd to kill");
+    let killed_at = progress(&progress_file);
+    let out = {
+        assert!(
+            nu.wait_for("was interrupted", Duration::from_secs(30))
+                .is_some(),
+            "the client did not notice: {}",
+            nu.stderr()
+        );
+        assert!(
+            nu.wait_for("is restored", Duration::from_secs(30))
+                .is_some(),
+            "the client did not reattach: {}",
+            nu.stderr()
+        );
+        nu.json()
+    };
+    assert!(killed_at < 400, "the stream was over before the kill");
+    assert_eq!(ints(&out["out"]), (1..=400).collect::<Vec<_>>());
+    assert_eq!(out["state"], json!("Opened"));
+}
+
+/// The ssh config lines that make a dead network noticed within ~3 s.
+const FAST_KEEPALIVE: &str = "ServerAliveInterval 1\nServerAliveCountMax 2";
+
+#[test]
+fn a_cut_network_leaves_the_session_broken_and_it_reattaches_when_the_network_returns() {
+    let sb = Sandbox::new();
+    let net = NetNs::new();
+    let server = sb.sshd_in(Some(&net), &net.address, "");
+    let config = sb.ssh_config(&[&server], FAST_KEEPALIVE);
+    let progress_file = sb.path().join("progress");
+    let nu = Running::new(sb.ssh_spawn(
+        &config,
+        &streaming_script(&server.computer("root"), 800, &progress_file),
+    ));
+    wait_progress(&nu, &progress_file, 100);
+    net.cut();
+    let cut_at = progress(&progress_file);
+    assert!(
+        nu.wait_for("was interrupted", Duration::from_secs(30))
+            .is_some(),
+        "the client did not notice the cut: {}",
+        nu.stderr()
+    );
+    // Still cut: attempts fail; the session's code runs on, on its host.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        progress(&progress_file) > cut_at,
+        "the session stopped while the network was cut"
+    );
+    assert!(nu.wait_for("is restored", Duration::ZERO).is_none());
+    let restored = Instant::now();
+    net.restore();
+    let back = nu
+        .wait_for("is restored", Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("did not reattach: {}", nu.stderr()));
+    eprintln!(
+        "reattached {:.2}s after the network returned",
+        back.saturating_duration_since(restored).as_secs_f64()
+    );
+    let out = nu.json();
+    assert_eq!(ints(&out["out"]), (1..=800).collect::<Vec<_>>());
+    assert_eq!(out["state"], json!("Opened"));
+}
+
+#[test]
+fn when_the_network_stays_down_the_session_is_left_disconnected_and_connects_again_later() {
+    let sb = Sandbox::new();
+    let net = NetNs::new();
+    let server = sb.sshd_in(Some(&net), &net.address, "");
+    let config = sb.ssh_config(&[&server], FAST_KEEPALIVE);
+    let ready = sb.path().join("ready");
+    let gave_up = sb.path().join("gave-up");
+    let back = sb.path().join("back");
+    let script = format!(
+        "let s = new-session {computer}
+         invoke-session $s {{ $env.MARK = 'kept' }}
+         'x' | save -f '{ready}'
+         let error = try {{ invoke-session $s {{ sleep 8sec; 'done' }}; 'no error' }} catch {{|e| $e.msg + ' | ' + ($e.rendered | ansi strip) }}
+         let state = get-session | get 0.state
+         'x' | save -f '{gave_up}'
+         while not ('{back}' | path exists) {{ sleep 100ms }}
+         let again = connect-session 1 | get 0.state
+         let received = receive-session 1
+         {{ error: $error, state: $state, again: $again, received: $received, mark: (invoke-session 1 {{ $env.MARK }}) }} | to json -r",
+        computer = server.computer("root"),
+        ready = ready.display(),
+        gave_up = gave_up.display(),
+        back = back.display(),
+    );
+    let child = sb
+        .command(&script)
+        .env("NU_SESSION_SSH_CONFIG", &config)
+        .env("NU_SESSION_RECONNECT_SECS", "3")
+        .env_remove("SSH_AUTH_SOCK")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn nu");
+    let nu = Running::new(child);
+    assert!(
+        eventually(Duration::from_secs(60), || ready.exists()),
+        "{}",
+        nu.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    net.cut();
+    assert!(
+        eventually(Duration::from_secs(60), || gave_up.exists()),
+        "still waiting: {}",
+        nu.stderr()
+    );
+    net.restore();
+    std::fs::write(&back, "x").expect("back");
+    let stderr_hint = nu.wait_for("connect-session 1", Duration::from_secs(5));
+    let out = nu.json();
+    let error = out["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("could not reconnect within 3s"), "{error}");
+    assert!(error.contains("connect-session"), "{error}");
+    assert_eq!(out["state"], json!("Disconnected"));
+    assert!(stderr_hint.is_some(), "no hint on stderr");
+    assert_eq!(out["again"], json!("Opened"));
+    // The output the broken call never got is delivered once, to whoever receives it.
+    assert_eq!(out["received"], json!(["done"]));
+    assert_eq!(out["mark"], json!("kept"));
+}
+
+#[test]
+fn a_crashed_worker_closes_its_session_only_and_says_why() {
+    let sb = Sandbox::new();
+    let nu = Running::new(sb.spawn(
+        "let a = new-session --name a
+         let b = new-session --name b
+         invoke-session $b { $env.Y = 7 }
+         let error = try { invoke-session $a {|| sleep 100ms; ^kill -9 $nu.pid; sleep 10sec }; 'no error' } catch {|e| $e.msg }
+         { error: $error, states: (get-session | select name state), y: (invoke-session $b { $env.Y }),
+           again: (try { invoke-session $a { 1 } } catch {|e| $e.msg }) } | to json -r",
+    ));
+    let out = nu.json();
+    let error = out["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("its worker process was killed by signal 9 (SIGKILL)"),
+        "{out}"
+    );
+    assert_eq!(
+        out["states"],
+        json!([{"name": "a", "state": "Closed"}, {"name": "b", "state": "Opened"}])
+    );
+    assert_eq!(out["y"], json!(7));
+    assert!(
+        out["again"].as_str().unwrap_or_default().contains("Closed"),
+        "{out}"
+    );
+    assert_eq!(sb.worker_pids().len(), 1, "session b's worker is gone too");
+}
+
+#[test]
+fn a_manager_restart_loses_no_session_and_attached_clients_carry_on() {
+    let sb = Sandbox::new();
+    sb.ok("let s = new-session --name keep; invoke-session $s { $env.KEEP = 'yes'; cd / }");
+    let progress_file = sb.path().join("progress");
+    let nu = Running::new(sb.spawn(&streaming_script("--name live", 300, &progress_file)));
+    wait_progress(&nu, &progress_file, 50);
+    let pid_file = sb.runtime_dir().join("manager.pid");
+    let manager: i32 = std::fs::read_to_string(&pid_file)
+        .expect("manager.pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(manager, libc::SIGKILL) };
+    assert!(eventually(Duration::from_secs(10), || !alive(manager)));
+    assert!(progress(&progress_file) < 300, "the stream ended before");
+    let out = nu.json();
+    assert_eq!(ints(&out["out"]), (1..=300).collect::<Vec<_>>());
+    assert_eq!(out["state"], json!("Opened"));
+
+    // A new manager starts on demand and finds both sessions.
+    let out = sb.json(
+        "let found = get-session --computer-name localhost | select name state
+         let keep = get-session --name keep | connect-session
+         { found: $found, keep: (invoke-session $keep { {keep: $env.KEEP, pwd: $env.PWD} }) }",
+    );
+    assert_eq!(
+        out,
+        json!({
+            "found": [{"name": "keep", "state": "Disconnected"}, {"name": "live", "state": "Disconnected"}],
+            "keep": {"keep": "yes", "pwd": "/"}
+        })
+    );
+    let now: i32 = std::fs::read_to_string(&pid_file)
+        .expect("manager.pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert_ne!(now, manager, "the old manager answered");
+}

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
-use nu_session_tests::{Sandbox, alive, eventually};
+use nu_session_tests::{Sandbox, alive, eventually, read_number};
 use serde_json::{Value, json};
 
 /// The ints in a JSON list.
@@ -203,13 +203,7 @@ fn block_pauses_a_producer_much_larger_than_the_buffer_and_loses_nothing() {
         progress.display()
     ));
     std::thread::sleep(Duration::from_secs(2));
-    let read = || {
-        std::fs::read_to_string(&progress)
-            .unwrap_or_default()
-            .trim()
-            .parse::<i64>()
-            .unwrap_or(0)
-    };
+    let read = || read_number(&progress);
     let paused_at = read();
     assert!(paused_at > 0, "the producer never started");
     assert!(paused_at < 5000, "not paused: at {paused_at} of 20000");

@@ -8,7 +8,7 @@ use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nu_session_tests::{NetNs, Sandbox, alive, eventually};
+use nu_session_tests::{NetNs, Sandbox, alive, eventually, read_number};
 use serde_json::{Value, json};
 
 /// A running `nu` whose stderr lines are collected as they come, with when they came.
@@ -24,7 +24,7 @@ impl Running {
         let lines = stderr.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push((Instant::now(), line));
+                lines.lock().expect("lines").push((Instant::now(), line));
             }
         });
         Running { child, stderr }
@@ -37,7 +37,7 @@ impl Running {
             if let Some((at, _)) = self
                 .stderr
                 .lock()
-                .unwrap()
+                .expect("stderr lines")
                 .iter()
                 .find(|(_, line)| line.contains(text))
             {
@@ -51,8 +51,12 @@ impl Running {
     }
 
     fn stderr(&self) -> String {
-        let lines = self.stderr.lock().unwrap();
-        lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
+        let lines = self.stderr.lock().expect("stderr lines");
+        lines
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Waits for `nu` to exit (a hang guard, not a measurement) and returns its JSON output.
@@ -81,20 +85,11 @@ impl Running {
     }
 }
 
-/// The number the session's code last wrote to `path` (0 before it starts).
-fn progress(path: &Path) -> i64 {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .trim()
-        .parse()
-        .unwrap_or(0)
-}
-
 fn wait_progress(nu: &Running, path: &Path, at_least: i64) {
     assert!(
-        eventually(Duration::from_secs(60), || progress(path) >= at_least),
+        eventually(Duration::from_secs(60), || read_number(path) >= at_least),
         "the session's code did not get to {at_least} (at {}); stderr:\n{}",
-        progress(path),
+        read_number(path),
         nu.stderr()
     );
 }
@@ -132,7 +127,7 @@ fn killing_the_ssh_connection_under_a_stream_loses_and_duplicates_nothing() {
     wait_progress(&nu, &progress_file, 100);
     let killed = server.kill_connections();
     assert!(killed > 0, "no per-connection sshd to kill");
-    let killed_at = progress(&progress_file);
+    let killed_at = read_number(&progress_file);
     let out = {
         assert!(
             nu.wait_for("was interrupted", Duration::from_secs(30))
@@ -169,7 +164,7 @@ fn a_cut_network_leaves_the_session_broken_and_it_reattaches_when_the_network_re
     ));
     wait_progress(&nu, &progress_file, 100);
     net.cut();
-    let cut_at = progress(&progress_file);
+    let cut_at = read_number(&progress_file);
     assert!(
         nu.wait_for("was interrupted", Duration::from_secs(30))
             .is_some(),
@@ -178,9 +173,11 @@ fn a_cut_network_leaves_the_session_broken_and_it_reattaches_when_the_network_re
     );
     // Still cut: attempts fail; the session's code runs on, on its host.
     std::thread::sleep(Duration::from_secs(2));
+    let later = read_number(&progress_file);
     assert!(
-        progress(&progress_file) > cut_at,
-        "the session stopped while the network was cut"
+        later > cut_at,
+        "the session stopped while the network was cut (at {cut_at}, then {later}): {}",
+        nu.stderr()
     );
     assert!(nu.wait_for("is restored", Duration::ZERO).is_none());
     let restored = Instant::now();
@@ -304,7 +301,7 @@ fn a_manager_restart_loses_no_session_and_attached_clients_carry_on() {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(manager, libc::SIGKILL) };
     assert!(eventually(Duration::from_secs(10), || !alive(manager)));
-    assert!(progress(&progress_file) < 300, "the stream ended before");
+    assert!(read_number(&progress_file) < 300, "the stream ended before");
     let out = nu.json();
     assert_eq!(ints(&out["out"]), (1..=300).collect::<Vec<_>>());
     assert_eq!(out["state"], json!("Opened"));

@@ -369,7 +369,15 @@ impl NetNs {
         ]);
         ip(&["addr", "add", &format!("{net}.1/30"), "dev", &veth]);
         ip(&["link", "set", &veth, "up"]);
-        ip(&["-n", &name, "addr", "add", &format!("{net}.2/30"), "dev", &inner]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{net}.2/30"),
+            "dev",
+            &inner,
+        ]);
         ip(&["-n", &name, "link", "set", &inner, "up"]);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
         ns
@@ -411,6 +419,22 @@ fn ip(args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The number last written to `path` (0 before it exists). Writers such as nu's `save -f`
+/// truncate before they write: an empty or partial read is read again.
+pub fn read_number(path: &Path) -> i64 {
+    for _ in 0..50 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Ok(n) = text.trim().parse() {
+            return n;
+        }
+        if !path.exists() {
+            return 0;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    0
 }
 
 /// `text` as one word for `sh`.

@@ -93,6 +93,10 @@ impl Client {
 
     /// The sessions of the host reached through `transport`.
     pub fn host(&self, transport: Transport) -> Host {
-        Host::new(transport, self.runtime.handle().clone(), self.shared.clone())
+        Host::new(
+            transport,
+            self.runtime.handle().clone(),
+            self.shared.clone(),
+        )
     }
 }

@@ -405,10 +405,18 @@ fn crash_reason(ended: Option<Result<i32, i32>>, layout: &Layout, id: Uuid) -> S
     };
     let last = std::fs::read_to_string(layout.session_log(id))
         .ok()
-        .and_then(|log| log.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string));
+        .and_then(|log| {
+            log.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        });
     match last {
         Some(line) if !matches!(ended, Some(Err(_))) => {
-            format!("its worker process {how}; its last log line: {}", line.trim())
+            format!(
+                "its worker process {how}; its last log line: {}",
+                line.trim()
+            )
         }
         _ => format!("its worker process {how}"),
     }

@@ -387,12 +387,10 @@ fn serve(worker: &Arc<Worker>, stream: UnixStream) {
             ))),
             ClientMessage::Hello(_)
             | ClientMessage::CreateSession(_)
-            | ClientMessage::EndReason { .. } => {
-                Some(HostMessage::Error(RemoteError::new(
-                    ErrorKind::BadRequest,
-                    "not a request a session worker answers",
-                )))
-            }
+            | ClientMessage::EndReason { .. } => Some(HostMessage::Error(RemoteError::new(
+                ErrorKind::BadRequest,
+                "not a request a session worker answers",
+            ))),
         };
         if let Some(reply) = reply
             && writer.send(&reply).is_err()

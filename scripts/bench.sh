@@ -21,6 +21,10 @@ cleanup() {
     for m in "$RT"/rt/manager.pid "$RT"/remote-*/manager.pid; do
         [ -f "$m" ] && kill -9 "$(cat "$m")" 2>/dev/null || true
     done
+    if [ -n "${BENCH_VETH:-}" ]; then
+        ip link del "$BENCH_VETH" 2>/dev/null || true
+        ip netns del "$NETNS" 2>/dev/null || true
+    fi
     rm -rf "$RT"
 }
 trap cleanup EXIT
@@ -72,8 +76,40 @@ CFG
         for _ in $(seq 100); do (echo > "/dev/tcp/$addr/$PORT") 2>/dev/null && break; sleep 0.05; done
     done
     export BENCH_SSH_CONFIG="$S/ssh_config"
+    # One more server inside a network namespace (root only): `netbench`, whose link is cut and
+    # restored to time reattaching. Keepalives every second notice the cut within ~3 s.
+    NETNS="nsbench$$"
+    VETH="nvb$$"
+    if [ "$(id -u)" = 0 ] && ip netns add "$NETNS" 2>/dev/null; then
+        ip link add "$VETH" type veth peer name "nvbi$$" netns "$NETNS"
+        ip addr add 10.250.0.1/30 dev "$VETH"
+        ip link set "$VETH" up
+        ip -n "$NETNS" addr add 10.250.0.2/30 dev "nvbi$$"
+        ip -n "$NETNS" link set "nvbi$$" up
+        ip -n "$NETNS" link set lo up
+        ssh-keygen -q -t ed25519 -N '' -f "$S/host-netbench"
+        sed -e 's/^ListenAddress .*/ListenAddress 10.250.0.2/' -e 's/^Port .*/Port 22/' \
+            -e "s|^HostKey .*|HostKey $S/host-netbench|" -e "s|remote-bench|remote-netbench|" \
+            "$S/sshd_config-bench" > "$S/sshd_config-netbench"
+        ip netns exec "$NETNS" /usr/sbin/sshd -D -e -f "$S/sshd_config-netbench" 2> "$S/log-netbench" &
+        SSHD_PIDS="$SSHD_PIDS $!"
+        echo "10.250.0.2 $(cut -d' ' -f1,2 "$S/host-netbench.pub")" >> "$S/known_hosts"
+        cat >> "$S/ssh_config" <<CFG
+Host netbench
+  HostName 10.250.0.2
+  User $(id -un)
+  IdentityFile $S/id
+  IdentitiesOnly yes
+  UserKnownHostsFile $S/known_hosts
+  StrictHostKeyChecking yes
+  ServerAliveInterval 1
+  ServerAliveCountMax 2
+CFG
+        for _ in $(seq 100); do (echo > "/dev/tcp/10.250.0.2/22") 2>/dev/null && break; sleep 0.05; done
+        export BENCH_VETH="$VETH"
+    fi
 fi
 say "running on $(nproc) cores; nu $("$NU" --version)"
 NU_SESSION_DIR="$RT/rt" NU_SESSION_HOST="$BIN/nu-session-host" BENCH_NU="$NU" \
-    NU_SESSION_SSH_CONFIG="${BENCH_SSH_CONFIG:-}" SSH_AUTH_SOCK="" \
+    NU_SESSION_SSH_CONFIG="${BENCH_SSH_CONFIG:-}" BENCH_VETH="${BENCH_VETH:-}" SSH_AUTH_SOCK="" \
     "$NU" -n --plugins "[$BIN/nu_plugin_session]" scripts/bench.nu

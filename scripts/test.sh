@@ -18,7 +18,7 @@ say "running the tests"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
-NU_SESSION_TEST_NU="$NU" cargo test --workspace --lib --bins --tests --quiet "$@" 2>&1 | tee "$log" || status=$?
+NU_SESSION_TEST_NU="$NU" cargo test --workspace --lib --bins --tests --quiet --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 # One closing line with the totals over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"

@@ -202,9 +202,18 @@ fn block_pauses_a_producer_much_larger_than_the_buffer_and_loses_nothing() {
          invoke-session $s {{|| 1..20000 | each {{|i| $i | into string | save -f $p; $i }} }} --disconnected | ignore",
         progress.display()
     ));
-    std::thread::sleep(Duration::from_secs(2));
     let read = || read_number(&progress);
+    // Paused: the same value for a whole second (a loaded machine fills the buffer slowly).
+    let mut last = -1;
+    let settled = eventually(Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = read();
+        let same = now == last && now > 0;
+        last = now;
+        same
+    });
     let paused_at = read();
+    assert!(settled, "the producer never settled (at {paused_at})");
     assert!(paused_at > 0, "the producer never started");
     assert!(paused_at < 5000, "not paused: at {paused_at} of 20000");
     std::thread::sleep(Duration::from_millis(500));

@@ -272,6 +272,10 @@ fn a_disconnected_session_is_deleted_when_its_idle_timeout_expires() {
     );
     let left = sb.json("get-session --computer-name localhost | length");
     assert_eq!(left, json!(0));
+    assert_eq!(
+        sb.end_records(),
+        ["its idle timeout (1min) expired with no client attached"]
+    );
 }
 
 #[test]

@@ -357,6 +357,7 @@ fn remove_session_kills_running_external_commands_and_deletes_the_session() {
         sb.session_files()
     );
     assert!(sb.worker_pids().is_empty());
+    assert_eq!(sb.end_records(), ["it was removed (remove-session)"]);
 }
 
 #[test]
@@ -530,6 +531,7 @@ fn exit_in_a_session_ends_the_session() {
         "files left: {:?}",
         sb.session_files()
     );
+    assert_eq!(sb.end_records(), ["its code called `exit 3`"]);
 }
 
 #[test]

@@ -201,7 +201,27 @@ impl Sandbox {
     }
 
     /// Files left in the sessions directory.
+    /// The files of live sessions in the local runtime directory (not the records of why ended
+    /// sessions ended, see [`Sandbox::end_records`]).
     pub fn session_files(&self) -> Vec<String> {
+        self.sessions_dir_entries()
+            .into_iter()
+            .filter(|name| !name.ends_with(".ended"))
+            .collect()
+    }
+
+    /// Why each ended session ended, as the host recorded it.
+    pub fn end_records(&self) -> Vec<String> {
+        self.sessions_dir_entries()
+            .into_iter()
+            .filter(|name| name.ends_with(".ended"))
+            .filter_map(|name| {
+                std::fs::read_to_string(self.runtime_dir().join("sessions").join(name)).ok()
+            })
+            .collect()
+    }
+
+    fn sessions_dir_entries(&self) -> Vec<String> {
         std::fs::read_dir(self.runtime_dir().join("sessions"))
             .map(|entries| {
                 entries

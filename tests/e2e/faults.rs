@@ -130,12 +130,6 @@ fn killing_the_ssh_connection_under_a_stream_loses_and_duplicates_nothing() {
     let killed_at = read_number(&progress_file);
     let out = {
         assert!(
-            nu.wait_for("was interrupted", Duration::from_secs(30))
-                .is_some(),
-            "the client did not notice: {}",
-            nu.stderr()
-        );
-        assert!(
             nu.wait_for("is restored", Duration::from_secs(30))
                 .is_some(),
             "the client did not reattach: {}",
@@ -186,8 +180,9 @@ fn a_cut_network_leaves_the_session_broken_and_it_reattaches_when_the_network_re
         .wait_for("is restored", Duration::from_secs(60))
         .unwrap_or_else(|| panic!("did not reattach: {}", nu.stderr()));
     eprintln!(
-        "reattached {:.2}s after the network returned",
-        back.saturating_duration_since(restored).as_secs_f64()
+        "reattached {:.2}s after the network returned; the user saw:\n{}",
+        back.saturating_duration_since(restored).as_secs_f64(),
+        nu.stderr()
     );
     let out = nu.json();
     assert_eq!(ints(&out["out"]), (1..=800).collect::<Vec<_>>());

@@ -310,6 +310,18 @@ impl SessionHandle {
         self.inner.link().clone()
     }
 
+    /// Lets go of the session without disconnecting it on purpose (it is being removed, or this
+    /// client forgets it): the connection closes and is not re-established.
+    pub fn close(&self) {
+        {
+            let mut link = self.inner.link();
+            if !matches!(*link, Link::Ended(_)) {
+                *link = Link::Detached;
+            }
+        }
+        let _ = self.inner.outgoing.send(Outgoing::Close);
+    }
+
     /// `notify` is told when the connection fails, comes back, or is given up.
     pub fn on_notice(&self, notify: Notify) {
         *self.inner.notify.lock().unwrap_or_else(|e| e.into_inner()) = Some(notify);
@@ -842,14 +854,24 @@ async fn reconnect(
 ) -> Option<(Connection, Vec<ClientMessage>)> {
     let retry_for = inner.host.shared().reconnect_for();
     let started = Instant::now();
-    inner.set_link(Link::Reconnecting);
-    inner.notify(Notice::Interrupted {
-        error: "the connection closed".into(),
-        retry_for,
-    });
+    {
+        let mut link = inner.link();
+        if *link != Link::Up {
+            // Closed or disconnected meanwhile.
+            return None;
+        }
+        *link = Link::Reconnecting;
+    }
     let mut delay = FIRST_RETRY_DELAY;
     let mut last_error;
+    // The user hears of it once the first attempt (made at once) has failed: a session that
+    // ended, or a connection back within moments, needs no warning first.
+    let mut announced = false;
     loop {
+        if *inner.link() != Link::Reconnecting {
+            // Closed meanwhile.
+            return None;
+        }
         let resume = inner.state().received;
         let attempt = tokio::time::timeout(
             ATTEMPT_TIMEOUT,
@@ -860,7 +882,13 @@ async fn reconnect(
             Ok(Ok((conn, attachment))) => {
                 let resend = resume_messages(inner, &attachment, queue).await;
                 *inner.attachment() = attachment;
-                inner.set_link(Link::Up);
+                {
+                    let mut link = inner.link();
+                    if *link != Link::Reconnecting {
+                        return None;
+                    }
+                    *link = Link::Up;
+                }
                 inner.notify(Notice::Restored {
                     after: started.elapsed(),
                 });
@@ -886,6 +914,13 @@ async fn reconnect(
             Err(_) => {
                 last_error = format!("no answer within {}s", ATTEMPT_TIMEOUT.as_secs());
             }
+        }
+        if !announced {
+            announced = true;
+            inner.notify(Notice::Interrupted {
+                error: last_error.clone(),
+                retry_for,
+            });
         }
         if started.elapsed() + delay >= retry_for {
             let reason = format!(

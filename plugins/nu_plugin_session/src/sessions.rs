@@ -188,7 +188,9 @@ impl Session {
     /// Marks the session closed and lets go of its connection.
     pub fn close(&mut self) {
         self.closed = true;
-        self.handle = None;
+        if let Some(handle) = self.handle.take() {
+            handle.close();
+        }
     }
 }
 
@@ -248,12 +250,12 @@ fn watch(handle: &SessionHandle, id: i64, name: &str, computer_name: &str) {
     let who = format!("session {id} ({name}) on {computer_name}");
     handle.on_notice(Arc::new(move |notice| {
         let line = match notice {
-            Notice::Interrupted { retry_for, .. } => format!(
-                "warning: the connection to {who} was interrupted; reconnecting for up to {}s...",
+            Notice::Interrupted { retry_for, error } => format!(
+                "warning: the connection to {who} was interrupted ({error}); reconnecting for up to {}s...",
                 retry_for.as_secs()
             ),
             Notice::Restored { after } => format!(
-                "the connection to {who} is restored (after {:.1}s); output resumes where it stopped",
+                "the connection to {who} broke and is restored (after {:.1}s); output resumes where it stopped",
                 after.as_secs_f64()
             ),
             Notice::GaveUp { reason } => format!(

@@ -71,7 +71,7 @@ let ssh_rows = if ($env.NU_SESSION_SSH_CONFIG | is-empty) { [] } else {
     let cm_rx = median_of 3 { ^ssh -F $cfg bench nu -n -c $"'seq 1 ($rx_n) | to json -r'" | from json | length }
     # Network cut and restored (a network namespace's link down, then up), 5 times: from the
     # link coming back to the session Opened again, polled every 10 ms.
-    let reattach_rows = if ($env.BENCH_VETH | is-empty) { [] } else {
+    let reattach_rows = if ($env.BENCH_VETH | is-empty) { [] } else { try {
         let n = new-session netbench --name net
         let times = 1..5 | each {|_|
             ^ip link set $env.BENCH_VETH down
@@ -86,7 +86,12 @@ let ssh_rows = if ($env.NU_SESSION_SSH_CONFIG | is-empty) { [] } else {
             ["SSH: network back → session reattached (median of 5 cuts)", ($times | math median), $fresh, "a fresh `ssh host true` (what a user would redo by hand)"]
             ["  slowest of the 5", ($times | math max), null, null]
         ]
-    }
+    } catch {|e|
+        print -e $"network-cut measure failed: ($e.msg)"
+        print -e (^ip netns exec $env.BENCH_NETNS ss -ltn | complete | get stdout)
+        print -e (open --raw $env.BENCH_NETLOG)
+        []
+    } }
     [
         [measure, ours, baseline, "baseline is"];
         ["SSH: first session to a host", $first, $fresh_ssh, "ssh host true, fresh connection (median of 10)"]

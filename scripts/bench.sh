@@ -28,6 +28,8 @@ cleanup() {
     rm -rf "$RT"
 }
 trap cleanup EXIT
+# A killed run cleans up too (a stale namespace would take over the address of the next run's).
+trap 'exit 130' INT TERM HUP
 # OpenSSH servers on 127.0.0.2-5 stand for four remote hosts (when sshd is installed): `bench`
 # for the per-host measures, `fan1`-`fan3` for the fan-out. Each has its own runtime directory.
 SSHD_PIDS=""
@@ -106,10 +108,11 @@ Host netbench
   ServerAliveCountMax 2
 CFG
         for _ in $(seq 100); do (echo > "/dev/tcp/10.250.0.2/22") 2>/dev/null && break; sleep 0.05; done
-        export BENCH_VETH="$VETH"
+        export BENCH_VETH="$VETH" BENCH_NETNS="$NETNS" BENCH_NETLOG="$S/log-netbench"
     fi
 fi
 say "running on $(nproc) cores; nu $("$NU" --version)"
 NU_SESSION_DIR="$RT/rt" NU_SESSION_HOST="$BIN/nu-session-host" BENCH_NU="$NU" \
-    NU_SESSION_SSH_CONFIG="${BENCH_SSH_CONFIG:-}" BENCH_VETH="${BENCH_VETH:-}" SSH_AUTH_SOCK="" \
+    NU_SESSION_SSH_CONFIG="${BENCH_SSH_CONFIG:-}" BENCH_VETH="${BENCH_VETH:-}" BENCH_NETNS="${BENCH_NETNS:-}" \
+    BENCH_NETLOG="${BENCH_NETLOG:-}" SSH_AUTH_SOCK="" \
     "$NU" -n --plugins "[$BIN/nu_plugin_session]" scripts/bench.nu

@@ -504,6 +504,8 @@ fn help_examples_are_shown() {
         json!([
             "connect-session",
             "disconnect-session",
+            "enter-session",
+            "exit-session",
             "get-session",
             "invoke-session",
             "new-session",

@@ -296,6 +296,32 @@ impl Sshd {
         std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
     }
 
+    /// Kills the server's processes that serve connections (not the listener), as a network
+    /// failure would cut them; returns how many there were.
+    pub fn kill_connections(&self) -> usize {
+        let listener = self.child.id().to_string();
+        let children: Vec<i32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                    // pid (comm) state ppid ...
+                    stat.rsplit(')')
+                        .next()
+                        .and_then(|rest| rest.split_whitespace().nth(1))
+                        == Some(listener.as_str())
+                })
+            })
+            .collect();
+        for pid in &children {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        children.len()
+    }
+
     /// The runtime directory the host side of this server uses.
     pub fn remote_runtime_dir(sandbox: &Sandbox, address: &str) -> PathBuf {
         sandbox.path().join(format!("remote-{address}"))
@@ -550,6 +576,8 @@ impl Sandbox {
             .env("NU_SESSION_DIR", self.runtime_dir())
             .env("NU_SESSION_HOST", bin_dir().join("nu-session-host"))
             .env("TERM", "xterm-256color")
+            // Histories (enter-session's) stay in the sandbox.
+            .env("XDG_DATA_HOME", self.path().join("data"))
             .env_remove("SSH_AUTH_SOCK")
             .current_dir(self.dir.path());
         if let Some(config) = config {

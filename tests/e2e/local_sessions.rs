@@ -505,6 +505,8 @@ fn help_examples_are_shown() {
         json!([
             "connect-session",
             "disconnect-session",
+            "enter-session",
+            "exit-session",
             "get-session",
             "invoke-session",
             "new-session",

@@ -733,6 +733,8 @@ impl Sandbox {
             .env("NU_SESSION_DIR", self.runtime_dir())
             .env("NU_SESSION_HOST", bin_dir().join("nu-session-host"))
             .env("TERM", "xterm-256color")
+            // Histories (enter-session's) stay in the sandbox.
+            .env("XDG_DATA_HOME", self.path().join("data"))
             .env_remove("SSH_AUTH_SOCK")
             .current_dir(self.dir.path());
         if let Some(config) = config {

@@ -72,6 +72,21 @@ impl Code {
         }
     }
 
+    /// A line typed at `enter-session`'s prompt, which stands at `at` in the prompt's own
+    /// sources: errors point into it.
+    pub fn typed(source: String, at: usize) -> Code {
+        let body_len = source.len();
+        Code {
+            source,
+            bindings: Vec::new(),
+            origin: Some(Origin {
+                body_start: at,
+                prefix_len: 0,
+                body_len,
+            }),
+        }
+    }
+
     /// The span in the user's text of a span relative to the sent source.
     pub fn local_span(&self, (start, end): (usize, usize)) -> Option<Span> {
         let origin = self.origin.as_ref()?;

@@ -52,3 +52,13 @@ pub fn client_error(error: &ClientError, span: Span) -> LabeledError {
         }
     }
 }
+
+/// A session whose prompt `enter-session` holds cannot be disconnected.
+pub fn in_enter_session(session: &crate::sessions::Session, span: Span) -> LabeledError {
+    LabeledError::new(format!(
+        "session {} ({}) is in use by enter-session: it cannot be disconnected",
+        session.id, session.name
+    ))
+    .with_label("this session", span)
+    .with_help("leave its prompt first (exit-session, exit or Ctrl-D)")
+}

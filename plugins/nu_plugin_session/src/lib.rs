@@ -10,6 +10,7 @@
 //! - [`errors`]: building the errors users see.
 //! - [`terminal`]: asking the user for passphrases and passwords on their terminal.
 //! - [`fanout`]: working on many computers or sessions at once, with a limit and progress.
+//! - [`interactive`]: the prompt of `enter-session` (line editor, rendering, Ctrl-C).
 //!
 //! Everything that talks to hosts lives in `nu-session-client`.
 
@@ -17,6 +18,7 @@ pub mod code;
 pub mod commands;
 pub mod errors;
 pub mod fanout;
+pub mod interactive;
 pub mod record;
 pub mod select;
 pub mod sessions;
@@ -50,6 +52,8 @@ impl Plugin for SessionPlugin {
             Box::new(commands::DisconnectSession),
             Box::new(commands::ConnectSession),
             Box::new(commands::ReceiveSession),
+            Box::new(commands::EnterSession),
+            Box::new(commands::ExitSession),
         ]
     }
 }

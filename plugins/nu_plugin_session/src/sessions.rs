@@ -91,6 +91,8 @@ pub struct Session {
     pub running: Arc<AtomicUsize>,
     /// Not attached here, and the host says another client is attached.
     pub attached_elsewhere: bool,
+    /// `enter-session` has its prompt in this session: it cannot be disconnected meanwhile.
+    pub interactive: bool,
 }
 
 impl Session {
@@ -125,6 +127,7 @@ impl Session {
             removed: false,
             running: Arc::new(AtomicUsize::new(0)),
             attached_elsewhere: false,
+            interactive: false,
         }
     }
 

@@ -2,8 +2,8 @@
 
 use nu_plugin_session::SessionPlugin;
 use nu_plugin_session::commands::{
-    ConnectSession, DisconnectSession, GetSession, InvokeSession, NewSession, ReceiveSession,
-    RemoveSession,
+    ConnectSession, DisconnectSession, ExitSession, GetSession, InvokeSession, NewSession,
+    ReceiveSession, RemoveSession,
 };
 use nu_plugin_test_support::PluginTest;
 use nu_protocol::{ShellError, Value};
@@ -65,4 +65,11 @@ fn connect_session_examples() -> Result<(), ShellError> {
 fn receive_session_examples() -> Result<(), ShellError> {
     let sandbox = Sandbox::new();
     plugin_test(&sandbox)?.test_command_examples(&ReceiveSession)
+}
+
+// enter-session's examples need a terminal: `help` shows them and nothing runs them.
+#[test]
+fn exit_session_examples() -> Result<(), ShellError> {
+    let sandbox = Sandbox::new();
+    plugin_test(&sandbox)?.test_command_examples(&ExitSession)
 }

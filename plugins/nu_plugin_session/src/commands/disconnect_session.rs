@@ -108,6 +108,9 @@ impl PluginCommand for DisconnectSession {
                 let session = table
                     .get(*id)
                     .ok_or_else(|| LabeledError::new(format!("no session with id {id}")))?;
+                if session.interactive {
+                    return Err(crate::errors::in_enter_session(session, span));
+                }
                 match session.state() {
                     // Disconnecting a disconnected session changes nothing.
                     SessionState::Disconnected => return Ok(session_record(session, span)),

@@ -204,6 +204,9 @@ fn start_disconnected(
     let rows = ids
         .iter()
         .map(|id| {
+            if let Some(session) = plugin.sessions().get(*id).filter(|s| s.interactive) {
+                return Err(crate::errors::in_enter_session(session, head));
+            }
             let target = lookup(plugin, *id, head)?;
             target
                 .handle
@@ -302,9 +305,34 @@ fn lookup(plugin: &SessionPlugin, id: i64, head: Span) -> Result<Target, Labeled
     }
 }
 
+/// Runs `code` in the session `id` as invoke-session runs it in one session, with no input:
+/// the result is shaped as it would be locally, printed output goes to the terminal, and the
+/// call's interrupter joins `interrupters` (for Ctrl-C). `enter-session` runs each line so.
+pub(crate) fn invoke_one(
+    plugin: &SessionPlugin,
+    engine: &EngineInterface,
+    id: i64,
+    code: Code,
+    code_span: Span,
+    head: Span,
+    interrupters: &Interrupters,
+) -> Result<PipelineData, LabeledError> {
+    let starter = Starter {
+        engine: engine.clone(),
+        code: Arc::new(code),
+        input: None,
+        head,
+        code_span,
+        interrupters: interrupters.clone(),
+    };
+    starter
+        .start(lookup(plugin, id, head)?)?
+        .into_pipeline(&OutputSink::new(engine), engine)
+}
+
 /// Ctrl-C goes to every invocation started so far.
 #[derive(Clone, Default)]
-struct Interrupters(Arc<Mutex<Vec<Interrupt>>>);
+pub(crate) struct Interrupters(Arc<Mutex<Vec<Interrupt>>>);
 
 type Interrupt = Box<dyn Fn() + Send + Sync>;
 
@@ -316,7 +344,7 @@ impl Interrupters {
             .push(Box::new(interrupt));
     }
 
-    fn interrupt_all(&self) {
+    pub(crate) fn interrupt_all(&self) {
         let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
         all.iter().for_each(|interrupt| interrupt());
     }

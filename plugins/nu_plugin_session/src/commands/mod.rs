@@ -2,6 +2,8 @@
 
 mod connect_session;
 mod disconnect_session;
+mod enter_session;
+mod exit_session;
 mod get_session;
 mod invoke_session;
 mod new_session;
@@ -10,6 +12,8 @@ mod remove_session;
 
 pub use connect_session::ConnectSession;
 pub use disconnect_session::DisconnectSession;
+pub use enter_session::EnterSession;
+pub use exit_session::ExitSession;
 pub use get_session::GetSession;
 pub use invoke_session::InvokeSession;
 pub use new_session::NewSession;
@@ -30,6 +34,7 @@ use crate::SessionPlugin;
 use crate::errors::client_error;
 use crate::sessions::{Session, TransportKind};
 
+pub(crate) use invoke_session::{Interrupters, invoke_one};
 pub(crate) use new_session::{idle_timeout, output_buffering, ssh_options};
 
 /// `--throttle-limit`: how many computers or sessions at once; 0 or nothing means the default.

@@ -7,7 +7,7 @@ use nu_protocol::{
 };
 use nu_session_client::computer::{ComputerName, validate_user};
 use nu_session_client::ssh::{SshOptions, StrictHostKeyChecking};
-use nu_session_client::{OutputBuffering, SessionSettings};
+use nu_session_client::{ClientError, Host, OutputBuffering, SessionSettings};
 
 use super::{category, local_host};
 use crate::SessionPlugin;
@@ -16,7 +16,7 @@ use crate::sessions::{Session, TransportKind};
 
 /// The shortest idle timeout a session accepts, as in PowerShell.
 pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
 
 pub struct NewSession;
 
@@ -170,22 +170,7 @@ impl PluginCommand for NewSession {
                     (host, text.clone(), TransportKind::Ssh, label)
                 }
             };
-            let info = host
-                .create_session(settings)
-                .map_err(|e| client_error(&e, label))?;
-            let handle = host
-                .attach(info.instance_id, None)
-                .map_err(|e| client_error(&e, label))?;
-            let port = host.port();
-            Ok(Session::from_info(
-                *id,
-                handle.info(),
-                computer_name,
-                transport,
-                port,
-                host,
-                Some(handle),
-            ))
+            open(*id, host, computer_name, transport, settings).map_err(|e| client_error(&e, label))
         };
         let results: Vec<Result<Session, LabeledError>> = crate::fanout::run_each(
             &targets,
@@ -226,6 +211,28 @@ impl PluginCommand for NewSession {
             .collect();
         Ok(PipelineData::value(Value::list(values, span), None))
     }
+}
+
+/// Creates a session on `host` and attaches to it: the session `id` of this process.
+pub(crate) fn open(
+    id: i64,
+    host: Host,
+    computer_name: String,
+    transport: TransportKind,
+    settings: SessionSettings,
+) -> Result<Session, ClientError> {
+    let info = host.create_session(settings)?;
+    let handle = host.attach(info.instance_id, None)?;
+    let port = host.port();
+    Ok(Session::from_info(
+        id,
+        handle.info(),
+        computer_name,
+        transport,
+        port,
+        host,
+        Some(handle),
+    ))
 }
 
 /// The SSH settings from the flags, and `$env.NU_SESSION_SSH_CONFIG` as the ssh config file.

@@ -1,6 +1,6 @@
 use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
 use nu_protocol::{Example, LabeledError, PipelineData, Signature, Type, Value};
-use nu_session_client::ErrorKind;
+use nu_session_client::{ClientError, ErrorKind};
 
 use super::category;
 use crate::SessionPlugin;
@@ -82,19 +82,7 @@ impl PluginCommand for RemoveSession {
         }
         let mut failures = Vec::new();
         for id in ids {
-            let target = {
-                let mut table = plugin.sessions();
-                table.get_mut(id).and_then(|session| {
-                    let open = !session.closed;
-                    session.close();
-                    session.removed = true;
-                    open.then(|| (session.host.clone(), session.instance_id))
-                })
-            };
-            if let Some((host, instance_id)) = target
-                && let Err(e) = host.remove_session(instance_id)
-                && e.kind() != ErrorKind::NotFound
-            {
+            if let Err(e) = remove(plugin, id) {
                 failures.push(client_error(&e, span));
             }
         }
@@ -103,5 +91,25 @@ impl PluginCommand for RemoveSession {
             Some(first) => Err(first),
             None => Ok(PipelineData::empty()),
         }
+    }
+}
+
+/// Closes the session here and deletes it on its host (one already gone there is no error).
+pub(crate) fn remove(plugin: &SessionPlugin, id: i64) -> Result<(), ClientError> {
+    let target = {
+        let mut table = plugin.sessions();
+        table.get_mut(id).and_then(|session| {
+            let open = !session.closed;
+            session.close();
+            session.removed = true;
+            open.then(|| (session.host.clone(), session.instance_id))
+        })
+    };
+    match target {
+        Some((host, instance_id)) => match host.remove_session(instance_id) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
+        None => Ok(()),
     }
 }

@@ -1,0 +1,387 @@
+use std::io::IsTerminal;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
+use nu_protocol::{
+    Example, LabeledError, PipelineData, Signature, Span, Spanned, SyntaxShape, Type, Value,
+};
+use nu_session_client::SessionSettings;
+
+use super::{category, host_for, ssh_flags, ssh_options};
+use crate::SessionPlugin;
+use crate::errors::client_error;
+use crate::interactive::{self, Ending, Target};
+use crate::select::Criteria;
+use crate::sessions::SessionState;
+
+pub struct EnterSession;
+
+/// One prompt at a time: it holds the terminal.
+static ENTERED: AtomicBool = AtomicBool::new(false);
+
+impl PluginCommand for EnterSession {
+    type Plugin = SessionPlugin;
+
+    fn name(&self) -> &str {
+        "enter-session"
+    }
+
+    fn description(&self) -> &str {
+        "Start an interactive prompt in a session: each line you type runs there."
+    }
+
+    fn extra_description(&self) -> &str {
+        "The prompt shows the computer and the session's working directory. Each line runs in the \
+         session as invoke-session runs code (variables, definitions and the working directory \
+         persist), and its values are rendered here by nu's own table command. Ctrl-C stops the \
+         running line; exit-session, exit or Ctrl-D (alone on a line) returns to the local \
+         prompt. A session that existed stays Opened; with a computer name, a temporary session \
+         is created and removed on exit. History is kept per computer in \
+         $XDG_DATA_HOME/nu-session/history (else ~/.local/share/nu-session/history)."
+    }
+
+    fn signature(&self) -> Signature {
+        ssh_flags(Signature::build(self.name()))
+            .input_output_types(vec![(Type::Any, Type::Nothing)])
+            .optional(
+                "target",
+                SyntaxShape::Any,
+                "The session: an id or a session record. Or a computer name (host, user@host:port, an ssh config alias, localhost) for a temporary session.",
+            )
+            .named(
+                "name",
+                SyntaxShape::String,
+                "The session with this name (a case-insensitive glob that must match one session).",
+                Some('n'),
+            )
+            .named(
+                "instance-id",
+                SyntaxShape::String,
+                "The session with this instance id.",
+                None,
+            )
+            .category(category())
+    }
+
+    fn search_terms(&self) -> Vec<&str> {
+        vec![
+            "enter-pssession",
+            "etsn",
+            "interactive",
+            "prompt",
+            "shell",
+            "remote",
+        ]
+    }
+
+    fn examples(&self) -> Vec<Example<'_>> {
+        // Interactive: they need a terminal, so `help` shows them and nothing runs them.
+        vec![
+            Example {
+                example: "let s = new-session web1; enter-session $s.0.id",
+                description: "Work in a session; the prompt becomes [web1]: /home/you> and exit-session comes back, the session still Opened",
+                result: None,
+            },
+            Example {
+                example: "get-session --name ITTask | enter-session",
+                description: "Enter a session piped from get-session (a Disconnected one is connected first)",
+                result: None,
+            },
+            Example {
+                example: "enter-session admin@web1:2222",
+                description: "A temporary session over SSH, removed when you leave the prompt",
+                result: None,
+            },
+            Example {
+                example: "enter-session localhost",
+                description: "A temporary session on this machine",
+                result: None,
+            },
+        ]
+    }
+
+    fn run(
+        &self,
+        plugin: &SessionPlugin,
+        engine: &EngineInterface,
+        call: &EvaluatedCall,
+        input: PipelineData,
+    ) -> Result<PipelineData, LabeledError> {
+        let head = call.head;
+        let entry = match what_to_enter(plugin, call, input)? {
+            What::Session(id) => {
+                check_enterable(plugin, id, head)?;
+                needs_terminal(engine, head)?;
+                super::connect_session::connect(plugin, id, head)?;
+                Entry {
+                    id,
+                    temporary: false,
+                }
+            }
+            What::Computer(computer) => {
+                let ssh = ssh_options(call, engine)?;
+                needs_terminal(engine, head)?;
+                Entry {
+                    id: temporary_session(plugin, engine, &computer, &ssh)?,
+                    temporary: true,
+                }
+            }
+        };
+        let ending = entry.enter(plugin, engine, head);
+        entry.leave(plugin, engine, ending, head)
+    }
+}
+
+enum What {
+    Session(i64),
+    Computer(Spanned<String>),
+}
+
+/// The session named by the argument, the flags or the input (exactly one), or a computer name.
+fn what_to_enter(
+    plugin: &SessionPlugin,
+    call: &EvaluatedCall,
+    input: PipelineData,
+) -> Result<What, LabeledError> {
+    let head = call.head;
+    let mut criteria = Criteria::from_call(call, None)?;
+    let mut values: Vec<Value> = call.opt::<Value>(0)?.into_iter().collect();
+    match input {
+        PipelineData::Value(value, _) => values.push(value),
+        other => criteria.add_pipeline(other)?,
+    }
+    let mut computers = Vec::new();
+    for value in values {
+        let span = value.span();
+        match value {
+            Value::String { val, .. } => computers.push(Spanned { item: val, span }),
+            other => criteria.add_value(other)?,
+        }
+    }
+    if computers.is_empty() && criteria.is_empty() {
+        return Err(
+            LabeledError::new("enter-session needs a session or a computer name")
+                .with_label("enter which session?", head)
+                .with_help(
+                    "enter-session 1, enter-session --name work, get-session | first | enter-session, or enter-session web1 for a temporary session",
+                ),
+        );
+    }
+    if !computers.is_empty() {
+        return match computers.pop() {
+            Some(computer) if computers.is_empty() && criteria.is_empty() => {
+                Ok(What::Computer(computer))
+            }
+            _ => Err(LabeledError::new(
+                "enter-session enters one session: give one session or one computer name",
+            )
+            .with_label("more than one given", head)),
+        };
+    }
+    let ids = criteria.select(&plugin.sessions())?;
+    match ids.as_slice() {
+        [id] => Ok(What::Session(*id)),
+        [] => Err(LabeledError::new("no session matches")
+            .with_label("nothing to enter", head)
+            .with_help("`get-session` lists the sessions of this nu process")),
+        many => Err(LabeledError::new(format!(
+            "enter-session enters one session, and {} match",
+            many.len()
+        ))
+        .with_label("more than one session", head)
+        .with_help(format!(
+            "choose one by id: {}",
+            many.iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// A session can be entered when it is Opened and idle, or Disconnected and free (it is
+/// connected first).
+fn check_enterable(plugin: &SessionPlugin, id: i64, head: Span) -> Result<(), LabeledError> {
+    let table = plugin.sessions();
+    let session = table
+        .get(id)
+        .ok_or_else(|| LabeledError::new(format!("no session with id {id}")))?;
+    let who = format!("session {} ({})", session.id, session.name);
+    match session.state() {
+        SessionState::Opened if session.running.load(SeqCst) > 0 => Err(LabeledError::new(
+            format!("{who} is busy: a command is running in it"),
+        )
+        .with_label("this session", head)
+        .with_help("enter it when the command has finished")),
+        SessionState::Opened => Ok(()),
+        SessionState::Disconnected if session.attached_elsewhere => Err(LabeledError::new(
+            format!(
+                "{who} is connected to another client (availability Busy): it cannot be entered here"
+            ),
+        )
+        .with_label("this session", head)
+        .with_help("disconnect it there first (disconnect-session), then enter it here")),
+        SessionState::Disconnected => Ok(()),
+        state => Err(LabeledError::new(format!(
+            "{who} is {}: it cannot be entered",
+            state.as_str()
+        ))
+        .with_label("this session", head)
+        .with_help(match state {
+            SessionState::Closed => "the session no longer exists; open a new one with new-session",
+            _ => "reconnect it with connect-session when its host is reachable, or remove it",
+        })),
+    }
+}
+
+/// The prompt needs the user's terminal, and stdin and stdout that are not the plugin protocol.
+fn needs_terminal(engine: &EngineInterface, head: Span) -> Result<(), LabeledError> {
+    let help = "run enter-session at nu's prompt in a terminal; scripts use invoke-session";
+    if engine.is_using_stdio() {
+        return Err(LabeledError::new(
+            "enter-session needs the terminal, but this plugin talks to nu over stdin and stdout",
+        )
+        .with_label("needs an interactive terminal", head)
+        .with_help(help));
+    }
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Err(
+            LabeledError::new("enter-session needs a terminal, and nu has none")
+                .with_label("needs an interactive terminal", head)
+                .with_help(help),
+        );
+    }
+    Ok(())
+}
+
+/// A temporary session on `computer`, with the default settings.
+fn temporary_session(
+    plugin: &SessionPlugin,
+    engine: &EngineInterface,
+    computer: &Spanned<String>,
+    ssh: &nu_session_client::ssh::SshOptions,
+) -> Result<i64, LabeledError> {
+    let (host, transport) = host_for(plugin, engine, computer, ssh)?;
+    let id = plugin.sessions().next_id();
+    let settings = SessionSettings {
+        name: format!("Session{id}"),
+        configuration_name: "default".into(),
+        idle_timeout: super::new_session::DEFAULT_IDLE_TIMEOUT,
+        output_buffering: Default::default(),
+    };
+    let session = super::new_session::open(id, host, computer.item.clone(), transport, settings)
+        .map_err(|e| client_error(&e, computer.span))?;
+    plugin.sessions().insert(session);
+    plugin.keep_alive(engine);
+    Ok(id)
+}
+
+/// The session the prompt is in.
+struct Entry {
+    id: i64,
+    /// Made for this prompt: removed when it ends.
+    temporary: bool,
+}
+
+impl Entry {
+    fn enter(
+        &self,
+        plugin: &SessionPlugin,
+        engine: &EngineInterface,
+        head: Span,
+    ) -> Result<Ending, LabeledError> {
+        let _one = OnePrompt::take(head)?;
+        let target = {
+            let mut table = plugin.sessions();
+            let session = table
+                .get_mut(self.id)
+                .ok_or_else(|| LabeledError::new(format!("no session with id {}", self.id)))?;
+            let handle = session
+                .handle
+                .clone()
+                .ok_or_else(|| LabeledError::new("the session has no connection"))?;
+            session.interactive = true;
+            Target {
+                id: self.id,
+                computer_name: session.computer_name.clone(),
+                handle,
+            }
+        };
+        let ending = interactive::run(plugin, engine, &target, head);
+        if let Some(session) = plugin.sessions().get_mut(self.id) {
+            session.interactive = false;
+        }
+        ending
+    }
+
+    /// Removes a temporary session (unless its connection broke: then it stays on its host, and
+    /// here, Broken) and says how the prompt ended.
+    fn leave(
+        &self,
+        plugin: &SessionPlugin,
+        engine: &EngineInterface,
+        ending: Result<Ending, LabeledError>,
+        head: Span,
+    ) -> Result<PipelineData, LabeledError> {
+        let lost = matches!(ending, Ok(Ending::Lost));
+        let removed = if self.temporary && !lost {
+            super::remove_session::remove(plugin, self.id).map_err(|e| client_error(&e, head))
+        } else {
+            Ok(())
+        };
+        plugin.keep_alive(engine);
+        match ending? {
+            Ending::Lost => Err(self.lost(plugin, head)),
+            Ending::Left | Ending::Ended => removed.map(|()| PipelineData::empty()),
+        }
+    }
+
+    fn lost(&self, plugin: &SessionPlugin, head: Span) -> LabeledError {
+        let table = plugin.sessions();
+        let (name, computer) = table
+            .get(self.id)
+            .map(|s| (s.name.clone(), s.computer_name.clone()))
+            .unwrap_or_default();
+        let reconnecting = table
+            .get(self.id)
+            .and_then(|s| s.handle.as_ref())
+            .is_some_and(|h| h.link() == nu_session_client::Link::Reconnecting);
+        let id = self.id;
+        LabeledError::new(format!(
+            "the connection to session {id} ({name}) on {computer} was lost"
+        ))
+        .with_label("left this session's prompt", head)
+        .with_help(if reconnecting {
+            format!(
+                "the session stays on its host and is being reconnected in the background: once `get-session {id}` shows Opened, `enter-session {id}` goes back to it"
+            )
+        } else {
+            format!(
+                "the session stays on its host unless the host stopped it: `connect-session {id}` reconnects it, `remove-session {id}` removes it"
+            )
+        })
+    }
+}
+
+/// Held while the prompt is up: there is one terminal.
+struct OnePrompt;
+
+impl OnePrompt {
+    fn take(head: Span) -> Result<OnePrompt, LabeledError> {
+        ENTERED
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .map(|_| OnePrompt)
+            .map_err(|_| {
+                LabeledError::new("enter-session is already running")
+                    .with_label("a second prompt", head)
+                    .with_help("leave the first one (exit-session) before entering another session")
+            })
+    }
+}
+
+impl Drop for OnePrompt {
+    fn drop(&mut self) {
+        ENTERED.store(false, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,69 @@
+use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
+use nu_protocol::{Example, LabeledError, PipelineData, Signature, Type, Value};
+
+use super::category;
+use crate::SessionPlugin;
+
+pub struct ExitSession;
+
+/// What exit-session says outside enter-session's prompt.
+pub const OUTSIDE: &str = "exit-session only works inside enter-session";
+
+impl PluginCommand for ExitSession {
+    type Plugin = SessionPlugin;
+
+    fn name(&self) -> &str {
+        "exit-session"
+    }
+
+    fn description(&self) -> &str {
+        "Leave the prompt of enter-session and return to the local prompt."
+    }
+
+    fn extra_description(&self) -> &str {
+        "Typed as a line of its own at enter-session's prompt (as are exit and Ctrl-D), it ends \
+         that prompt: a session that existed before stays Opened, a temporary one is removed. \
+         Anywhere else it is an error."
+    }
+
+    fn signature(&self) -> Signature {
+        Signature::build(self.name())
+            .input_output_types(vec![(Type::Nothing, Type::Nothing)])
+            .category(category())
+    }
+
+    fn search_terms(&self) -> Vec<&str> {
+        vec!["exit-pssession", "exsn", "leave", "interactive"]
+    }
+
+    fn examples(&self) -> Vec<Example<'_>> {
+        vec![
+            Example {
+                example: "exit-session",
+                description: "At the prompt of enter-session ([web1]: /home/you> ), go back to the local prompt",
+                result: None,
+            },
+            Example {
+                example: "try { exit-session } catch {|e| $e.msg }",
+                description: "Anywhere else, exit-session is an error that says so",
+                result: Some(Value::test_string(OUTSIDE)),
+            },
+        ]
+    }
+
+    fn run(
+        &self,
+        _plugin: &SessionPlugin,
+        _engine: &EngineInterface,
+        call: &EvaluatedCall,
+        _input: PipelineData,
+    ) -> Result<PipelineData, LabeledError> {
+        // enter-session reads `exit-session` itself; a call that reaches here came from
+        // elsewhere.
+        Err(LabeledError::new(OUTSIDE)
+            .with_label("not at enter-session's prompt", call.head)
+            .with_help(
+                "enter-session <id or computer name> starts a session's prompt; there, exit-session, exit or Ctrl-D leaves it",
+            ))
+    }
+}

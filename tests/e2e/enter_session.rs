@@ -311,7 +311,8 @@ fn a_broken_connection_returns_to_the_local_prompt_and_the_session_stays() {
     t.type_line("sleep 2sec; get-session | get 0.state | $'state: ($in)'");
     t.wait_for("state: Opened", Duration::from_secs(30));
     t.type_line("enter-session 1");
-    wait_lines(&t, &format!("[{computer}]: /root> "), 2);
+    let screen = wait_lines(&t, &format!("[{computer}]: /root> "), 2);
+    eprintln!("{screen}");
 }
 
 #[test]

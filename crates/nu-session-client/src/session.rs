@@ -129,6 +129,8 @@ struct Inner {
     link: Mutex<Link>,
     /// The host said the session ended (its code called `exit`, or its worker is gone).
     ended: AtomicBool,
+    /// How many times the connection failed (reattached or not).
+    breaks: std::sync::atomic::AtomicU64,
     /// What the host said when this client (last) attached.
     attachment: Mutex<Attachment>,
     runtime: Handle,
@@ -281,6 +283,7 @@ impl SessionHandle {
             }),
             link: Mutex::new(Link::Up),
             ended: AtomicBool::new(false),
+            breaks: std::sync::atomic::AtomicU64::new(0),
             attachment: Mutex::new(attachment),
             runtime: runtime.clone(),
             backlog: Mutex::new(Some(backlog_rx)),
@@ -303,6 +306,12 @@ impl SessionHandle {
     /// Whether the connection is up (not reconnecting, given up, detached or ended).
     pub fn is_alive(&self) -> bool {
         *self.inner.link() == Link::Up
+    }
+
+    /// How many times the connection has failed so far, including failures it recovered from
+    /// (however quickly).
+    pub fn breaks(&self) -> u64 {
+        self.inner.breaks.load(Ordering::SeqCst)
     }
 
     /// What the connection is doing.
@@ -862,6 +871,7 @@ async fn reconnect(
         }
         *link = Link::Reconnecting;
     }
+    inner.breaks.fetch_add(1, Ordering::SeqCst);
     let mut delay = FIRST_RETRY_DELAY;
     let mut last_error;
     // The user hears of it once the first attempt (made at once) has failed: a session that

@@ -52,6 +52,15 @@ pub struct Target {
     pub id: i64,
     pub computer_name: String,
     pub handle: SessionHandle,
+    /// The connection's failures when the prompt started: any later one, even one it recovered
+    /// from at once, ends the prompt (the user is told, never left guessing).
+    pub breaks_at: u64,
+}
+
+impl Target {
+    fn connection_broke(&self) -> bool {
+        !self.handle.is_alive() || self.handle.breaks() != self.breaks_at
+    }
 }
 
 /// Runs the prompt until the user leaves it or the session goes away.
@@ -68,7 +77,7 @@ pub fn run(
     })?;
     let _foreground = engine.enter_foreground()?;
     let lost = Arc::new(AtomicBool::new(false));
-    let _watch = Watch::start(target.handle.clone(), lost.clone());
+    let _watch = Watch::start(target.handle.clone(), target.breaks_at, lost.clone());
     let mut editor = Reedline::create()
         .with_validator(Box::new(Incomplete))
         .with_highlighter(Box::<SimpleMatchHighlighter>::default())
@@ -164,7 +173,7 @@ impl Console<'_> {
         let handle = &self.target.handle;
         if handle.has_ended() {
             Some(Ending::Ended)
-        } else if !handle.is_alive() {
+        } else if self.target.connection_broke() {
             Some(Ending::Lost)
         } else {
             None
@@ -477,14 +486,14 @@ struct Watch {
 }
 
 impl Watch {
-    fn start(handle: SessionHandle, lost: Arc<AtomicBool>) -> Watch {
+    fn start(handle: SessionHandle, breaks_at: u64, lost: Arc<AtomicBool>) -> Watch {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("enter-session watch".into())
             .spawn(move || {
                 while !stopped.load(Ordering::SeqCst) {
-                    if !handle.is_alive() || handle.has_ended() {
+                    if !handle.is_alive() || handle.breaks() != breaks_at || handle.has_ended() {
                         lost.store(true, Ordering::SeqCst);
                         return;
                     }

@@ -305,6 +305,7 @@ impl Entry {
             Target {
                 id: self.id,
                 computer_name: session.computer_name.clone(),
+                breaks_at: handle.breaks(),
                 handle,
             }
         };
@@ -343,16 +344,20 @@ impl Entry {
             .get(self.id)
             .map(|s| (s.name.clone(), s.computer_name.clone()))
             .unwrap_or_default();
-        let reconnecting = table
+        let link = table
             .get(self.id)
             .and_then(|s| s.handle.as_ref())
-            .is_some_and(|h| h.link() == nu_session_client::Link::Reconnecting);
+            .map(|h| h.link());
         let id = self.id;
         LabeledError::new(format!(
             "the connection to session {id} ({name}) on {computer} was lost"
         ))
         .with_label("left this session's prompt", head)
-        .with_help(if reconnecting {
+        .with_help(if link == Some(nu_session_client::Link::Up) {
+            format!(
+                "the session stayed on its host and is connected again: `enter-session {id}` goes back to it"
+            )
+        } else if link == Some(nu_session_client::Link::Reconnecting) {
             format!(
                 "the session stays on its host and is being reconnected in the background: once `get-session {id}` shows Opened, `enter-session {id}` goes back to it"
             )

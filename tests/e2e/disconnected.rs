@@ -5,18 +5,8 @@
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
-use nu_session_tests::{Sandbox, alive, eventually, read_number};
+use nu_session_tests::{Sandbox, alive, eventually, ints, read_number};
 use serde_json::{Value, json};
-
-/// The ints in a JSON list.
-fn ints(value: &Value) -> Vec<i64> {
-    value
-        .as_array()
-        .unwrap_or_else(|| panic!("not a list: {value}"))
-        .iter()
-        .map(|v| v.as_i64().unwrap_or_else(|| panic!("not an int: {v}")))
-        .collect()
-}
 
 #[test]
 fn disconnect_by_name_keeps_the_session_on_the_host() {
@@ -164,11 +154,7 @@ fn output_of_a_disconnected_command_is_received_once_in_another_process() {
 #[test]
 fn a_session_attached_elsewhere_is_busy_and_refuses_to_connect() {
     let sb = Sandbox::new();
-    let mut holder = sb.spawn("let s = new-session --name held; print ready; sleep 60sec");
-    let stdout = holder.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("ready");
-    assert_eq!(line.trim(), "ready");
+    let mut holder = sb.hold_session("held");
     let out = sb.json(
         "let s = get-session --computer-name localhost | where name == held | first
          {

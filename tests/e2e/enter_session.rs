@@ -2,7 +2,6 @@
 //! the built plugin, typing into a session's prompt as a user does; over SSH against a real sshd.
 //! And what they say without a terminal.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -362,11 +361,7 @@ fn without_a_terminal_and_with_wrong_targets_the_errors_say_why() {
 #[test]
 fn a_session_connected_elsewhere_is_refused_before_entering() {
     let sb = Sandbox::new();
-    let mut holder = sb.spawn("let s = new-session --name held; print ready; sleep 60sec");
-    let stdout = holder.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("ready");
-    assert_eq!(line.trim(), "ready");
+    let mut holder = sb.hold_session("held");
     let out = sb.json(
         "try { get-session --computer-name localhost | where name == held | enter-session } catch {|e| $e.msg }",
     );

@@ -8,7 +8,7 @@ use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nu_session_tests::{NetNs, Sandbox, alive, eventually, read_number};
+use nu_session_tests::{NetNs, Sandbox, alive, eventually, ints, read_number};
 use serde_json::{Value, json};
 
 /// A running `nu` whose stderr lines are collected as they come, with when they came.
@@ -92,15 +92,6 @@ fn wait_progress(nu: &Running, path: &Path, at_least: i64) {
         read_number(path),
         nu.stderr()
     );
-}
-
-fn ints(value: &Value) -> Vec<i64> {
-    value
-        .as_array()
-        .unwrap_or_else(|| panic!("not a list: {value}"))
-        .iter()
-        .map(|v| v.as_i64().unwrap_or_else(|| panic!("not an int: {v}")))
-        .collect()
 }
 
 /// A stream of `n` numbers that writes how far it got to `$p`, then the session's state.
@@ -215,10 +206,8 @@ fn when_the_network_stays_down_the_session_is_left_disconnected_and_connects_aga
         back = back.display(),
     );
     let child = sb
-        .command(&script)
-        .env("NU_SESSION_SSH_CONFIG", &config)
+        .ssh_command(&config, &script)
         .env("NU_SESSION_RECONNECT_SECS", "3")
-        .env_remove("SSH_AUTH_SOCK")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -167,6 +167,20 @@ impl Sandbox {
             .expect("spawn nu")
     }
 
+    /// A `nu` that holds a session named `name` (attached, so Busy for everyone else) until
+    /// killed; returns once the session is open.
+    pub fn hold_session(&self, name: &str) -> Child {
+        let mut holder = self.spawn(&format!(
+            "let s = new-session --name {name}; print ready; sleep 60sec"
+        ));
+        let stdout = holder.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .expect("ready");
+        assert_eq!(line.trim(), "ready", "the holder did not open its session");
+        holder
+    }
+
     /// Every host runtime directory in this sandbox: the local one and those of its sshd hosts.
     fn runtime_dirs(&self) -> Vec<PathBuf> {
         let mut dirs = vec![self.runtime_dir()];
@@ -457,6 +471,16 @@ pub fn read_number(path: &Path) -> i64 {
     0
 }
 
+/// The ints in a JSON list.
+pub fn ints(value: &serde_json::Value) -> Vec<i64> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {value}"))
+        .iter()
+        .map(|v| v.as_i64().unwrap_or_else(|| panic!("not an int: {v}")))
+        .collect()
+}
+
 /// `text` as one word for `sh`.
 pub fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "'\\''"))
@@ -668,20 +692,23 @@ impl Sandbox {
         config
     }
 
-    /// Runs a script with the ssh config and no ssh-agent.
-    pub fn ssh_run(&self, config: &Path, script: &str) -> Output {
+    /// [`Sandbox::command`] with the ssh config and no ssh-agent.
+    pub fn ssh_command(&self, config: &Path, script: &str) -> Command {
         let mut command = self.command(script);
         command
             .env("NU_SESSION_SSH_CONFIG", config)
             .env_remove("SSH_AUTH_SOCK");
-        command.output().expect("run nu")
+        command
+    }
+
+    /// Runs a script with the ssh config and no ssh-agent.
+    pub fn ssh_run(&self, config: &Path, script: &str) -> Output {
+        self.ssh_command(config, script).output().expect("run nu")
     }
 
     /// Starts a script with the ssh config and no ssh-agent, stdout and stderr piped.
     pub fn ssh_spawn(&self, config: &Path, script: &str) -> Child {
-        self.command(script)
-            .env("NU_SESSION_SSH_CONFIG", config)
-            .env_remove("SSH_AUTH_SOCK")
+        self.ssh_command(config, script)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -194,6 +194,11 @@ impl Inner {
         }
     }
 
+    /// Whether messages can still be sent: now, or once reconnected.
+    fn usable(&self) -> bool {
+        matches!(*self.link(), Link::Up | Link::Reconnecting)
+    }
+
     /// Why nothing more can be sent or received.
     fn lost_error(&self) -> ClientError {
         match &*self.link() {
@@ -204,11 +209,7 @@ impl Inner {
                         .into(),
                 ),
             },
-            Link::Ended(reason) => RemoteError::new(
-                ErrorKind::Ended,
-                format!("the session has ended: {reason}"),
-            )
-            .into(),
+            Link::Ended(reason) => ended_error(reason).into(),
             Link::Detached => ClientError::Transport {
                 msg: "the session was disconnected".into(),
                 help: Some("`connect-session` reconnects it".into()),
@@ -356,7 +357,7 @@ impl SessionHandle {
 
     /// Sends now, or once reconnected.
     fn send(&self, message: ClientMessage) -> Result<(), ClientError> {
-        if !matches!(*self.inner.link(), Link::Up | Link::Reconnecting) {
+        if !self.inner.usable() {
             return Err(self.inner.lost_error());
         }
         self.inner
@@ -696,7 +697,7 @@ impl Receive {
                     return Ok(None);
                 }
             }
-            if !matches!(*self.session.link(), Link::Up | Link::Reconnecting) {
+            if !self.session.usable() {
                 return Err(self.session.lost_error());
             }
             match rx.recv_timeout(Duration::from_millis(20)) {
@@ -785,6 +786,11 @@ async fn read_events(mut stream: futures::stream::SplitStream<Connection>, inner
     }
 }
 
+/// What a call learns when its session ended on its host.
+fn ended_error(reason: &str) -> RemoteError {
+    RemoteError::new(ErrorKind::Ended, format!("the session has ended: {reason}"))
+}
+
 /// Runs the handle's connection, and the next one each time it fails, until a disconnect, the
 /// session's end, or giving up.
 async fn supervise(
@@ -825,7 +831,7 @@ async fn supervise(
     // Every waiting call learns the end: why the session ended, or (by its channel closing)
     // that the connection is gone.
     if let Link::Ended(reason) = ended {
-        let error = RemoteError::new(ErrorKind::Ended, format!("the session has ended: {reason}"));
+        let error = ended_error(&reason);
         for (_, sender) in calls {
             let batch = Batch {
                 first: 0,
@@ -912,9 +918,18 @@ async fn reconnect(
             }
             Ok(Err(e)) => {
                 last_error = e.to_string();
-                let gone =
-                    tokio::time::timeout(ATTEMPT_TIMEOUT, inner.host.gone(inner.instance_id)).await;
-                if let Ok(Ok(Some(reason))) = gone {
+                // Asking whether the session is gone needs the host: not while it is
+                // unreachable (that would double every attempt during an outage).
+                let gone = if inner.host.transport().host_answers() {
+                    tokio::time::timeout(ATTEMPT_TIMEOUT, inner.host.gone(inner.instance_id))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .flatten()
+                } else {
+                    None
+                };
+                if let Some(reason) = gone {
                     inner.ended.store(true, Ordering::SeqCst);
                     inner.set_link(Link::Ended(reason.clone()));
                     inner.notify(Notice::Ended { reason });

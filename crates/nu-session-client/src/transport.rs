@@ -155,6 +155,20 @@ impl Transport {
         Transport::Local { layout, program }
     }
 
+    /// Whether the host itself answers right now: always for this machine, for SSH while the
+    /// connection is up. A session that cannot be attached on a host that answers may be gone.
+    pub(crate) fn host_answers(&self) -> bool {
+        match self {
+            Transport::Local { .. } => true,
+            Transport::Ssh(link) => link
+                .connection
+                .try_lock()
+                .ok()
+                .and_then(|slot| slot.as_ref().map(|c| !c.is_closed()))
+                .unwrap_or(false),
+        }
+    }
+
     /// A connection to the manager, started if it does not run yet, after the hello.
     pub(crate) async fn connect_manager(&self) -> Result<Connection, ClientError> {
         match self {

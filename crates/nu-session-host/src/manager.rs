@@ -57,6 +57,8 @@ pub fn run(layout: Layout, daemon: bool) -> io::Result<()> {
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)?;
     log!("manager listening on {}", socket.display());
+    // Managers exit when idle and start on demand: pruning at start is often enough.
+    prune_end_records(&layout);
     let manager = Arc::new(Manager {
         layout,
         clients: AtomicUsize::new(0),
@@ -269,12 +271,8 @@ fn ask_worker(layout: &Layout, id: Uuid, request: &ClientMessage) -> io::Result<
 
 /// Removes what a dead worker left behind.
 fn clean_up(layout: &Layout, id: Uuid) {
-    let pid = std::fs::read(layout.session_meta(id))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<SessionFile>(&bytes).ok())
-        .map(|file| file.pid);
     // The worker leads its process group; anything it started dies with the session.
-    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1) {
+    if let Some(pid) = worker_pid(layout, id) {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
     }
@@ -288,7 +286,6 @@ fn clean_up(layout: &Layout, id: Uuid) {
 }
 
 fn list(layout: &Layout) -> Vec<SessionInfo> {
-    prune_end_records(layout);
     let mut sessions = Vec::new();
     for id in session_files(layout) {
         match ask_worker(layout, id, &ClientMessage::ListSessions) {
@@ -440,13 +437,17 @@ fn signal_name(signal: i32) -> &'static str {
 /// Whether the session's worker process still exists (a zombie not reaped yet counts: its
 /// reaper will record how it ended).
 fn worker_alive(layout: &Layout, id: Uuid) -> bool {
-    let pid = std::fs::read(layout.session_meta(id))
+    // SAFETY: signal 0 only checks that the process exists.
+    worker_pid(layout, id).is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
+}
+
+/// The worker's pid, from the session's file.
+fn worker_pid(layout: &Layout, id: Uuid) -> Option<i32> {
+    std::fs::read(layout.session_meta(id))
         .ok()
         .and_then(|bytes| serde_json::from_slice::<SessionFile>(&bytes).ok())
         .and_then(|file| i32::try_from(file.pid).ok())
-        .filter(|pid| *pid > 1);
-    // SAFETY: signal 0 only checks that the process exists.
-    pid.is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
+        .filter(|pid| *pid > 1)
 }
 
 fn is_gone(e: &io::Error) -> bool {

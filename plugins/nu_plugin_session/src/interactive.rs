@@ -57,10 +57,9 @@ pub struct Target {
     pub breaks_at: u64,
 }
 
-impl Target {
-    fn connection_broke(&self) -> bool {
-        !self.handle.is_alive() || self.handle.breaks() != self.breaks_at
-    }
+/// Whether `handle`'s connection failed (even if it recovered) since it had `breaks_at` failures.
+fn broke_since(handle: &SessionHandle, breaks_at: u64) -> bool {
+    !handle.is_alive() || handle.breaks() != breaks_at
 }
 
 /// Runs the prompt until the user leaves it or the session goes away.
@@ -173,7 +172,7 @@ impl Console<'_> {
         let handle = &self.target.handle;
         if handle.has_ended() {
             Some(Ending::Ended)
-        } else if self.target.connection_broke() {
+        } else if broke_since(handle, self.target.breaks_at) {
             Some(Ending::Lost)
         } else {
             None
@@ -493,7 +492,7 @@ impl Watch {
             .name("enter-session watch".into())
             .spawn(move || {
                 while !stopped.load(Ordering::SeqCst) {
-                    if !handle.is_alive() || handle.breaks() != breaks_at || handle.has_ended() {
+                    if broke_since(&handle, breaks_at) || handle.has_ended() {
                         lost.store(true, Ordering::SeqCst);
                         return;
                     }

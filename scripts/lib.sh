@@ -11,23 +11,74 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$NU_SESSION_CACHE/target}"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-# Prints the path of a nu $NU_VERSION binary, installing it into the cache when missing.
-# Only the `plugin` feature: the tests need plugins and nothing else, and it builds in about
-# half the time of the default feature set.
+# Whether $1 is a nu of the plugin protocol's minor version (0.115.x).
+is_nu_0115() {
+    [ -x "$1" ] && "$1" --version 2>/dev/null | grep -qE '^0\.115\.[0-9]+$'
+}
+
+# Prints the path of a nu 0.115.x, in this order of preference:
+# 1. the `nu` on PATH, if it is 0.115.x (the user's own: the plugin is registered with it);
+# 2. a nu $NU_VERSION installed into the cache by an earlier run;
+# 3. the official release binary from the npm registry (package `nushell`, whose per-platform
+#    package `@nushell/<os>-<arch>` holds the binary): seconds;
+# 4. building it with cargo (only the `plugin` feature): about 25 minutes on 2 cores.
 ensure_nu() {
+    local on_path
+    on_path="$(command -v nu 2>/dev/null || true)"
+    if [ -n "$on_path" ] && is_nu_0115 "$on_path"; then
+        echo "$on_path"
+        return 0
+    fi
     local root="$NU_SESSION_CACHE/nu-$NU_VERSION"
     local nu="$root/bin/nu"
-    if [ -x "$nu" ] && "$nu" --version 2>/dev/null | grep -qx "$NU_VERSION"; then
+    if is_nu_0115 "$nu"; then
         echo "$nu"
         return 0
     fi
-    say "installing nu $NU_VERSION into $root (once per machine; takes a while on 2 cores)"
-    mkdir -p "$root"
+    mkdir -p "$root/bin"
+    if install_nu_from_npm "$root/bin"; then
+        echo "$nu"
+        return 0
+    fi
+    say "building nu $NU_VERSION into $root (once per machine; takes a while on 2 cores)"
     # Thin LTO costs minutes and buys nothing for tests.
     CARGO_PROFILE_RELEASE_LTO=false CARGO_TARGET_DIR="$NU_SESSION_CACHE/nu-build" \
         cargo install nu --version "$NU_VERSION" --locked --no-default-features \
         --features plugin --root "$root" >&2 || return 1
     echo "$nu"
+}
+
+# The official nu $NU_VERSION release binary, from the npm registry (`npm pack` checks the
+# package's integrity against the registry). Returns non-zero when npm, the registry or a package
+# for this platform is missing.
+install_nu_from_npm() {
+    local dest="$1" os arch
+    command -v npm >/dev/null 2>&1 || return 1
+    case "$(uname -s)" in
+        Linux) os=linux ;;
+        Darwin) os=darwin ;;
+        *) return 1 ;;
+    esac
+    case "$(uname -m)" in
+        x86_64 | amd64) arch=x64 ;;
+        aarch64 | arm64) arch=arm64 ;;
+        armv7l) arch=arm ;;
+        riscv64) arch=riscv64 ;;
+        *) return 1 ;;
+    esac
+    local package="@nushell/$os-$arch@$NU_VERSION" work
+    say "installing nu $NU_VERSION from the npm registry ($package)"
+    work="$(mktemp -d)"
+    if (cd "$work" && npm pack --silent "$package" >/dev/null 2>&1) &&
+        tar -xzf "$work"/*.tgz -C "$work" package/bin/nu &&
+        is_nu_0115 "$work/package/bin/nu"; then
+        mv "$work/package/bin/nu" "$dest/nu"
+        rm -rf "$work"
+        return 0
+    fi
+    rm -rf "$work"
+    say "the npm registry has no usable $package; building nu instead"
+    return 1
 }
 
 # Installs Debian packages when the command they provide is missing.
@@ -38,4 +89,27 @@ ensure_pkg() {
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" >&2
+}
+
+# The Unix users the end-to-end tests and the fleet benchmark log in to over SSH, standing for
+# the accounts of remote computers: nsu001 … nsu$1 (default 100), non-root, with a home and a
+# login shell and nothing of nu-session preset. Created once per machine (needs root).
+ensure_test_users() {
+    local count="${1:-100}" n name missing=0
+    for n in $(seq 1 "$count"); do
+        id "$(printf 'nsu%03d' "$n")" >/dev/null 2>&1 || missing=$((missing + 1))
+    done
+    [ "$missing" -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        say "cannot create the $missing missing test users (nsu001 to nsu$(printf '%03d' "$count")): this needs root"
+        return 1
+    fi
+    say "creating $missing test users (nsu001 to nsu$(printf '%03d' "$count"); once per machine)"
+    for n in $(seq 1 "$count"); do
+        name="$(printf 'nsu%03d' "$n")"
+        id "$name" >/dev/null 2>&1 && continue
+        useradd --create-home --shell /bin/bash "$name"
+        # Not locked (sshd refuses locked accounts without PAM), but no password either.
+        usermod --password '*' "$name"
+    done
 }

@@ -10,6 +10,7 @@ ensure_pkg /usr/sbin/sshd openssh-server
 ensure_pkg ssh-keygen openssh-client
 ensure_pkg tmux tmux
 ensure_pkg script bsdutils
+ensure_test_users 100
 NU="$(ensure_nu)"
 say "using $NU ($("$NU" --version))"
 say "building the workspace (target dir: $CARGO_TARGET_DIR)"

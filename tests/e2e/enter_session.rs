@@ -252,21 +252,26 @@ fn over_ssh_a_session_prompt_and_a_temporary_session() {
     let sb = Sandbox::new();
     let server = sb.sshd("127.0.0.40");
     let config = sb.ssh_config(&[&server], "");
-    let computer = server.computer("root");
+    let computer = server.computer();
+    let user = &server.user.name;
+    let home = format!("[{computer}]: {}> ", server.user.home.display());
     let t = at_nu_prompt(&sb, Some(&config));
     t.type_line(&format!(
         "let s = new-session {computer}; enter-session $s.0.id"
     ));
-    wait_lines(&t, &format!("[{computer}]: /root> "), 1);
+    wait_lines(&t, &home, 1);
     t.type_line("^whoami");
-    wait_lines(&t, &format!("[{computer}]: /root> "), 2);
+    wait_lines(&t, &home, 2);
     t.type_line("cd /tmp");
     let tmp = format!("[{computer}]: /tmp> ");
     wait_lines(&t, &tmp, 1);
     t.type_line("[[user dir]; [(^whoami) $env.PWD]]");
     let screen = wait_lines(&t, &tmp, 2);
-    assert!(has_line(&screen, "root"), "{screen}");
-    assert!(has_line(&screen, "│ 0 │ root │ /tmp │"), "{screen}");
+    assert!(has_line(&screen, user), "{screen}");
+    assert!(
+        has_line(&screen, &format!("│ 0 │ {user} │ /tmp │")),
+        "{screen}"
+    );
     t.press("C-d");
     wait_lines(&t, &local_prompt(&sb), 2);
     t.type_line("get-session | select transport state | to nuon");
@@ -278,12 +283,12 @@ fn over_ssh_a_session_prompt_and_a_temporary_session() {
 
     // A computer name: a temporary session on that host, gone from it after the prompt.
     t.type_line(&format!("enter-session {computer}"));
-    wait_lines(&t, &format!("[{computer}]: /root> "), 3);
-    assert_eq!(sb.worker_pids().len(), 2);
+    wait_lines(&t, &home, 3);
+    assert_eq!(server.worker_pids().len(), 2);
     t.type_line("exit-session");
     wait_lines(&t, &local_prompt(&sb), 4);
     assert!(
-        eventually(Duration::from_secs(10), || sb.worker_pids().len() == 1),
+        eventually(Duration::from_secs(10), || server.worker_pids().len() == 1),
         "the temporary session is still on its host"
     );
 }
@@ -293,10 +298,11 @@ fn a_broken_connection_returns_to_the_local_prompt_and_the_session_stays() {
     let sb = Sandbox::new();
     let server = sb.sshd("127.0.0.41");
     let config = sb.ssh_config(&[&server], "");
-    let computer = server.computer("root");
+    let computer = server.computer();
+    let home = format!("[{computer}]: {}> ", server.user.home.display());
     let t = at_nu_prompt(&sb, Some(&config));
     t.type_line(&format!("new-session {computer} | ignore; enter-session 1"));
-    wait_lines(&t, &format!("[{computer}]: /root> "), 1);
+    wait_lines(&t, &home, 1);
     assert!(server.kill_connections() > 0, "no connection to cut");
     let screen = wait_lines(&t, &local_prompt(&sb), 2);
     assert!(
@@ -306,11 +312,11 @@ fn a_broken_connection_returns_to_the_local_prompt_and_the_session_stays() {
         "{screen}"
     );
     // The session is still on its host, and comes back by itself: the user can go back in.
-    assert_eq!(sb.worker_pids().len(), 1);
+    assert_eq!(server.worker_pids().len(), 1);
     t.type_line("sleep 2sec; get-session | get 0.state | $'state: ($in)'");
     t.wait_for("state: Opened", Duration::from_secs(30));
     t.type_line("enter-session 1");
-    let screen = wait_lines(&t, &format!("[{computer}]: /root> "), 2);
+    let screen = wait_lines(&t, &home, 2);
     eprintln!("{screen}");
 }
 

@@ -110,10 +110,10 @@ fn killing_the_ssh_connection_under_a_stream_loses_and_duplicates_nothing() {
     let sb = Sandbox::new();
     let server = sb.sshd("127.0.0.30");
     let config = sb.ssh_config(&[&server], "");
-    let progress_file = sb.path().join("progress");
+    let progress_file = server.user.scratch(sb.path()).join("progress");
     let nu = Running::new(sb.ssh_spawn(
         &config,
-        &streaming_script(&server.computer("root"), 400, &progress_file),
+        &streaming_script(&server.computer(), 400, &progress_file),
     ));
     wait_progress(&nu, &progress_file, 100);
     let killed = server.kill_connections();
@@ -142,10 +142,10 @@ fn a_cut_network_leaves_the_session_broken_and_it_reattaches_when_the_network_re
     let net = NetNs::new();
     let server = sb.sshd_in(Some(&net), &net.address, "");
     let config = sb.ssh_config(&[&server], FAST_KEEPALIVE);
-    let progress_file = sb.path().join("progress");
+    let progress_file = server.user.scratch(sb.path()).join("progress");
     let nu = Running::new(sb.ssh_spawn(
         &config,
-        &streaming_script(&server.computer("root"), 800, &progress_file),
+        &streaming_script(&server.computer(), 800, &progress_file),
     ));
     wait_progress(&nu, &progress_file, 100);
     net.cut();
@@ -200,7 +200,7 @@ fn when_the_network_stays_down_the_session_is_left_disconnected_and_connects_aga
          let again = connect-session 1 | get 0.state
          let received = receive-session 1
          {{ error: $error, state: $state, again: $again, received: $received, mark: (invoke-session 1 {{ $env.MARK }}) }} | to json -r",
-        computer = server.computer("root"),
+        computer = server.computer(),
         ready = ready.display(),
         gave_up = gave_up.display(),
         back = back.display(),
@@ -276,7 +276,7 @@ fn a_manager_restart_loses_no_session_and_attached_clients_carry_on() {
     let progress_file = sb.path().join("progress");
     let nu = Running::new(sb.spawn(&streaming_script("--name live", 300, &progress_file)));
     wait_progress(&nu, &progress_file, 50);
-    let pid_file = sb.runtime_dir().join("manager.pid");
+    let pid_file = sb.layout().manager_pid();
     let manager: i32 = std::fs::read_to_string(&pid_file)
         .expect("manager.pid")
         .trim()

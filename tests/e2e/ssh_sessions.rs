@@ -11,7 +11,7 @@ fn a_session_over_ssh_keeps_state_and_runs_as_the_remote_user() {
     let sb = Sandbox::new();
     let server = sb.sshd("127.0.0.2");
     let config = sb.ssh_config(&[&server], "");
-    let computer = server.computer("root");
+    let computer = server.computer();
     let out = sb.ssh_json(
         &config,
         &format!(
@@ -27,8 +27,8 @@ fn a_session_over_ssh_keeps_state_and_runs_as_the_remote_user() {
     assert_eq!(
         out,
         json!({
-            "record": {"computer_name": computer, "transport": "SSH", "state": "Opened", "user": "root", "port": server.port},
-            "whoami": "root",
+            "record": {"computer_name": computer, "transport": "SSH", "state": "Opened", "user": server.user.name, "port": server.port},
+            "whoami": server.user.name,
             "state": {"x": 21, "pwd": "/"}
         })
     );
@@ -56,12 +56,12 @@ fn an_unknown_host_key_is_refused_and_accept_new_records_it() {
     let sb = Sandbox::new();
     let server = sb.sshd("127.0.0.3");
     let config = sb.ssh_config(&[], "");
-    let computer = server.computer("root");
+    let computer = server.computer();
     let error = caught(&sb, &config, &format!("new-session {computer}"));
     assert!(error.contains("the host key of"), "{error}");
     assert!(error.contains("is unknown"), "{error}");
     assert!(error.contains("accept-new"), "{error}");
-    assert!(sb.worker_pids().is_empty());
+    assert!(server.worker_pids().is_empty());
 
     let out = sb.ssh_json(
         &config,
@@ -91,14 +91,10 @@ fn a_changed_host_key_is_refused_naming_the_known_hosts_line() {
         format!("# comment\n{forged}\n"),
     )
     .unwrap();
-    let error = caught(
-        &sb,
-        &config,
-        &format!("new-session {}", server.computer("root")),
-    );
+    let error = caught(&sb, &config, &format!("new-session {}", server.computer()));
     assert!(error.contains("has CHANGED"), "{error}");
     assert!(error.contains("known_hosts:"), "{error}");
-    assert!(sb.worker_pids().is_empty());
+    assert!(server.worker_pids().is_empty());
 }
 
 #[test]
@@ -112,7 +108,7 @@ fn a_missing_identity_file_is_named() {
         &config,
         &format!(
             "new-session {} --identity-file {}",
-            server.computer("root"),
+            server.computer(),
             missing.display()
         ),
     );
@@ -167,7 +163,7 @@ fn fan_out_opens_every_host_and_a_dead_one_is_an_error_row() {
         let listener = std::net::TcpListener::bind(("127.0.0.10", 0)).unwrap();
         listener.local_addr().unwrap().port()
     };
-    let names: Vec<String> = servers.iter().map(|s| s.computer("root")).collect();
+    let names: Vec<String> = servers.iter().map(|s| s.computer()).collect();
     let out = sb.ssh_json(
         &config,
         &format!(
@@ -194,8 +190,8 @@ fn ssh_config_aliases_supply_host_user_and_port() {
     let config = sb.ssh_config(
         &[&server],
         &format!(
-            "Host webalias\n  HostName 127.0.0.11\n  User root\n  Port {}\n",
-            server.port
+            "Host webalias\n  HostName 127.0.0.11\n  User {}\n  Port {}\n",
+            server.user.name, server.port
         ),
     );
     let out = sb.ssh_json(
@@ -204,7 +200,7 @@ fn ssh_config_aliases_supply_host_user_and_port() {
     );
     assert_eq!(
         out,
-        json!({"computer_name": "webalias", "user": "root", "port": server.port, "transport": "SSH"})
+        json!({"computer_name": "webalias", "user": server.user.name, "port": server.port, "transport": "SSH"})
     );
 }
 
@@ -217,27 +213,42 @@ fn piped_records_bind_host_user_port_and_name_per_row() {
     let out = sb.ssh_json(
         &config,
         &format!(
-            "[[computer_name user port name]; [127.0.0.12 root {} db] [127.0.0.13 root {} web]]
+            "[[computer_name user port name]; [127.0.0.12 {} {} db] [127.0.0.13 {} {} web]]
              | new-session | select computer_name user port name",
-            a.port, b.port
+            a.user.name, a.port, b.user.name, b.port
         ),
     );
     assert_eq!(
         out,
         json!([
-            {"computer_name": "127.0.0.12", "user": "root", "port": a.port, "name": "db"},
-            {"computer_name": "127.0.0.13", "user": "root", "port": b.port, "name": "web"}
+            {"computer_name": "127.0.0.12", "user": a.user.name, "port": a.port, "name": "db"},
+            {"computer_name": "127.0.0.13", "user": b.user.name, "port": b.port, "name": "web"}
         ])
     );
 }
 
-/// Counts the channels the server opened of `kind` (`LogLevel DEBUG1` logs each).
-fn channels(server: &nu_session_tests::Sshd, kind: &str) -> usize {
-    server
-        .log()
+/// Counts the channels the server opened of `kind` (`LogLevel DEBUG1` logs each) since its
+/// log was `from` bytes long.
+fn channels(server: &nu_session_tests::Sshd, from: usize, kind: &str) -> usize {
+    server.log()[from..]
         .lines()
         .filter(|l| l.contains("server_input_channel_open: ctype") && l.contains(kind))
         .count()
+}
+
+/// Makes sure the server's user has the host program (copied by a first session, removed again),
+/// and the manager it started has exited; returns how long the server's log is then.
+fn with_host_program(
+    sb: &Sandbox,
+    config: &std::path::Path,
+    server: &nu_session_tests::Sshd,
+) -> usize {
+    sb.ssh_json(
+        config,
+        &format!("new-session {} | remove-session", server.computer()),
+    );
+    server.user.reset();
+    server.log().len()
 }
 
 #[test]
@@ -245,7 +256,8 @@ fn once_the_host_is_known_sessions_open_its_sockets_without_running_a_remote_com
     let sb = Sandbox::new();
     let server = sb.sshd_with("127.0.0.8", "LogLevel DEBUG1");
     let config = sb.ssh_config(&[&server], "");
-    let computer = server.computer("root");
+    let computer = server.computer();
+    let from = with_host_program(&sb, &config, &server);
     let out = sb.ssh_json(
         &config,
         &format!(
@@ -258,9 +270,9 @@ fn once_the_host_is_known_sessions_open_its_sockets_without_running_a_remote_com
     assert_eq!(out, json!([42, 42, 42]));
     // The first manager connection runs `nu-session-host connect` (it starts the manager and
     // learns where the sockets are); everything after opens them directly.
-    assert_eq!(channels(&server, "session"), 1, "{}", server.log());
+    assert_eq!(channels(&server, from, "session"), 1, "{}", server.log());
     assert_eq!(
-        channels(&server, "direct-streamlocal"),
+        channels(&server, from, "direct-streamlocal"),
         5,
         "{}",
         server.log()
@@ -275,7 +287,8 @@ fn a_server_that_forbids_socket_forwarding_still_gets_sessions() {
         "LogLevel DEBUG1\nAllowStreamLocalForwarding no",
     );
     let config = sb.ssh_config(&[&server], "");
-    let computer = server.computer("root");
+    let computer = server.computer();
+    let from = with_host_program(&sb, &config, &server);
     let out = sb.ssh_json(
         &config,
         &format!(
@@ -287,12 +300,12 @@ fn a_server_that_forbids_socket_forwarding_still_gets_sessions() {
     assert_eq!(out, json!([42, 42]));
     // Refused once, then not asked again: every connection runs the relay.
     assert_eq!(
-        channels(&server, "direct-streamlocal"),
+        channels(&server, from, "direct-streamlocal"),
         1,
         "{}",
         server.log()
     );
-    assert_eq!(channels(&server, "session"), 4, "{}", server.log());
+    assert_eq!(channels(&server, from, "session"), 4, "{}", server.log());
 }
 
 #[test]
@@ -303,9 +316,10 @@ fn proxy_jump_reaches_a_host_through_another() {
     let config = sb.ssh_config(
         &[&jump, &inner],
         &format!(
-            "Host inner\n  HostName 127.0.0.11\n  Port {}\n  User root\n  ProxyJump {}\n",
+            "Host inner\n  HostName 127.0.0.11\n  Port {}\n  User {}\n  ProxyJump {}\n",
             inner.port,
-            jump.computer("root")
+            inner.user.name,
+            jump.computer()
         ),
     );
     let out = sb.ssh_json(
@@ -343,13 +357,13 @@ fn a_dead_jump_host_is_named_in_the_error() {
     let config = sb.ssh_config(
         &[&inner],
         &format!(
-            "Host inner\n  HostName 127.0.0.12\n  Port {}\n  User root\n  ProxyJump root@127.0.0.13:{dead}\n",
-            inner.port
+            "Host inner\n  HostName 127.0.0.12\n  Port {}\n  User {}\n  ProxyJump jumper@127.0.0.13:{dead}\n",
+            inner.port, inner.user.name
         ),
     );
     let error = caught(&sb, &config, "new-session inner");
     assert!(
-        error.contains(&format!("cannot connect to root@127.0.0.13:{dead}")),
+        error.contains(&format!("cannot connect to jumper@127.0.0.13:{dead}")),
         "{error}"
     );
 }
@@ -363,8 +377,8 @@ fn a_slow_fan_out_shows_progress_on_a_terminal_and_not_in_a_pipe() {
     let silent_port = silent.local_addr().unwrap().port();
     let config = sb.ssh_config(&[&server], "");
     let script = format!(
-        "new-session {} root@127.0.0.15:{silent_port} --connect-timeout 2sec | each {{|r| try {{ $r.state }} catch {{ 'failed' }} }} | to json -r",
-        server.computer("root")
+        "new-session {} nobody@127.0.0.15:{silent_port} --connect-timeout 2sec | each {{|r| try {{ $r.state }} catch {{ 'failed' }} }} | to json -r",
+        server.computer()
     );
     let screen = sb.pty_run(&config, &script);
     assert!(screen.contains("new-session: 1/2 done"), "{screen}");
@@ -396,7 +410,7 @@ fn an_encrypted_key_is_asked_for_on_the_terminal_and_refused_without_one() {
     let config = sb.ssh_config(&[&server], "");
     let script = format!(
         "let s = new-session {} --identity-file {}; print ($s | get 0.state); print (invoke-session $s {{ ^whoami }})",
-        server.computer("root"),
+        server.computer(),
         key.display()
     );
 
@@ -407,7 +421,10 @@ fn an_encrypted_key_is_asked_for_on_the_terminal_and_refused_without_one() {
     terminal.wait_for_n(&prompt, 2, Duration::from_secs(20));
     terminal.type_line("correct horse");
     let screen = terminal.wait_for("[exited 0]", Duration::from_secs(30));
-    assert!(screen.contains("Opened\nroot\n"), "{screen}");
+    assert!(
+        screen.contains(&format!("Opened\n{}\n", server.user.name)),
+        "{screen}"
+    );
     // What was typed never shows.
     assert!(!screen.contains("correct horse"), "{screen}");
     assert!(!screen.contains("wrong"), "{screen}");
@@ -418,7 +435,7 @@ fn an_encrypted_key_is_asked_for_on_the_terminal_and_refused_without_one() {
         &config,
         &format!(
             "new-session {} --identity-file {}",
-            server.computer("root"),
+            server.computer(),
             key.display()
         ),
     );
@@ -434,7 +451,7 @@ fn over_ssh_another_process_finds_the_session_connects_and_receives_its_output()
     let sb = Sandbox::new();
     let server = sb.sshd("127.0.0.17");
     let config = sb.ssh_config(&[&server], "");
-    let computer = server.computer("root");
+    let computer = server.computer();
     let left = sb.ssh_json(
         &config,
         &format!(

@@ -15,7 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let code = args.next().unwrap_or_else(|| "seq 1 1000000".into());
     let dir = std::env::temp_dir().join(format!("nst-throughput-{}", std::process::id()));
     let client = Client::new()?;
-    let host = client.host(Transport::local(Layout::at(&dir), Some(program.into())));
+    let host = client.host(Transport::local(Layout::under(&dir), Some(program.into())));
     let info = host.create_session(SessionSettings {
         name: "throughput".into(),
         configuration_name: "default".into(),
@@ -42,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     host.remove_session(info.instance_id)?;
-    if let Ok(pid) = std::fs::read_to_string(dir.join("manager.pid")) {
+    if let Ok(pid) = std::fs::read_to_string(Layout::under(&dir).manager_pid()) {
         let _ = std::process::Command::new("kill").arg(pid.trim()).status();
     }
     let _ = std::fs::remove_dir_all(dir);

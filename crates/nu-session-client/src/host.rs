@@ -18,7 +18,12 @@ pub struct Host {
     transport: Transport,
     runtime: Handle,
     client: Arc<ClientShared>,
+    /// What the host's manager said the user should know, not taken yet.
+    notices: Arc<std::sync::Mutex<Vec<String>>>,
 }
+
+/// Notices kept for [`Host::take_notices`] at most (they repeat with every manager hello).
+const MAX_NOTICES: usize = 16;
 
 /// What every host and session of one [`crate::Client`] shares.
 pub(crate) struct ClientShared {
@@ -52,7 +57,14 @@ impl Host {
             transport,
             runtime,
             client,
+            notices: Default::default(),
         }
+    }
+
+    /// What the host said the user should know (each once per `Host`, oldest first): its
+    /// sessions would not survive a logout, sessions of another version are there.
+    pub fn take_notices(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notices.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub(crate) fn shared(&self) -> &ClientShared {
@@ -77,7 +89,15 @@ impl Host {
     }
 
     async fn ask_manager_async(&self, request: ClientMessage) -> Result<HostMessage, ClientError> {
-        let mut conn = self.transport.connect_manager().await?;
+        let (mut conn, hello) = self.transport.connect_manager().await?;
+        {
+            let mut notices = self.notices.lock().unwrap_or_else(|e| e.into_inner());
+            for notice in hello.notices {
+                if notices.len() < MAX_NOTICES && !notices.contains(&notice) {
+                    notices.push(notice);
+                }
+            }
+        }
         conn.send(request)
             .await
             .map_err(|e| ClientError::transport("cannot send to the session manager", e))?;

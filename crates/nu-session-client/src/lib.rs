@@ -3,9 +3,10 @@
 //!
 //! Layout:
 //! - [`computer`]: computer names (`user@host:port`, `[v6]:port`), validated before use.
-//! - [`ssh`]: the SSH transport: OpenSSH configuration, host keys, authentication, channels.
-//! - [`transport`]: how bytes reach a host's manager and workers (today: local Unix sockets,
-//!   starting the manager on demand).
+//! - [`ssh`]: the SSH transport: OpenSSH configuration, host keys, authentication, channels,
+//!   the host program (found or copied there), the shared links.
+//! - [`transport`]: how bytes reach a host's manager and workers: this machine's Unix sockets
+//!   (starting the manager on demand) or SSH, and the hello on every connection.
 //! - [`host`]: [`Host`], one machine's sessions: create, list, remove, attach.
 //! - [`session`]: [`SessionHandle`], an attached session: invoke with streaming results,
 //!   interrupt; and [`Call`], one invocation's events.
@@ -34,8 +35,8 @@ pub use transport::Transport;
 /// Owns the I/O runtime and the SSH connections; create one per process and keep it.
 pub struct Client {
     runtime: tokio::runtime::Runtime,
-    /// One link per (user, host name, port), shared by every session on that host.
-    ssh_links: std::sync::Mutex<Vec<std::sync::Arc<transport::SshLink>>>,
+    /// One link per host and settings, shared by every session there.
+    ssh_links: ssh::Links,
     shared: std::sync::Arc<host::ClientShared>,
 }
 
@@ -75,19 +76,11 @@ impl Client {
         options: &ssh::SshOptions,
     ) -> Result<Host, ClientError> {
         let target = ssh::SshTarget::resolve(name, options)?;
-        let mut links = self.ssh_links.lock().unwrap_or_else(|e| e.into_inner());
-        let same = |t: &ssh::SshTarget| {
-            t.user == target.user && t.hostname == target.hostname && t.port == target.port
-        };
-        let link = match links.iter().find(|l| same(l.target())) {
-            Some(link) => link.clone(),
-            None => {
-                let link = std::sync::Arc::new(transport::SshLink::new(target));
-                links.push(link.clone());
-                link
-            }
-        };
-        link.set_prompter(options.prompter.clone());
+        let link = self.ssh_links.get(target);
+        link.set_context(ssh::LinkContext {
+            prompter: options.prompter.clone(),
+            deploy: options.deploy.clone(),
+        });
         Ok(self.host(Transport::Ssh(link)))
     }
 

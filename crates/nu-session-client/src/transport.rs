@@ -15,7 +15,7 @@ use tokio_util::codec::Framed;
 use uuid::Uuid;
 
 use crate::ClientError;
-use crate::ssh::{Prompter, SshConnection, SshTarget};
+use crate::ssh::SshLink;
 
 /// Any byte stream a host can be spoken to over.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -34,120 +34,8 @@ pub enum Transport {
         layout: Layout,
         program: Option<PathBuf>,
     },
-    /// A remote host over SSH, running `nu-session-host connect` there.
+    /// A remote host over SSH (see [`SshLink`]).
     Ssh(Arc<SshLink>),
-}
-
-/// The shared SSH connection to one (user, host, port), made when first needed and again after
-/// it drops.
-///
-/// A host connection is a channel on it: `direct-streamlocal` straight to the host's socket once
-/// the host's runtime directory is known (from the hello of an earlier connection), else — and
-/// whenever that is refused — `exec nu-session-host connect`, which pays the remote shell's
-/// start-up and starts the manager when it is not running.
-pub struct SshLink {
-    target: SshTarget,
-    connection: tokio::sync::Mutex<Option<Arc<SshConnection>>>,
-    direct: std::sync::Mutex<Direct>,
-    /// Asks for passphrases and passwords: the one of the latest command that used this link.
-    prompter: std::sync::Mutex<Option<Prompter>>,
-}
-
-/// What this link knows about opening the host's sockets directly.
-#[derive(Default)]
-struct Direct {
-    runtime_dir: Option<String>,
-    /// The server forbids stream-local forwarding (`AllowStreamLocalForwarding no`).
-    prohibited: bool,
-}
-
-impl SshLink {
-    pub fn new(target: SshTarget) -> SshLink {
-        SshLink {
-            target,
-            connection: tokio::sync::Mutex::new(None),
-            direct: std::sync::Mutex::new(Direct::default()),
-            prompter: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// Makes `prompter` the one asked when this link (re)connects.
-    pub fn set_prompter(&self, prompter: Option<Prompter>) {
-        *self.prompter.lock().unwrap_or_else(|e| e.into_inner()) = prompter;
-    }
-
-    fn direct(&self) -> std::sync::MutexGuard<'_, Direct> {
-        self.direct.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Where the socket for `session` (or the manager) is on the host, when a direct channel is
-    /// worth trying.
-    fn socket_path(&self, session: Option<Uuid>) -> Option<String> {
-        let direct = self.direct();
-        let dir = direct.runtime_dir.as_ref().filter(|_| !direct.prohibited)?;
-        Some(match session {
-            Some(id) => format!("{dir}/sessions/{id}.sock"),
-            None => format!("{dir}/manager.sock"),
-        })
-    }
-
-    pub fn target(&self) -> &SshTarget {
-        &self.target
-    }
-
-    async fn connection(&self) -> Result<Arc<SshConnection>, ClientError> {
-        let mut slot = self.connection.lock().await;
-        if let Some(connection) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(connection.clone());
-        }
-        let prompter = self
-            .prompter
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let connection = Arc::new(SshConnection::connect(self.target.clone(), prompter).await?);
-        *slot = Some(connection.clone());
-        Ok(connection)
-    }
-
-    async fn open(&self, session: Option<Uuid>) -> Result<Connection, ClientError> {
-        let connection = self.connection().await?;
-        let mut refused = false;
-        if let Some(path) = self.socket_path(session) {
-            match connection.open_socket(&path).await {
-                Ok(stream) => {
-                    if let Ok(conn) = self.hello(Box::pin(stream)).await {
-                        return Ok(conn);
-                    }
-                }
-                // OpenSSH answers "administratively prohibited" both when forwarding is off and
-                // when nothing listens (a manager that exited when idle, an ended session): the
-                // relay below starts the manager or says what happened.
-                Err(_) => refused = true,
-            }
-        }
-        let command = match session {
-            Some(id) => format!("nu-session-host connect --session {id}"),
-            None => "nu-session-host connect".to_string(),
-        };
-        let stream = connection
-            .exec(&command, nu_session_protocol::RELAY_PREAMBLE)
-            .await?;
-        let conn = self.hello(Box::pin(stream)).await?;
-        if refused && session.is_some() {
-            // The session's socket was there after all: the server forbids forwarding to it.
-            self.direct().prohibited = true;
-        }
-        Ok(conn)
-    }
-
-    async fn hello(&self, stream: Pin<Box<dyn Stream>>) -> Result<Connection, ClientError> {
-        let (conn, hello) = hello(stream).await?;
-        if let Some(dir) = hello.runtime_dir.filter(|d| d.starts_with('/')) {
-            self.direct().runtime_dir = Some(dir);
-        }
-        Ok(conn)
-    }
 }
 
 impl Transport {
@@ -160,17 +48,13 @@ impl Transport {
     pub(crate) fn host_answers(&self) -> bool {
         match self {
             Transport::Local { .. } => true,
-            Transport::Ssh(link) => link
-                .connection
-                .try_lock()
-                .ok()
-                .and_then(|slot| slot.as_ref().map(|c| !c.is_closed()))
-                .unwrap_or(false),
+            Transport::Ssh(link) => link.is_up(),
         }
     }
 
-    /// A connection to the manager, started if it does not run yet, after the hello.
-    pub(crate) async fn connect_manager(&self) -> Result<Connection, ClientError> {
+    /// A connection to the manager, started if it does not run yet, after the hello (returned
+    /// too: the manager's says what the user should know about the host).
+    pub(crate) async fn connect_manager(&self) -> Result<(Connection, Hello), ClientError> {
         match self {
             Transport::Ssh(link) => link.open(None).await,
             Transport::Local { layout, program } => {
@@ -185,7 +69,7 @@ impl Transport {
                         connect_with_retry(&socket).await?
                     }
                 };
-                Ok(hello(Box::pin(stream)).await?.0)
+                hello(Box::pin(stream)).await
             }
         }
     }
@@ -193,7 +77,7 @@ impl Transport {
     /// A connection to a session's worker, after the hello.
     pub(crate) async fn connect_session(&self, id: Uuid) -> Result<Connection, ClientError> {
         match self {
-            Transport::Ssh(link) => link.open(Some(id)).await,
+            Transport::Ssh(link) => Ok(link.open(Some(id)).await?.0),
             Transport::Local { layout, .. } => {
                 layout
                     .check_private()
@@ -207,7 +91,10 @@ impl Transport {
     }
 }
 
-async fn hello(stream: Pin<Box<dyn Stream>>) -> Result<(Connection, Hello), ClientError> {
+/// Greets the host on a new connection; its hello in return.
+pub(crate) async fn hello(
+    stream: Pin<Box<dyn Stream>>,
+) -> Result<(Connection, Hello), ClientError> {
     let mut conn = Framed::new(stream, FrameCodec::new());
     conn.send(ClientMessage::Hello(Hello::current()))
         .await
@@ -252,7 +139,7 @@ async fn start_manager(layout: &Layout, program: Option<PathBuf>) -> Result<(), 
     })?;
     let status = tokio::process::Command::new(&program)
         .args(["manager", "--daemon", "--dir"])
-        .arg(layout.root())
+        .arg(layout.base())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .status()

@@ -4,7 +4,6 @@
 use std::io::{self, BufReader, BufWriter, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use nu_session_protocol::{
@@ -37,8 +36,9 @@ impl Writer {
 }
 
 impl Conn {
-    /// Checks the peer and exchanges hellos. `Ok(None)`: the peer was refused and told why.
-    pub fn accept(stream: UnixStream, runtime_dir: &Path) -> io::Result<Option<Conn>> {
+    /// Checks the peer and exchanges hellos, answering with `ours`. `Ok(None)`: the peer was
+    /// refused and told why.
+    pub fn accept(stream: UnixStream, ours: &Hello) -> io::Result<Option<Conn>> {
         if !peer_is_same_user(&stream) {
             return Ok(None);
         }
@@ -51,8 +51,7 @@ impl Conn {
         };
         match conn.recv()? {
             Some(ClientMessage::Hello(hello)) if hello.protocol_version == PROTOCOL_VERSION => {
-                conn.writer
-                    .send(&HostMessage::Hello(Hello::host(runtime_dir)))?;
+                conn.writer.send(&HostMessage::Hello(ours.clone()))?;
                 Ok(Some(conn))
             }
             Some(ClientMessage::Hello(hello)) => {

@@ -6,6 +6,11 @@
 //!   socket (attach, invoke, interrupt, output with acknowledgements, idle timeout).
 //! - [`relay`]: `connect`, relaying stdin/stdout to a socket, for clients that run a command
 //!   to reach the host (SSH without `direct-streamlocal`).
+//! - [`records`]: a session's files (settings, socket, log, why it ended), written by its worker
+//!   and read by the manager.
+//! - [`notices`]: what a client's user should know about this host (logout ends sessions,
+//!   sessions of other versions are here), sent in the manager's hello.
+//! - [`config`]: the host's own settings (limits on what clients may ask for).
 //! - [`conn`]: blocking framed connections, peer checks, and the process log.
 //!
 //! It depends on `nu-session-protocol` only; it knows nothing of clients or transports.
@@ -13,6 +18,8 @@
 pub mod config;
 pub mod conn;
 pub mod manager;
+pub mod notices;
+pub mod records;
 pub mod relay;
 pub mod worker;
 

@@ -6,7 +6,8 @@
 //! nu-session-host worker --dir D --id ID --settings JSON    (started by the manager)
 //! nu-session-host --version
 //! ```
-//! The runtime directory is taken from `NU_SESSION_DIR`, `XDG_RUNTIME_DIR` or `/tmp`.
+//! `D` is the base runtime directory (`$NU_SESSION_DIR`, else `/tmp/nu-session-<uid>`); this
+//! program's protocol version has its own directory in it (see `nu_session_protocol::layout`).
 
 use std::process::ExitCode;
 
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
         Some("connect") => run_connect(&args[1..]),
         Some("worker") => run_worker(&args[1..]),
         Some("--version") | Some("-V") => {
-            println!("nu-session-host {}", nu_session_protocol::SOFTWARE_VERSION);
+            println!("{}", nu_session_protocol::version_line());
             Ok(())
         }
         _ => Err(usage()),
@@ -46,7 +47,7 @@ fn run_manager(args: &[String]) -> std::io::Result<()> {
     while let Some(flag) = args.next() {
         match flag.as_str() {
             "--daemon" => daemon = true,
-            "--dir" => layout = Layout::at(args.next().ok_or_else(usage)?),
+            "--dir" => layout = Layout::under(args.next().ok_or_else(usage)?),
             _ => return Err(usage()),
         }
     }
@@ -59,7 +60,7 @@ fn run_connect(args: &[String]) -> std::io::Result<()> {
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(usage)?;
         match flag.as_str() {
-            "--dir" => layout = Layout::at(value),
+            "--dir" => layout = Layout::under(value),
             "--session" => session = Some(value.parse().map_err(|_| usage())?),
             _ => return Err(usage()),
         }
@@ -73,7 +74,7 @@ fn run_worker(args: &[String]) -> std::io::Result<()> {
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(usage)?;
         match flag.as_str() {
-            "--dir" => dir = Some(Layout::at(value)),
+            "--dir" => dir = Some(Layout::under(value)),
             "--id" => id = Some(value.parse().map_err(|_| usage())?),
             "--settings" => {
                 settings = Some(

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::conn::Conn;
 use crate::log;
-use crate::worker::SessionFile;
+use crate::records::{self, record_end, record_end_once, worker_pid};
 
 /// How long a manager with no sessions and no clients stays before exiting.
 const LINGER: Duration = Duration::from_secs(60);
@@ -49,16 +49,13 @@ pub fn run(layout: Layout, daemon: bool) -> io::Result<()> {
         // Another manager serves this directory.
         return Ok(());
     }
-    std::fs::write(
-        layout.root().join("manager.pid"),
-        std::process::id().to_string(),
-    )?;
+    std::fs::write(layout.manager_pid(), std::process::id().to_string())?;
     let socket = layout.manager_socket();
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)?;
     log!("manager listening on {}", socket.display());
     // Managers exit when idle and start on demand: pruning at start is often enough.
-    prune_end_records(&layout);
+    records::prune_end_records(&layout);
     let manager = Arc::new(Manager {
         layout,
         clients: AtomicUsize::new(0),
@@ -87,7 +84,7 @@ fn daemonize(layout: &Layout) -> io::Result<()> {
     let log = OpenOptions::new()
         .create(true)
         .append(true)
-        .open(layout.root().join("manager.log"))?;
+        .open(layout.manager_log())?;
     let null = File::open("/dev/null")?;
     // SAFETY: called before any thread is started; the child continues single-threaded.
     match unsafe { libc::fork() } {
@@ -115,8 +112,8 @@ fn linger(manager: &Manager, _lock: File) {
             log!("socket removed; exiting");
             std::process::exit(0);
         }
-        let busy = manager.clients.load(Ordering::SeqCst) > 0
-            || !session_files(&manager.layout).is_empty();
+        let busy =
+            manager.clients.load(Ordering::SeqCst) > 0 || !records::ids(&manager.layout).is_empty();
         if busy {
             idle_since = Instant::now();
         } else if idle_since.elapsed() >= LINGER {
@@ -128,7 +125,11 @@ fn linger(manager: &Manager, _lock: File) {
 }
 
 fn serve(manager: &Manager, stream: UnixStream) {
-    let mut conn = match Conn::accept(stream, manager.layout.root()) {
+    let hello = Hello {
+        notices: crate::notices::for_this_user(&manager.layout),
+        ..Hello::host(manager.layout.root())
+    };
+    let mut conn = match Conn::accept(stream, &hello) {
         Ok(Some(conn)) => conn,
         _ => return,
     };
@@ -156,7 +157,7 @@ fn serve(manager: &Manager, stream: UnixStream) {
             ClientMessage::RemoveSession { instance_id } => remove(&manager.layout, instance_id),
             ClientMessage::EndReason { instance_id } => HostMessage::EndReason {
                 instance_id,
-                reason: end_reason(&manager.layout, instance_id),
+                reason: records::end_reason(&manager.layout, instance_id),
             },
             _ => HostMessage::Error(RemoteError::new(
                 ErrorKind::BadRequest,
@@ -181,11 +182,12 @@ fn create(manager: &Manager, settings: SessionSettings) -> io::Result<SessionInf
     let layout = &manager.layout;
     let log = File::create(layout.session_log(id))?;
     let settings_json = serde_json::to_string(&settings).map_err(io::Error::other)?;
-    let mut command = Command::new(std::env::current_exe()?);
+    let mut command = Command::new(own_program()?);
     command
+        .arg0("nu-session-host")
         .arg("worker")
         .arg("--dir")
-        .arg(layout.root())
+        .arg(layout.base())
         .arg("--id")
         .arg(id.to_string())
         .arg("--settings")
@@ -216,13 +218,13 @@ fn create(manager: &Manager, settings: SessionSettings) -> io::Result<SessionInf
             // Learn how it ended without reaping it: until the reason is recorded, the zombie
             // counts as alive and nobody else records a vaguer one.
             let ended = ended_how(pid);
-            if layout.session_meta(id).exists() {
+            if records::exists(&layout, id) {
                 let why = crash_reason(ended, &layout, id);
                 log!("session {id} ended: {why}");
                 record_end(&layout, id, &why);
             }
             let _ = child.wait();
-            if layout.session_meta(id).exists() {
+            if records::exists(&layout, id) {
                 clean_up(&layout, id);
             }
         });
@@ -238,18 +240,14 @@ fn create(manager: &Manager, settings: SessionSettings) -> io::Result<SessionInf
     serde_json::from_str(&line).map_err(io::Error::other)
 }
 
-fn session_files(layout: &Layout) -> Vec<Uuid> {
-    let Ok(entries) = std::fs::read_dir(layout.sessions_dir()) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name();
-            let name = name.to_str()?;
-            name.strip_suffix(".json")?.parse().ok()
-        })
-        .collect()
+/// The program this manager runs: workers are started from it, whatever happened on disk since
+/// (an upgrade replaces the file; `/proc/self/exe` still opens the one that runs).
+fn own_program() -> io::Result<std::path::PathBuf> {
+    let proc_exe = std::path::Path::new("/proc/self/exe");
+    if proc_exe.exists() {
+        return Ok(proc_exe.to_path_buf());
+    }
+    std::env::current_exe()
 }
 
 /// Asks one worker a question on a fresh connection.
@@ -276,18 +274,12 @@ fn clean_up(layout: &Layout, id: Uuid) {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
     }
-    for path in [
-        layout.session_socket(id),
-        layout.session_meta(id),
-        layout.session_log(id),
-    ] {
-        let _ = std::fs::remove_file(path);
-    }
+    records::remove(layout, id);
 }
 
 fn list(layout: &Layout) -> Vec<SessionInfo> {
     let mut sessions = Vec::new();
-    for id in session_files(layout) {
+    for id in records::ids(layout) {
         match ask_worker(layout, id, &ClientMessage::ListSessions) {
             Ok(HostMessage::Sessions(mut infos)) => sessions.append(&mut infos),
             Ok(_) => {}
@@ -305,59 +297,6 @@ fn list(layout: &Layout) -> Vec<SessionInfo> {
     }
     sessions.sort_by_key(|s| s.created);
     sessions
-}
-
-/// How long the reasons of ended sessions are kept.
-const END_RECORDS_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// Records why a session ended, for the clients that were attached to it.
-pub(crate) fn record_end(layout: &Layout, id: Uuid, why: &str) {
-    let _ = std::fs::write(layout.session_ended(id), why);
-}
-
-/// Why the session ended, if recorded. A session whose worker just died is being recorded by
-/// its reaper: wait for it a moment.
-fn end_reason(layout: &Layout, id: Uuid) -> Option<String> {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        if let Ok(reason) = std::fs::read_to_string(layout.session_ended(id)) {
-            return Some(reason.trim().to_string());
-        }
-        let dying = layout.session_meta(id).exists()
-            && std::os::unix::net::UnixStream::connect(layout.session_socket(id)).is_err();
-        if !dying || Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Records why a session ended unless a more precise reason is recorded already.
-fn record_end_once(layout: &Layout, id: Uuid, why: &str) {
-    use std::io::Write;
-    if let Ok(mut file) = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(layout.session_ended(id))
-    {
-        let _ = file.write_all(why.as_bytes());
-    }
-}
-
-/// Forgets the reasons of sessions that ended long ago.
-fn prune_end_records(layout: &Layout) {
-    let Ok(entries) = std::fs::read_dir(layout.sessions_dir()) else {
-        return;
-    };
-    for entry in entries.filter_map(|e| e.ok()) {
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > END_RECORDS_KEPT));
-        if old && entry.file_name().to_string_lossy().ends_with(".ended") {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
 }
 
 /// How a process ended: `Ok(code)` for an exit, `Err(signal)` for a signal. Waits for it
@@ -441,15 +380,6 @@ fn worker_alive(layout: &Layout, id: Uuid) -> bool {
     worker_pid(layout, id).is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
 }
 
-/// The worker's pid, from the session's file.
-fn worker_pid(layout: &Layout, id: Uuid) -> Option<i32> {
-    std::fs::read(layout.session_meta(id))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<SessionFile>(&bytes).ok())
-        .and_then(|file| i32::try_from(file.pid).ok())
-        .filter(|pid| *pid > 1)
-}
-
 fn is_gone(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -466,7 +396,7 @@ fn remove(layout: &Layout, id: Uuid) -> HostMessage {
             HostMessage::Removed { instance_id: id }
         }
         Err(e) if is_gone(&e) => {
-            let existed = layout.session_meta(id).exists();
+            let existed = records::exists(layout, id);
             clean_up(layout, id);
             if existed {
                 HostMessage::Removed { instance_id: id }

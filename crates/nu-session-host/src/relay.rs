@@ -51,16 +51,27 @@ fn connect_manager(layout: &Layout) -> io::Result<UnixStream> {
     if let Ok(stream) = UnixStream::connect(layout.manager_socket()) {
         return Ok(stream);
     }
-    let status = std::process::Command::new(std::env::current_exe()?)
-        .args(["manager", "--daemon", "--dir"])
-        .arg(layout.root())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .status()?;
-    if !status.success() {
-        return Err(io::Error::other(format!(
-            "could not start the manager: {status}"
-        )));
+    let program = std::env::current_exe()?;
+    let start = |mut command: std::process::Command| {
+        command
+            .args(["manager", "--daemon", "--dir"])
+            .arg(layout.base())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+    };
+    // Where logout would end it: in the user's own systemd instance, if that outlives the login.
+    let escaped = crate::notices::escape_login_scope().is_some_and(|mut command| {
+        command.arg(&program);
+        start(command).is_ok_and(|status| status.success())
+    });
+    if !escaped {
+        let status = start(std::process::Command::new(&program))?;
+        if !status.success() {
+            return Err(io::Error::other(format!(
+                "could not start the manager: {status}"
+            )));
+        }
     }
     let mut last = None;
     for _ in 0..500 {

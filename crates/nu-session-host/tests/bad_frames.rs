@@ -31,10 +31,10 @@ fn start_manager() -> Manager {
         .prefix("nsh")
         .tempdir_in("/tmp")
         .unwrap();
-    let layout = Layout::at(dir.path().join("rt"));
+    let layout = Layout::under(dir.path().join("rt"));
     let child = Command::new(env!("CARGO_BIN_EXE_nu-session-host"))
         .args(["manager", "--dir"])
-        .arg(layout.root())
+        .arg(layout.base())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -127,7 +127,7 @@ fn a_wrong_protocol_version_gets_an_error_naming_both() {
     let hello = Hello {
         protocol_version: 999,
         software_version: "9.9.9".into(),
-        runtime_dir: None,
+        ..Hello::current()
     };
     write_frame(&mut stream, &ClientMessage::Hello(hello)).unwrap();
     match read_frame::<HostMessage>(&mut stream).unwrap() {

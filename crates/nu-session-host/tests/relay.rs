@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
 use nu_session_host::relay::PREAMBLE;
+use nu_session_protocol::layout::Layout;
 use nu_session_protocol::{
     ClientMessage, Hello, HostMessage, SessionSettings, encode_frame, read_frame,
 };
@@ -77,7 +78,7 @@ fn connect_relays_to_a_manager_it_starts_and_on_to_a_session() {
     drop(input);
     let _ = child.wait();
 
-    if let Ok(pid) = std::fs::read_to_string(runtime.join("manager.pid")) {
+    if let Ok(pid) = std::fs::read_to_string(Layout::under(&runtime).manager_pid()) {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(pid.trim().parse().unwrap_or(0), libc::SIGKILL) };
     }

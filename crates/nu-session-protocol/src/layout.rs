@@ -1,16 +1,26 @@
-//! Where a host keeps its sockets: one private directory per user.
+//! Where a host keeps its sockets: one private directory per user, with a directory per protocol
+//! version inside, so that hosts of different protocol versions never share (or fight over) a
+//! socket: an upgrade that changes the protocol leaves the earlier version's sessions running
+//! beside the new ones.
 //!
 //! ```text
-//! <runtime dir>/                 0700, owned by the user (checked, like tmux)
-//!   manager.sock                 the manager's socket
-//!   manager.lock                 held (flock) by the running manager
-//!   sessions/<instance id>.sock  a session's worker socket
-//!   sessions/<instance id>.json  the session's settings, written by its worker
-//!   sessions/<instance id>.log   the worker's own diagnostics
+//! <base>/                        0700, owned by the user (checked, like tmux)
+//!   p<protocol>/                 0700: the root of one protocol version (PROTOCOL_VERSION)
+//!     manager.sock               the manager's socket
+//!     manager.lock               held (flock) by the running manager
+//!     manager.pid                the running manager's pid
+//!     manager.log                the manager's diagnostics
+//!     sessions/<instance id>.sock   a session's worker socket
+//!     sessions/<instance id>.json   the session's settings, pid and version, written by its worker
+//!     sessions/<instance id>.log    the worker's own diagnostics
+//!     sessions/<instance id>.ended  why the session ended (kept a week for clients that knew it)
 //! ```
 //!
-//! The directory is `$NU_SESSION_DIR` if set, else `$XDG_RUNTIME_DIR/nu-session`, else
-//! `/tmp/nu-session-<uid>`.
+//! The base is `$NU_SESSION_DIR` if set, else `/tmp/nu-session-<uid>`. Not `$XDG_RUNTIME_DIR`:
+//! logind deletes that directory when the user's last login ends, and with it the sockets of
+//! every session left running (tmux keeps its sockets in `/tmp/tmux-<uid>` for the same reason).
+//! Hosts of protocol 3 and earlier kept their `sessions/` directly in the base (or in
+//! `$XDG_RUNTIME_DIR/nu-session`).
 
 use std::fs;
 use std::io;
@@ -19,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-/// Overrides the runtime directory (tests and benchmarks use their own).
+/// Overrides the base directory (tests and benchmarks use their own).
 pub const DIR_ENV: &str = "NU_SESSION_DIR";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,21 +38,21 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The layout for the current user, from the environment.
+    /// The layout for the current user and this protocol version, from the environment.
     pub fn from_env() -> Self {
-        let root = match std::env::var_os(DIR_ENV).filter(|v| !v.is_empty()) {
-            Some(dir) => PathBuf::from(dir),
-            None => match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-                Some(xdg) => PathBuf::from(xdg).join("nu-session"),
-                // SAFETY: getuid has no preconditions and cannot fail.
-                None => PathBuf::from(format!("/tmp/nu-session-{}", unsafe { libc::getuid() })),
-            },
-        };
-        Layout { root }
+        Layout::under(base_from_env())
     }
 
-    pub fn at(root: impl Into<PathBuf>) -> Self {
-        Layout { root: root.into() }
+    /// The layout of this protocol version under the base directory `base`.
+    pub fn under(base: impl Into<PathBuf>) -> Self {
+        Layout {
+            root: base.into().join(format!("p{}", crate::PROTOCOL_VERSION)),
+        }
+    }
+
+    /// The base directory: the one above the protocol version's root.
+    pub fn base(&self) -> &Path {
+        self.root.parent().unwrap_or(&self.root)
     }
 
     pub fn root(&self) -> &Path {
@@ -55,6 +65,14 @@ impl Layout {
 
     pub fn manager_lock(&self) -> PathBuf {
         self.root.join("manager.lock")
+    }
+
+    pub fn manager_pid(&self) -> PathBuf {
+        self.root.join("manager.pid")
+    }
+
+    pub fn manager_log(&self) -> PathBuf {
+        self.root.join("manager.log")
     }
 
     pub fn sessions_dir(&self) -> PathBuf {
@@ -82,7 +100,11 @@ impl Layout {
     /// Creates the directory tree (0700) if missing, and refuses to use it unless it is a real
     /// directory owned by this user that nobody else can read or write.
     pub fn ensure_private(&self) -> io::Result<()> {
-        for dir in [self.root.clone(), self.sessions_dir()] {
+        for dir in [
+            self.base().to_path_buf(),
+            self.root.clone(),
+            self.sessions_dir(),
+        ] {
             match fs::DirBuilder::new().mode(0o700).create(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -102,8 +124,18 @@ impl Layout {
     /// Like [`Layout::ensure_private`] but never creates anything: for clients, which must not
     /// talk to sockets in a directory someone else controls.
     pub fn check_private(&self) -> io::Result<()> {
+        check_private(self.base())?;
         check_private(&self.root)?;
         check_private(&self.sessions_dir())
+    }
+}
+
+/// `$NU_SESSION_DIR`, else `/tmp/nu-session-<uid>`.
+pub fn base_from_env() -> PathBuf {
+    match std::env::var_os(DIR_ENV).filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        // SAFETY: getuid has no preconditions and cannot fail.
+        None => PathBuf::from(format!("/tmp/nu-session-{}", unsafe { libc::getuid() })),
     }
 }
 
@@ -149,10 +181,20 @@ mod tests {
     #[test]
     fn creates_a_private_tree() {
         let base = scratch();
-        let layout = Layout::at(base.join("a/b"));
+        let layout = Layout::under(base.join("a/b"));
         layout.ensure_private().unwrap();
-        let mode = fs::metadata(layout.sessions_dir()).unwrap().mode() & 0o777;
-        assert_eq!(mode, 0o700);
+        for dir in [
+            base.join("a/b"),
+            layout.root().to_path_buf(),
+            layout.sessions_dir(),
+        ] {
+            assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700, "{dir:?}");
+        }
+        assert_eq!(layout.base(), base.join("a/b"));
+        assert_eq!(
+            layout.root(),
+            base.join(format!("a/b/p{}", crate::PROTOCOL_VERSION))
+        );
         layout.check_private().unwrap();
         fs::remove_dir_all(base).unwrap();
     }
@@ -160,7 +202,7 @@ mod tests {
     #[test]
     fn refuses_a_directory_others_can_enter() {
         let base = scratch();
-        let layout = Layout::at(base.join("rt"));
+        let layout = Layout::under(base.join("rt"));
         layout.ensure_private().unwrap();
         fs::set_permissions(layout.root(), fs::Permissions::from_mode(0o755)).unwrap();
         let err = layout.ensure_private().unwrap_err();
@@ -176,7 +218,7 @@ mod tests {
             return;
         }
         let base = scratch();
-        let layout = Layout::at(base.join("rt"));
+        let layout = Layout::under(base.join("rt"));
         layout.ensure_private().unwrap();
         std::os::unix::fs::chown(layout.root(), Some(65534), Some(65534)).unwrap();
         let err = layout.ensure_private().unwrap_err();
@@ -189,9 +231,11 @@ mod tests {
     fn refuses_a_symlink() {
         let base = scratch();
         let real = base.join("real");
-        Layout::at(&real).ensure_private().unwrap();
+        Layout::under(&real).ensure_private().unwrap();
         std::os::unix::fs::symlink(&real, base.join("link")).unwrap();
-        let err = Layout::at(base.join("link")).check_private().unwrap_err();
+        let err = Layout::under(base.join("link"))
+            .check_private()
+            .unwrap_err();
         assert!(err.to_string().contains("not a directory"), "{err}");
         fs::remove_dir_all(base).unwrap();
     }

@@ -20,7 +20,7 @@ pub use codec::{
 pub use message::*;
 
 /// Bumped on any incompatible change to [`message`]; the hello exchange refuses a mismatch.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Written by `nu-session-host connect` before relaying: clients skip whatever a login shell
 /// printed up to this marker.
@@ -28,3 +28,9 @@ pub const RELAY_PREAMBLE: &[u8] = b"\0nu-session-host\0";
 
 /// This build's version, reported in the hello so mismatches can be explained to the user.
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What `nu-session-host --version` prints: clients compare it with their own to decide whether
+/// a host program they find can serve them.
+pub fn version_line() -> String {
+    format!("nu-session-host {SOFTWARE_VERSION} (protocol {PROTOCOL_VERSION})")
+}

@@ -91,6 +91,10 @@ pub struct Hello {
     /// sockets directly (`direct-streamlocal`) instead of running `nu-session-host connect`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_dir: Option<String>,
+    /// Host → client: what the user should know about this host, once (sessions there would not
+    /// survive their logout, sessions of another version are there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
 }
 
 impl Hello {
@@ -99,6 +103,7 @@ impl Hello {
             protocol_version: crate::PROTOCOL_VERSION,
             software_version: crate::SOFTWARE_VERSION.to_string(),
             runtime_dir: None,
+            notices: Vec::new(),
         }
     }
 

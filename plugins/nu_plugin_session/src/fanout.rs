@@ -1,19 +1,16 @@
 //! Doing one thing for many sessions or computers, at most `limit` at a time, with progress on
-//! stderr when it is a terminal and the work takes a while.
+//! the status line (stderr, when it is a terminal and the work takes a while).
 
-use std::io::{IsTerminal, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use nu_protocol::{LabeledError, Span};
 
+use crate::status::Status;
+
 /// The default `--throttle-limit`, as PowerShell's.
 pub const DEFAULT_THROTTLE: usize = 32;
-
-/// Progress is shown only for work that has not finished after this long.
-const QUIET_FOR: Duration = Duration::from_millis(500);
 
 /// Runs `f` on every item, `limit` at a time (a new one starts as soon as one ends), and returns
 /// the results in the order of `items`. `None`: `f` panicked for that item (the others go on).
@@ -28,6 +25,7 @@ pub fn run_all<T: Sync, R: Send>(
     let results: Mutex<Vec<Option<R>>> = Mutex::new((0..total).map(|_| None).collect());
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
+    let status = (total > 1).then(|| Status::new(format!("{what}: 0/{total} done")));
     std::thread::scope(|scope| {
         for _ in 0..limit.clamp(1, total.max(1)) {
             scope.spawn(|| {
@@ -38,12 +36,12 @@ pub fn run_all<T: Sync, R: Send>(
                     if let Ok(mut results) = results.lock() {
                         results[index] = result;
                     }
-                    done.fetch_add(1, Ordering::SeqCst);
+                    let now = done.fetch_add(1, Ordering::SeqCst) + 1;
+                    if let Some(status) = &status {
+                        status.set(format!("{what}: {now}/{total} done"));
+                    }
                 }
             });
-        }
-        if total > 1 && std::io::stderr().is_terminal() {
-            scope.spawn(|| show_progress(what, total, &done));
         }
     });
     results.into_inner().unwrap_or_else(|e| e.into_inner())
@@ -70,33 +68,10 @@ pub fn run_each<T: Sync, R: Send>(
         .collect()
 }
 
-/// Rewrites one stderr line with the count done until all are, then erases it.
-fn show_progress(what: &str, total: usize, done: &AtomicUsize) {
-    let start = Instant::now();
-    let mut shown = None;
-    loop {
-        let now = done.load(Ordering::SeqCst);
-        if now >= total {
-            break;
-        }
-        if start.elapsed() >= QUIET_FOR && shown != Some(now) {
-            let mut stderr = std::io::stderr().lock();
-            let _ = write!(stderr, "\r{what}: {now}/{total} done\x1b[K");
-            let _ = stderr.flush();
-            shown = Some(now);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    if shown.is_some() {
-        let mut stderr = std::io::stderr().lock();
-        let _ = write!(stderr, "\r{what}: {total}/{total} done\x1b[K\r\x1b[K");
-        let _ = stderr.flush();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn keeps_order_and_never_exceeds_the_limit() {

@@ -10,6 +10,7 @@
 //! - [`errors`]: building the errors users see.
 //! - [`terminal`]: asking the user for passphrases and passwords on their terminal.
 //! - [`fanout`]: working on many computers or sessions at once, with a limit and progress.
+//! - [`status`]: the one status line that shows the progress of work that takes a while.
 //! - [`interactive`]: the prompt of `enter-session` (line editor, rendering, Ctrl-C).
 //!
 //! Everything that talks to hosts lives in `nu-session-client`.
@@ -22,6 +23,7 @@ pub mod interactive;
 pub mod record;
 pub mod select;
 pub mod sessions;
+pub mod status;
 pub mod terminal;
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -36,6 +38,10 @@ use sessions::SessionTable;
 pub struct SessionPlugin {
     client: OnceLock<Result<Client, String>>,
     sessions: Mutex<SessionTable>,
+    /// Copies of the host program going on, for the status line.
+    pub copies: std::sync::Arc<status::Copies>,
+    /// The hosts' notices already shown (computer name, notice): each is shown once.
+    told: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl Plugin for SessionPlugin {
@@ -104,6 +110,20 @@ impl SessionPlugin {
                 .is_ok_and(|all| all.iter().all(|info| info.instance_id != instance_id));
             if gone && let Some(session) = self.sessions().get_mut(id) {
                 session.close();
+            }
+        }
+    }
+
+    /// Shows on stderr what `host` said its user should know, once per notice and computer.
+    pub fn tell_notices(&self, computer_name: &str, host: &nu_session_client::Host) {
+        for notice in host.take_notices() {
+            let new = self
+                .told
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((computer_name.to_string(), notice.clone()));
+            if new {
+                eprintln!("warning: {computer_name}: {notice}");
             }
         }
     }

@@ -20,24 +20,18 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use nu_session_protocol::layout::Layout;
 use nu_session_protocol::{
-    Attachment, ClientMessage, ErrorKind, EventBody, HostMessage, Invocation, OutputBuffering,
-    RemoteError, SessionInfo, SessionSettings,
+    Attachment, ClientMessage, ErrorKind, EventBody, Hello, HostMessage, Invocation,
+    OutputBuffering, RemoteError, SessionInfo, SessionSettings,
 };
 use uuid::Uuid;
 
 use crate::config::HostConfig;
 use crate::conn::{Conn, Writer};
 use crate::log;
+use crate::records::{self, SessionFile};
 use engine::Engine;
 use outbox::Outbox;
 use output::OutputCapture;
-
-/// What the worker writes to `sessions/<id>.json`: enough for a manager to find it again.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct SessionFile {
-    pub info: SessionInfo,
-    pub pid: u32,
-}
 
 struct Worker {
     id: Uuid,
@@ -81,7 +75,7 @@ impl Worker {
     /// (through the exit hook).
     fn terminate(&self, why: &str) -> ! {
         log!("terminating session {}: {why}", self.id);
-        crate::manager::record_end(&self.layout, self.id, why);
+        records::record_end(&self.layout, self.id, why);
         std::process::exit(0)
     }
 
@@ -131,11 +125,7 @@ pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()
         .map_err(|e| io::Error::other(format!("cannot start the Nushell engine: {e}")))?;
 
     let socket = layout.session_socket(id);
-    let _ = FILES.set(vec![
-        socket.clone(),
-        layout.session_meta(id),
-        layout.session_log(id),
-    ]);
+    let _ = FILES.set(records::live_files(&layout, id).to_vec());
     // SAFETY: registering a plain extern "C" function.
     unsafe { libc::atexit(end_session_at_exit) };
     let _ = std::fs::remove_file(&socket);
@@ -153,14 +143,7 @@ pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()
         running: false,
         disconnected_on: None,
     };
-    let file = SessionFile {
-        info: info.clone(),
-        pid: std::process::id(),
-    };
-    std::fs::write(
-        layout.session_meta(id),
-        serde_json::to_vec(&file).map_err(io::Error::other)?,
-    )?;
+    SessionFile::new(info.clone()).write(&layout)?;
 
     let outbox = Arc::new(Outbox::new(
         config.output_buffer_bytes,
@@ -301,7 +284,7 @@ fn evaluate(worker: &Worker, engine: &mut Engine, capture: &OutputCapture) {
 /// Serves one connection until it closes.
 fn serve(worker: &Arc<Worker>, stream: UnixStream) {
     let conn_id = worker.next_conn.fetch_add(1, Ordering::SeqCst);
-    let mut conn = match Conn::accept(stream, worker.layout.root()) {
+    let mut conn = match Conn::accept(stream, &Hello::host(worker.layout.root())) {
         Ok(Some(conn)) => conn,
         Ok(None) => return,
         Err(e) => {

@@ -120,7 +120,7 @@ impl PluginCommand for EnterSession {
                 }
             }
             What::Computer(computer) => {
-                let ssh = ssh_options(call, engine)?;
+                let ssh = ssh_options(plugin, call, engine)?;
                 needs_terminal(engine, head)?;
                 Entry {
                     id: temporary_session(plugin, engine, &computer, &ssh)?,

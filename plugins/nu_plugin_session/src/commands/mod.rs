@@ -133,16 +133,16 @@ pub(crate) fn discover(
             span: other.span(),
         }],
     };
-    let ssh = ssh_options(call, engine)?;
+    let ssh = ssh_options(plugin, call, engine)?;
     for computer in computers {
         // A glob selects among known sessions; only a real name can be asked.
         if crate::select::is_glob(&computer.item) {
             continue;
         }
         let (host, transport) = host_for(plugin, engine, &computer, &ssh)?;
-        let infos = host
-            .list_sessions()
-            .map_err(|e| client_error(&e, computer.span))?;
+        let infos = host.list_sessions();
+        plugin.tell_notices(&computer.item, &host);
+        let infos = infos.map_err(|e| client_error(&e, computer.span))?;
         let mut table = plugin.sessions();
         for info in infos {
             if let Some(known) = table.by_instance_id(info.instance_id) {
@@ -213,7 +213,7 @@ pub(crate) fn local_host(
             .filter(|s| !s.is_empty()))
     };
     let layout = match env("NU_SESSION_DIR")? {
-        Some(dir) => Layout::at(dir),
+        Some(dir) => Layout::under(dir),
         None => Layout::from_env(),
     };
     let program = env("NU_SESSION_HOST")?.map(PathBuf::from);

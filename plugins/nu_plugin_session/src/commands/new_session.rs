@@ -6,7 +6,7 @@ use nu_protocol::{
     Type, Value,
 };
 use nu_session_client::computer::{ComputerName, validate_user};
-use nu_session_client::ssh::{SshOptions, StrictHostKeyChecking};
+use nu_session_client::ssh::{DEPLOY_ENV, Deploy, SshOptions, StrictHostKeyChecking};
 use nu_session_client::{ClientError, Host, OutputBuffering, SessionSettings};
 
 use super::{category, local_host};
@@ -116,7 +116,7 @@ impl PluginCommand for NewSession {
             .unwrap_or_else(|| "default".into());
         let throttle = super::throttle_limit(call)?;
         let name_flag = call.get_flag::<String>("name")?;
-        let ssh = ssh_options(call, engine)?;
+        let ssh = ssh_options(plugin, call, engine)?;
 
         // Ids are given in the order the computers were named, before opening in parallel.
         let targets: Vec<(i64, Option<Computer>)> = if computers.is_empty() {
@@ -170,7 +170,15 @@ impl PluginCommand for NewSession {
                     (host, text.clone(), TransportKind::Ssh, label)
                 }
             };
-            open(*id, host, computer_name, transport, settings).map_err(|e| client_error(&e, label))
+            let opened = open(
+                *id,
+                host.clone(),
+                computer_name.clone(),
+                transport,
+                settings,
+            );
+            plugin.tell_notices(&computer_name, &host);
+            opened.map_err(|e| client_error(&e, label))
         };
         let results: Vec<Result<Session, LabeledError>> = crate::fanout::run_each(
             &targets,
@@ -235,8 +243,10 @@ pub(crate) fn open(
     ))
 }
 
-/// The SSH settings from the flags, and `$env.NU_SESSION_SSH_CONFIG` as the ssh config file.
+/// The SSH settings from the flags, `$env.NU_SESSION_SSH_CONFIG` as the ssh config file, and
+/// `$env.NU_SESSION_DEPLOY` (`never` turns off copying the host program to hosts without one).
 pub(crate) fn ssh_options(
+    plugin: &SessionPlugin,
     call: &EvaluatedCall,
     engine: &EngineInterface,
 ) -> Result<SshOptions, LabeledError> {
@@ -276,11 +286,17 @@ pub(crate) fn ssh_options(
         ),
         None => None,
     };
-    let config_file = engine
-        .get_env_var("NU_SESSION_SSH_CONFIG")?
-        .and_then(|v| v.coerce_into_string().ok())
-        .filter(|s| !s.is_empty())
-        .map(std::path::PathBuf::from);
+    let env = |name: &str| -> Result<Option<String>, LabeledError> {
+        Ok(engine
+            .get_env_var(name)?
+            .and_then(|v| v.coerce_into_string().ok())
+            .filter(|s| !s.is_empty()))
+    };
+    let config_file = env("NU_SESSION_SSH_CONFIG")?.map(std::path::PathBuf::from);
+    let deploy = Deploy {
+        enabled: Deploy::allowed_by(env(DEPLOY_ENV)?.as_deref()),
+        progress: Some(crate::status::copy_progress(plugin.copies.clone())),
+    };
     Ok(SshOptions {
         user,
         port,
@@ -289,6 +305,7 @@ pub(crate) fn ssh_options(
         strict,
         config_file,
         prompter: crate::terminal::prompter(engine),
+        deploy,
     })
 }
 

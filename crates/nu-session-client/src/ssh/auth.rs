@@ -1,0 +1,236 @@
+//! Authentication: the ssh-agent first, then identity files (unencrypted, or encrypted ones
+//! whose passphrase is asked for), then keyboard-interactive and passwords asked on the terminal.
+//! Nothing secret is ever taken from arguments or logged.
+
+use std::sync::Arc;
+
+use russh::MethodKind;
+use russh::client::{AuthResult, Handle, KeyboardInteractiveAuthResponse};
+use russh::keys::{self, PrivateKeyWithHashAlg};
+
+use crate::ClientError;
+
+use super::config::SshTarget;
+use super::known_hosts::Verifier;
+
+/// Asks the user for a secret (a key's passphrase, a password) on their terminal. `None`: there
+/// is no terminal, or the user gave up. Secrets are never taken from arguments and never logged.
+#[derive(Clone)]
+pub struct Prompter(Arc<Ask>);
+
+type Ask = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+impl Prompter {
+    pub fn new(ask: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        Prompter(Arc::new(ask))
+    }
+
+    /// Asks without blocking the I/O runtime.
+    async fn ask(&self, prompt: String) -> Option<String> {
+        let ask = self.0.clone();
+        tokio::task::spawn_blocking(move || ask(&prompt))
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+impl std::fmt::Debug for Prompter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Prompter")
+    }
+}
+
+/// How many times a passphrase or password is asked for before giving up, as OpenSSH.
+const TRIES: usize = 3;
+
+pub(super) async fn authenticate(
+    handle: &mut Handle<Verifier>,
+    target: &SshTarget,
+    prompter: Option<&Prompter>,
+) -> Result<(), ClientError> {
+    let user = &target.user;
+    let name = &target.computer_name;
+    let failed =
+        |e: russh::Error| ClientError::transport(&format!("authentication with {name} failed"), e);
+    let hash = handle
+        .best_supported_rsa_hash()
+        .await
+        .ok()
+        .flatten()
+        .flatten();
+    if let Ok(mut agent) = keys::agent::client::AgentClient::connect_env().await
+        && let Ok(identities) = agent.request_identities().await
+    {
+        for identity in identities {
+            let key = identity.public_key().into_owned();
+            let result = handle
+                .authenticate_publickey_with(user, key, hash, &mut agent)
+                .await;
+            if result.is_ok_and(|r| r.success()) {
+                return Ok(());
+            }
+        }
+    }
+    let mut tried = Vec::new();
+    // What the server still accepts after the last refusal (unknown until one).
+    let mut methods: Option<Vec<MethodKind>> = None;
+    for file in &target.identity_files {
+        if !file.exists() {
+            continue;
+        }
+        tried.push(file.display().to_string());
+        let Some(key) = load_key(file, prompter).await? else {
+            continue;
+        };
+        let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
+        match handle
+            .authenticate_publickey(user, key)
+            .await
+            .map_err(failed)?
+        {
+            AuthResult::Success => return Ok(()),
+            AuthResult::Failure {
+                remaining_methods, ..
+            } => methods = Some(remaining_methods.to_vec()),
+        }
+    }
+    if let Some(prompter) = prompter {
+        let methods = match methods {
+            Some(methods) => methods,
+            None => match handle.authenticate_none(user).await.map_err(failed)? {
+                AuthResult::Success => return Ok(()),
+                AuthResult::Failure {
+                    remaining_methods, ..
+                } => remaining_methods.to_vec(),
+            },
+        };
+        if methods.contains(&MethodKind::KeyboardInteractive)
+            && keyboard_interactive(handle, target, prompter).await?
+        {
+            return Ok(());
+        }
+        if methods.contains(&MethodKind::Password) {
+            for _ in 0..TRIES {
+                let Some(password) = prompter
+                    .ask(format!("{user}@{}'s password: ", target.hostname))
+                    .await
+                else {
+                    break;
+                };
+                if handle
+                    .authenticate_password(user, password)
+                    .await
+                    .map_err(failed)?
+                    .success()
+                {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    let missing: Vec<String> = target
+        .identity_files
+        .iter()
+        .filter(|f| !f.exists())
+        .map(|f| f.display().to_string())
+        .collect();
+    Err(ClientError::transport(
+        &format!("{name} refused every key for user {user}"),
+        match (tried.is_empty(), missing.is_empty()) {
+            (true, false) => format!("no identity file exists: {}", missing.join(", ")),
+            (true, true) => "no ssh-agent key and no identity file".to_string(),
+            (false, _) => format!("tried the ssh-agent and {}", tried.join(", ")),
+        },
+    )
+    .with_help(if prompter.is_some() {
+        "check the user name, and that your public key is in the host's ~/.ssh/authorized_keys"
+    } else {
+        "check the user name, and that your public key is in the host's ~/.ssh/authorized_keys; passwords can only be asked for when nu runs in a terminal"
+    }))
+}
+
+/// Reads a private key, asking for its passphrase when it is encrypted. `None`: the user gave
+/// no passphrase (the next key is tried).
+async fn load_key(
+    file: &std::path::Path,
+    prompter: Option<&Prompter>,
+) -> Result<Option<keys::PrivateKey>, ClientError> {
+    let unreadable = |e: keys::Error| {
+        ClientError::transport(&format!("cannot read the key {}", file.display()), e)
+    };
+    match keys::load_secret_key(file, None) {
+        Ok(key) => return Ok(Some(key)),
+        Err(keys::Error::KeyIsEncrypted) => {}
+        Err(e) => return Err(unreadable(e)),
+    }
+    let Some(prompter) = prompter else {
+        return Err(ClientError::transport(
+            &format!("the key {} is encrypted", file.display()),
+            "no terminal to ask for its passphrase",
+        )
+        .with_help(format!(
+            "add it to your ssh-agent (ssh-add {}), or run nu in a terminal",
+            file.display()
+        )));
+    };
+    for _ in 0..TRIES {
+        let Some(passphrase) = prompter
+            .ask(format!("Enter passphrase for key '{}': ", file.display()))
+            .await
+        else {
+            return Ok(None);
+        };
+        match keys::load_secret_key(file, Some(&passphrase)) {
+            Ok(key) => return Ok(Some(key)),
+            // A wrong passphrase fails decryption; ask again.
+            Err(_) => continue,
+        }
+    }
+    Err(ClientError::transport(
+        &format!("cannot decrypt the key {}", file.display()),
+        format!("wrong passphrase {TRIES} times"),
+    ))
+}
+
+/// Answers the server's keyboard-interactive prompts on the terminal. `Ok(false)`: refused.
+async fn keyboard_interactive(
+    handle: &mut Handle<Verifier>,
+    target: &SshTarget,
+    prompter: &Prompter,
+) -> Result<bool, ClientError> {
+    let failed = |e: russh::Error| {
+        ClientError::transport(
+            &format!("authentication with {} failed", target.computer_name),
+            e,
+        )
+    };
+    for _ in 0..TRIES {
+        let mut response = handle
+            .authenticate_keyboard_interactive_start(&target.user, None)
+            .await
+            .map_err(failed)?;
+        loop {
+            match response {
+                KeyboardInteractiveAuthResponse::Success => return Ok(true),
+                KeyboardInteractiveAuthResponse::Failure { .. } => break,
+                KeyboardInteractiveAuthResponse::InfoRequest { prompts, .. } => {
+                    let mut answers = Vec::with_capacity(prompts.len());
+                    for prompt in prompts {
+                        let text =
+                            format!("({}@{}) {}", target.user, target.hostname, prompt.prompt);
+                        match prompter.ask(text).await {
+                            Some(answer) => answers.push(answer),
+                            None => return Ok(false),
+                        }
+                    }
+                    response = handle
+                        .authenticate_keyboard_interactive_respond(answers)
+                        .await
+                        .map_err(failed)?;
+                }
+            }
+        }
+    }
+    Ok(false)
+}

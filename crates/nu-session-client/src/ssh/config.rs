@@ -1,0 +1,209 @@
+//! Where and how to reach a host, as OpenSSH would: the configuration comes from `ssh -G`, so
+//! `Host` aliases, `HostName`, `User`, `Port`, `IdentityFile`, `UserKnownHostsFile`,
+//! `StrictHostKeyChecking`, `ConnectTimeout`, `ProxyJump` and the keepalives mean exactly what
+//! they mean to `ssh`. Flags (user, port, identity file) override the config.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::ClientError;
+use crate::computer::ComputerName;
+
+use super::Prompter;
+use super::host_program::Deploy;
+
+/// What to do with a host key that no known_hosts file has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrictHostKeyChecking {
+    /// Refuse (OpenSSH `yes`, and `ask`: there is nobody to ask).
+    Yes,
+    /// Learn it into the first known_hosts file and go on.
+    AcceptNew,
+    /// Accept it without learning.
+    No,
+}
+
+impl StrictHostKeyChecking {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "yes" | "ask" | "true" => Some(Self::Yes),
+            "accept-new" => Some(Self::AcceptNew),
+            "no" | "off" | "false" => Some(Self::No),
+            _ => None,
+        }
+    }
+}
+
+/// Everything needed to reach one host, resolved from the computer name, flags and ssh config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SshTarget {
+    /// As the user typed it (shown in records).
+    pub computer_name: String,
+    /// The address to connect to (`HostName`).
+    pub hostname: String,
+    pub user: String,
+    pub port: u16,
+    pub identity_files: Vec<PathBuf>,
+    pub known_hosts: Vec<PathBuf>,
+    pub strict: StrictHostKeyChecking,
+    pub connect_timeout: Option<Duration>,
+    /// `ProxyJump` hops, first to last (`user@host:port` or config aliases).
+    pub proxy_jump: Vec<String>,
+    /// The ssh config file the target was resolved with, for resolving the hops the same way.
+    pub config_file: Option<PathBuf>,
+    /// Keepalives (`ServerAliveInterval`, `ServerAliveCountMax`): a connection that answers
+    /// none of `alive_count_max` in a row is considered broken. OpenSSH's default interval is 0
+    /// (off); ours is [`DEFAULT_ALIVE_INTERVAL`], since a session must notice a dead network.
+    pub alive_interval: Duration,
+    pub alive_count_max: usize,
+}
+
+/// The keepalive interval when the ssh config sets none.
+pub const DEFAULT_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Overrides given on the command line; they win over the ssh config.
+#[derive(Debug, Clone, Default)]
+pub struct SshOptions {
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub identity_file: Option<PathBuf>,
+    pub connect_timeout: Option<Duration>,
+    pub strict: Option<StrictHostKeyChecking>,
+    /// An ssh config file to use instead of `~/.ssh/config` (`ssh -F`).
+    pub config_file: Option<PathBuf>,
+    /// Asks for passphrases and passwords when a terminal is attached.
+    pub prompter: Option<Prompter>,
+    /// Whether (and how) this client's host program is copied to a host that lacks one.
+    pub deploy: Deploy,
+}
+
+impl SshTarget {
+    /// Whether a connection made for `other` is one this target may share: everything but the
+    /// name the user typed is the same (address, user, port, keys, host key policy, jumps).
+    pub fn same_connection(&self, other: &SshTarget) -> bool {
+        SshTarget {
+            computer_name: String::new(),
+            ..self.clone()
+        } == SshTarget {
+            computer_name: String::new(),
+            ..other.clone()
+        }
+    }
+
+    /// Resolves `name` as `ssh` would (`ssh -G`), with `options` taking precedence.
+    pub fn resolve(name: &ComputerName, options: &SshOptions) -> Result<SshTarget, ClientError> {
+        let mut command = std::process::Command::new("ssh");
+        command.arg("-G");
+        if let Some(file) = &options.config_file {
+            command.arg("-F").arg(file);
+        }
+        if let Some(port) = options.port.or(name.port) {
+            command.arg("-p").arg(port.to_string());
+        }
+        if let Some(user) = options.user.as_ref().or(name.user.as_ref()) {
+            command.arg("-l").arg(user);
+        }
+        // `--` ends options: the host can never be read as one (it is validated too).
+        command.arg("--").arg(&name.host);
+        let output = command
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| {
+                ClientError::transport("cannot run `ssh -G` to read the ssh configuration", e)
+                    .with_help("install the OpenSSH client (`ssh`)")
+            })?;
+        if !output.status.success() {
+            return Err(ClientError::transport(
+                &format!("`ssh -G {}` failed", name.host),
+                String::from_utf8_lossy(&output.stderr).trim(),
+            ));
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut target = SshTarget::from_ssh_g(&name.to_string(), &text)?;
+        target.config_file = options.config_file.clone();
+        if let Some(file) = &options.identity_file {
+            target.identity_files = vec![file.clone()];
+        }
+        if let Some(timeout) = options.connect_timeout {
+            target.connect_timeout = Some(timeout);
+        }
+        if let Some(strict) = options.strict {
+            target.strict = strict;
+        }
+        Ok(target)
+    }
+
+    /// Reads the flat `key value` lines `ssh -G` prints.
+    fn from_ssh_g(computer_name: &str, text: &str) -> Result<SshTarget, ClientError> {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let expand = |path: &str| match path.strip_prefix("~/") {
+            Some(rest) => home.join(rest),
+            None => PathBuf::from(path),
+        };
+        let mut target = SshTarget {
+            computer_name: computer_name.to_string(),
+            hostname: String::new(),
+            user: String::new(),
+            port: 22,
+            identity_files: Vec::new(),
+            known_hosts: Vec::new(),
+            strict: StrictHostKeyChecking::Yes,
+            connect_timeout: None,
+            proxy_jump: Vec::new(),
+            config_file: None,
+            alive_interval: DEFAULT_ALIVE_INTERVAL,
+            alive_count_max: 3,
+        };
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once(' ') else {
+                continue;
+            };
+            match key {
+                "hostname" => target.hostname = value.to_string(),
+                "user" => target.user = value.to_string(),
+                "port" => target.port = value.parse().unwrap_or(22),
+                "identityfile" => target.identity_files.push(expand(value)),
+                "userknownhostsfile" => {
+                    target.known_hosts = value.split_whitespace().map(expand).collect();
+                }
+                "stricthostkeychecking" => {
+                    target.strict =
+                        StrictHostKeyChecking::parse(value).unwrap_or(StrictHostKeyChecking::Yes);
+                }
+                "connecttimeout" => {
+                    target.connect_timeout = value.parse().ok().map(Duration::from_secs);
+                }
+                "serveraliveinterval" => {
+                    if let Some(secs) = value.parse::<u64>().ok().filter(|s| *s > 0) {
+                        target.alive_interval = Duration::from_secs(secs);
+                    }
+                }
+                "serveralivecountmax" => {
+                    if let Some(count) = value.parse::<usize>().ok().filter(|c| *c > 0) {
+                        target.alive_count_max = count;
+                    }
+                }
+                "proxyjump" if value != "none" => {
+                    target.proxy_jump = value.split(',').map(str::to_string).collect();
+                }
+                "proxycommand" if value != "none" => {
+                    return Err(ClientError::transport(
+                        &format!("{computer_name} is configured with a ProxyCommand"),
+                        "nu-session does not run ProxyCommand",
+                    )
+                    .with_help("use ProxyJump for jump hosts"));
+                }
+                _ => {}
+            }
+        }
+        if target.hostname.is_empty() || target.user.is_empty() {
+            return Err(ClientError::transport(
+                "`ssh -G` gave no host name or user",
+                computer_name,
+            ));
+        }
+        Ok(target)
+    }
+}

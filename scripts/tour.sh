@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: build the plugin and host (release), register the plugin with nu (installing
-# nu 0.115.1 when no nu 0.115.x is on PATH), and take a short tour of a local session.
+# The main job: build the plugin and host (release), register the plugin with the nu 0.115.x on
+# PATH (installing nu 0.115.1 only when there is none: the official release binary from the npm
+# registry, building it only as a last resort), and take a short tour of a local session.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
@@ -10,7 +11,7 @@ say "using $NU ($("$NU" --version))"
 say "building nu_plugin_session and nu-session-host (release)"
 cargo build --release --quiet -p nu_plugin_session -p nu-session-host
 PLUGIN="$CARGO_TARGET_DIR/release/nu_plugin_session"
-say "registering $PLUGIN with nu"
+say "registering $PLUGIN with $NU"
 "$NU" -c "plugin add '$PLUGIN'"
 say "the tour (scripts/tour.nu)"
 "$NU" scripts/tour.nu

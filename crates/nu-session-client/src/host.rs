@@ -75,6 +75,18 @@ impl Host {
         &self.transport
     }
 
+    /// Whether `other` reaches the same host the same way (the same SSH connection, or this
+    /// machine's same runtime directory): sessions one lists are the other's.
+    pub fn same_as(&self, other: &Host) -> bool {
+        match (&self.transport, &other.transport) {
+            (Transport::Ssh(a), Transport::Ssh(b)) => {
+                Arc::ptr_eq(a, b) || a.target().same_connection(b.target())
+            }
+            (Transport::Local { layout: a, .. }, Transport::Local { layout: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+
     /// The SSH port, for hosts reached over SSH.
     pub fn port(&self) -> Option<u16> {
         match &self.transport {

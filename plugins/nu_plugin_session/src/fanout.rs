@@ -1,16 +1,21 @@
-//! Doing one thing for many sessions or computers, at most `limit` at a time, with progress on
-//! the status line (stderr, when it is a terminal and the work takes a while).
+//! Doing one thing for many sessions or computers, the one way every command does it: at most
+//! `limit` at a time (a new one starts as soon as one ends), progress on the status line (stderr,
+//! when it is a terminal and the work takes a while), and one policy for failures — a target's
+//! failure is a row or a named error, never the end of the others:
+//!
+//! - [`rows`]: commands that return a list give an error row per failed target, named after it
+//!   (`on web2: ...`); a lone target's failure is the command's error;
+//! - [`all_done`]: commands that return nothing try every target, then raise one error naming
+//!   the ones that failed and how many.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use nu_protocol::{LabeledError, Span};
+use nu_protocol::{LabeledError, ShellError, Span, Value};
 
+use crate::errors::{many_failed, named};
 use crate::status::Status;
-
-/// The default `--throttle-limit`, as PowerShell's.
-pub const DEFAULT_THROTTLE: usize = 32;
 
 /// Runs `f` on every item, `limit` at a time (a new one starts as soon as one ends), and returns
 /// the results in the order of `items`. `None`: `f` panicked for that item (the others go on).
@@ -68,10 +73,111 @@ pub fn run_each<T: Sync, R: Send>(
         .collect()
 }
 
+/// Results for many targets (each with its name) as a list: a failure is an error row named
+/// after its target; a lone target's failure is the command's error.
+pub fn rows(
+    results: Vec<(String, Result<Value, LabeledError>)>,
+    span: Span,
+) -> Result<Value, LabeledError> {
+    let mut results = results;
+    if results.len() == 1
+        && results[0].1.is_err()
+        && let Some((_, Err(error))) = results.pop()
+    {
+        return Err(error);
+    }
+    Ok(Value::list(
+        results
+            .into_iter()
+            .map(|(target, row)| {
+                row.unwrap_or_else(|error| {
+                    Value::error(
+                        ShellError::LabeledError(Box::new(named(error, &target))),
+                        span,
+                    )
+                })
+            })
+            .collect(),
+        span,
+    ))
+}
+
+/// Results for many targets of a command that returns nothing: every target was tried; the ones
+/// that failed make one error (named after them, saying how many); a lone target's failure is
+/// the command's error as it is.
+pub fn all_done(
+    results: Vec<(String, Result<(), LabeledError>)>,
+    what: &str,
+) -> Result<(), LabeledError> {
+    let total = results.len();
+    let mut failures: Vec<(String, LabeledError)> = results
+        .into_iter()
+        .filter_map(|(target, result)| result.err().map(|e| (target, e)))
+        .collect();
+    match failures.len() {
+        0 => Ok(()),
+        1 if total == 1 => Err(failures.remove(0).1),
+        _ => Err(many_failed(
+            failures
+                .into_iter()
+                .map(|(target, error)| named(error, &target))
+                .collect(),
+            total,
+            what,
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn rows_name_failures_and_a_lone_failure_is_the_error() {
+        let span = Span::test_data();
+        let ok = |n| (format!("web{n}"), Ok(Value::test_int(n)));
+        let failed = |n| (format!("web{n}"), Err(LabeledError::new("refused")));
+        assert_eq!(
+            rows(vec![ok(1)], span).unwrap(),
+            Value::test_list(vec![Value::test_int(1)])
+        );
+        assert_eq!(rows(vec![failed(1)], span).unwrap_err().msg, "refused");
+        let both = rows(vec![ok(1), failed(2)], span).unwrap();
+        let both = both.as_list().unwrap();
+        assert_eq!(both[0], Value::test_int(1));
+        match &both[1] {
+            Value::Error { error, .. } => assert_eq!(
+                LabeledError::from_diagnostic(&**error).msg,
+                "on web2: refused"
+            ),
+            other => panic!("not an error row: {other:?}"),
+        }
+        let done = |n, ok: bool| {
+            (
+                format!("web{n}"),
+                if ok {
+                    Ok(())
+                } else {
+                    Err(LabeledError::new("gone"))
+                },
+            )
+        };
+        assert!(all_done(vec![done(1, true), done(2, true)], "sessions").is_ok());
+        assert_eq!(
+            all_done(vec![done(1, false)], "sessions").unwrap_err().msg,
+            "gone"
+        );
+        assert_eq!(
+            all_done(
+                vec![done(1, false), done(2, true), done(3, false)],
+                "sessions"
+            )
+            .unwrap_err()
+            .msg,
+            "2 of 3 sessions failed; the first on web1: gone"
+        );
+    }
 
     #[test]
     fn keeps_order_and_never_exceeds_the_limit() {

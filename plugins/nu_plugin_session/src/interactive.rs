@@ -28,7 +28,7 @@ use reedline::{
 
 use crate::SessionPlugin;
 use crate::code::Code;
-use crate::commands::{Interrupters, invoke_one};
+use crate::invocation::{Interrupters, invoke_one};
 
 /// Lines of history kept per host.
 const HISTORY_LINES: usize = 10_000;

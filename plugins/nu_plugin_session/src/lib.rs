@@ -1,30 +1,42 @@
 //! `nu_plugin_session`: PowerShell-style persistent sessions for Nushell.
 //!
 //! Layout:
-//! - [`commands`]: one file per command, each a `PluginCommand`.
+//! - [`commands`]: one file per command, each a thin `PluginCommand`.
+//! - [`flags`]: every shared flag, declared and read in one place.
+//! - [`select`]: choosing sessions from ids, flags and pipeline input, asking hosts when the
+//!   command finds sessions made elsewhere (every command uses it).
+//! - [`operations`]: what commands do to sessions: open, connect, disconnect, remove, discover.
+//! - [`invocation`]: running code in one session or many, shaping results, Ctrl-C.
+//! - [`fanout`]: working on many computers or sessions at once: a limit, progress, and one
+//!   policy for failures (a row or a named error, never the end of the others).
 //! - [`sessions`]: the session table of this `nu` process (ids, names, states, connections).
 //! - [`record`]: a session as the record users see (the one place that builds it).
-//! - [`select`]: choosing sessions from ids, flags and pipeline input (every command uses it).
+//! - [`hosts`]: the host behind a computer name (this machine, or SSH).
 //! - [`code`]: turning a closure or a string into code a session can run, with its captured
 //!   variables and parameters.
 //! - [`errors`]: building the errors users see.
-//! - [`terminal`]: asking the user for passphrases and passwords on their terminal.
-//! - [`fanout`]: working on many computers or sessions at once, with a limit and progress.
+//! - [`completion`]: completing arguments in the user's shell.
 //! - [`status`]: the one status line that shows the progress of work that takes a while.
+//! - [`passwords`]: asking the user for passphrases and passwords on their terminal.
 //! - [`interactive`]: the prompt of `enter-session` (line editor, rendering, Ctrl-C).
 //!
 //! Everything that talks to hosts lives in `nu-session-client`.
 
 pub mod code;
 pub mod commands;
+pub mod completion;
 pub mod errors;
 pub mod fanout;
+pub mod flags;
+pub mod hosts;
 pub mod interactive;
+pub mod invocation;
+pub mod operations;
+pub mod passwords;
 pub mod record;
 pub mod select;
 pub mod sessions;
 pub mod status;
-pub mod terminal;
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
@@ -50,17 +62,7 @@ impl Plugin for SessionPlugin {
     }
 
     fn commands(&self) -> Vec<Box<dyn PluginCommand<Plugin = Self>>> {
-        vec![
-            Box::new(commands::NewSession),
-            Box::new(commands::GetSession),
-            Box::new(commands::RemoveSession),
-            Box::new(commands::InvokeSession),
-            Box::new(commands::DisconnectSession),
-            Box::new(commands::ConnectSession),
-            Box::new(commands::ReceiveSession),
-            Box::new(commands::EnterSession),
-            Box::new(commands::ExitSession),
-        ]
+        commands::all()
     }
 }
 
@@ -125,6 +127,18 @@ impl SessionPlugin {
             if new {
                 eprintln!("warning: {computer_name}: {notice}");
             }
+        }
+    }
+
+    /// `--what-if`: says what `operation` would do to each session, on stderr, as PowerShell
+    /// does.
+    pub fn what_if(&self, ids: &[i64], operation: &str) {
+        let table = self.sessions();
+        for session in ids.iter().filter_map(|id| table.get(*id)) {
+            eprintln!(
+                "What if: Performing the operation \"{operation}\" on target \"{}\" (session {}, {}).",
+                session.computer_name, session.id, session.name
+            );
         }
     }
 

@@ -2,13 +2,23 @@
 //! input by value (session records, plain ints) or by property name (records with `instance_id`,
 //! `computer_name` + `name`, `id`, or `name` columns, matched in that order of preference).
 //!
-//! A literal id, name or instance id that matches nothing is an error naming it; a glob that
-//! matches nothing selects nothing. A session matched several times is selected once.
+//! [`select`] is the one call every command makes: it reads the criteria, asks the hosts named
+//! by computer (for the commands that find sessions made elsewhere: get, connect, receive), and
+//! picks the sessions.
+//!
+//! - A literal id, name or instance id that matches nothing is an error naming it; a glob that
+//!   matches nothing selects nothing. A session matched several times is selected once.
+//! - Pipeline input that is empty selects nothing, without an error; only a command given no
+//!   selection at all (no arguments, no flags, no input) is an error, for those that need one.
+//! - A computer that was asked answers for itself: its sessions are the ones it reported (under
+//!   whatever name this process first knew them).
 
-use nu_plugin::EvaluatedCall;
-use nu_protocol::{LabeledError, PipelineData, Signature, Span, Spanned, SyntaxShape, Value};
+use nu_plugin::{EngineInterface, EvaluatedCall};
+use nu_protocol::{LabeledError, PipelineData, Signature, Spanned, SyntaxShape, Value};
 use uuid::Uuid;
 
+use crate::SessionPlugin;
+use crate::errors::not_found;
 use crate::sessions::{Session, SessionTable};
 
 /// More criteria than any session table holds: an endless range or stream is a mistake, not a
@@ -21,19 +31,25 @@ pub struct Criteria {
     names: Vec<Spanned<String>>,
     instance_ids: Vec<Spanned<String>>,
     computer_names: Vec<Spanned<String>>,
-    /// `computer_name` + `name` from records bound by property name.
+    /// `computer_name` + `name` from records bound by property name, or both flags.
     pairs: Vec<(Spanned<String>, Spanned<String>)>,
+    /// Something was given (arguments, flags, pipeline input), even if it names no session.
+    given: bool,
 }
 
 /// Declares the arguments [`Criteria::from_call`] reads: the sessions as rest positionals
 /// (ids, records, tables) and the selection flags.
 pub fn selection_signature(signature: Signature) -> Signature {
+    selection_flags(signature.rest(
+        "session",
+        SyntaxShape::Any,
+        "Sessions: ids, session records or tables of them.",
+    ))
+}
+
+/// The selection flags alone: `--name`, `--instance-id`, `--computer-name`.
+pub fn selection_flags(signature: Signature) -> Signature {
     signature
-        .rest(
-            "session",
-            SyntaxShape::Any,
-            "Sessions: ids, session records or tables of them.",
-        )
         .named(
             "name",
             SyntaxShape::String,
@@ -57,6 +73,110 @@ pub fn selection_signature(signature: Signature) -> Signature {
         )
 }
 
+/// What a command does when given no selection at all.
+#[derive(Debug, Clone, Copy)]
+pub enum Need {
+    /// Every session (get-session).
+    Everything,
+    /// An error: `nothing` (`no sessions to remove`) with `help`.
+    Sessions {
+        nothing: &'static str,
+        help: &'static str,
+    },
+}
+
+/// The sessions a command acts on, and the computers that could not be asked.
+pub struct Selected {
+    /// Local ids, each once, in the order first matched (id order for everything).
+    pub ids: Vec<i64>,
+    /// The computers that did not answer, with why.
+    pub unreachable: Vec<(String, LabeledError)>,
+    /// How many computers were asked.
+    pub asked: usize,
+}
+
+impl Selected {
+    /// The selection, or, when a single computer was asked, it did not answer and nothing else
+    /// was selected, its error (a lone target's failure is the command's failure).
+    pub fn or_lone_failure(mut self) -> Result<Selected, LabeledError> {
+        if self.asked == 1 && self.unreachable.len() == 1 && self.ids.is_empty() {
+            return Err(self.unreachable.remove(0).1);
+        }
+        Ok(self)
+    }
+
+    /// The computers that did not answer, as errors named after them.
+    pub fn failures(&self) -> Vec<LabeledError> {
+        self.unreachable
+            .iter()
+            .map(|(computer, error)| crate::errors::named(error.clone(), computer))
+            .collect()
+    }
+}
+
+/// What hosts said they have: the computer as asked, and the instance ids there.
+#[derive(Debug, Default)]
+pub struct Reported {
+    computers: Vec<(String, Vec<Uuid>)>,
+}
+
+impl Reported {
+    pub fn add(&mut self, computer: &str, sessions: Vec<Uuid>) {
+        self.computers.push((computer.to_string(), sessions));
+    }
+
+    fn of(&self, computer: &str) -> Option<&[Uuid]> {
+        self.computers
+            .iter()
+            .find(|(c, _)| c.eq_ignore_ascii_case(computer))
+            .map(|(_, ids)| ids.as_slice())
+    }
+}
+
+/// Reads the selection of `call` and `input`, asks the hosts it names when `discover` (the
+/// commands that reach sessions made elsewhere), and picks the sessions.
+pub fn select(
+    plugin: &SessionPlugin,
+    engine: &EngineInterface,
+    call: &EvaluatedCall,
+    input: PipelineData,
+    discover: bool,
+    need: Need,
+) -> Result<Selected, LabeledError> {
+    let mut criteria = Criteria::from_call(call, Some(0))?;
+    criteria.add_pipeline(input)?;
+    if !criteria.given {
+        return match need {
+            Need::Everything => Ok(Selected {
+                ids: plugin.sessions().listed().map(|s| s.id).collect(),
+                unreachable: Vec::new(),
+                asked: 0,
+            }),
+            Need::Sessions { nothing, help } => Err(LabeledError::new(nothing)
+                .with_label(
+                    "needs session ids, --name, --instance-id, --computer-name or piped sessions",
+                    call.head,
+                )
+                .with_help(help)),
+        };
+    }
+    let (reported, unreachable, asked) = if discover {
+        let computers = criteria.computers_to_ask();
+        let asked = computers.len();
+        let (reported, unreachable) =
+            crate::operations::discover(plugin, engine, call, &computers)?;
+        (reported, unreachable, asked)
+    } else {
+        (Reported::default(), Vec::new(), 0)
+    };
+    let ids = criteria.select(&plugin.sessions(), &reported)?;
+    Ok(Selected {
+        ids,
+        unreachable,
+        asked,
+    })
+}
+
 impl Criteria {
     /// The criteria given as arguments: sessions from the rest positionals starting at
     /// `sessions_from` (ids, records or tables, as by value), and the selection flags the command
@@ -68,6 +188,7 @@ impl Criteria {
         let mut criteria = Criteria::default();
         if let Some(start) = sessions_from {
             for value in call.rest::<Value>(start)? {
+                criteria.given = true;
                 criteria.add_value(value)?;
             }
         }
@@ -75,19 +196,9 @@ impl Criteria {
         criteria
             .instance_ids
             .extend(call.get_flag::<Spanned<String>>("instance-id")?);
-        let mut computers = Vec::new();
-        if let Some(value) = call.get_flag_value("computer-name") {
-            let names = match value {
-                Value::List { vals, .. } => vals.into_owned(),
-                other => vec![other],
-            };
-            for name in names {
-                computers.push(Spanned {
-                    item: name.coerce_string()?,
-                    span: name.span(),
-                });
-            }
-        }
+        let computers = crate::flags::computer_names(call)?;
+        criteria.given |=
+            name.is_some() || !criteria.instance_ids.is_empty() || !computers.is_empty();
         // `--computer-name` with `--name`: sessions of that name on those computers (both must
         // hold). With `--instance-id`, the instance id alone says which session.
         match name {
@@ -103,44 +214,31 @@ impl Criteria {
         Ok(criteria)
     }
 
-    /// The criteria of a command that acts on sessions (ids, flags, pipeline input); naming
-    /// none is an error saying what the command needs (`no sessions to remove`) and `help`.
-    pub fn required(
-        call: &EvaluatedCall,
-        input: PipelineData,
-        span: Span,
-        nothing: &str,
-        help: &str,
-    ) -> Result<Self, LabeledError> {
-        let mut criteria = Criteria::from_call(call, Some(0))?;
-        criteria.add_pipeline(input)?;
-        if criteria.is_empty() {
-            return Err(LabeledError::new(nothing)
-                .with_label(
-                    "needs session ids, --name, --instance-id, --computer-name or piped sessions",
-                    span,
-                )
-                .with_help(help));
-        }
-        Ok(criteria)
-    }
-
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-            && self.names.is_empty()
-            && self.instance_ids.is_empty()
-            && self.computer_names.is_empty()
-            && self.pairs.is_empty()
+        self.len() == 0
     }
 
-    /// Adds pipeline input (by value or by property name).
+    /// Whether anything was given (arguments, flags or input), even if it names no session.
+    pub fn given(&self) -> bool {
+        self.given
+    }
+
+    /// Adds pipeline input (by value or by property name). Input that is there but empty (an
+    /// empty table) counts as given.
     pub fn add_pipeline(&mut self, input: PipelineData) -> Result<(), LabeledError> {
         match input {
             PipelineData::Empty => Ok(()),
-            PipelineData::Value(value, _) => self.add_value(value),
-            PipelineData::ListStream(stream, _) => stream
-                .into_iter()
-                .try_for_each(|value| self.add_value(value)),
+            PipelineData::Value(Value::Nothing { .. }, _) => Ok(()),
+            PipelineData::Value(value, _) => {
+                self.given = true;
+                self.add_value(value)
+            }
+            PipelineData::ListStream(stream, _) => {
+                self.given = true;
+                stream
+                    .into_iter()
+                    .try_for_each(|value| self.add_value(value))
+            }
             PipelineData::ByteStream(stream, _) => {
                 Err(LabeledError::new("expected sessions, got a byte stream")
                     .with_label("this input", stream.span()))
@@ -154,6 +252,25 @@ impl Criteria {
             + self.instance_ids.len()
             + self.computer_names.len()
             + self.pairs.len()
+    }
+
+    /// The literal computer names (not globs) the criteria name: the hosts to ask.
+    pub fn computers_to_ask(&self) -> Vec<Spanned<String>> {
+        let mut computers: Vec<Spanned<String>> = Vec::new();
+        let named = self
+            .computer_names
+            .iter()
+            .chain(self.pairs.iter().map(|(computer, _)| computer));
+        for computer in named {
+            if !is_glob(&computer.item)
+                && !computers
+                    .iter()
+                    .any(|c| c.item.eq_ignore_ascii_case(&computer.item))
+            {
+                computers.push(computer.clone());
+            }
+        }
+        computers
     }
 
     /// Adds one value given by value: an id, a session record, a record by property name, or a
@@ -220,8 +337,13 @@ impl Criteria {
         Ok(())
     }
 
-    /// The local ids of the selected sessions, each once, in the order first matched.
-    pub fn select(&self, table: &SessionTable) -> Result<Vec<i64>, LabeledError> {
+    /// The local ids of the selected sessions, each once, in the order first matched. On the
+    /// computers in `reported`, the sessions are the ones they reported.
+    pub fn select(
+        &self,
+        table: &SessionTable,
+        reported: &Reported,
+    ) -> Result<Vec<i64>, LabeledError> {
         let mut selected: Vec<i64> = Vec::new();
         let mut add = |id: i64| {
             if !selected.contains(&id) {
@@ -231,12 +353,7 @@ impl Criteria {
         for id in &self.ids {
             match table.get(id.item) {
                 Some(session) => add(session.id),
-                None => {
-                    return Err(not_found(
-                        format!("no session with id {}", id.item),
-                        id.span,
-                    ));
-                }
+                None => return Err(crate::errors::no_session(id.item, id.span)),
             }
         }
         for instance_id in &self.instance_ids {
@@ -255,7 +372,7 @@ impl Criteria {
             }
         }
         for name in &self.names {
-            let matched = matching(table, |s| matches(&name.item, &s.name))?;
+            let matched = matching(table, |s| matches(&name.item, &s.name));
             if matched.is_empty() && !is_glob(&name.item) {
                 return Err(not_found(
                     format!("no session named {}", name.item),
@@ -264,15 +381,20 @@ impl Criteria {
             }
             matched.into_iter().for_each(&mut add);
         }
+        let on = |computer: &str, session: &Session| match reported.of(computer) {
+            Some(there) => there.contains(&session.instance_id),
+            None => matches(computer, &session.computer_name),
+        };
         // A computer with no sessions is not an error: it simply has none.
         for computer in &self.computer_names {
-            let matched = matching(table, |s| matches(&computer.item, &s.computer_name))?;
-            matched.into_iter().for_each(&mut add);
+            matching(table, |s| on(&computer.item, s))
+                .into_iter()
+                .for_each(&mut add);
         }
         for (computer, name) in &self.pairs {
             let matched = matching(table, |s| {
-                matches(&computer.item, &s.computer_name) && matches(&name.item, &s.name)
-            })?;
+                on(&computer.item, s) && matches(&name.item, &s.name)
+            });
             if matched.is_empty() && !is_glob(&name.item) && !is_glob(&computer.item) {
                 return Err(not_found(
                     format!(
@@ -288,21 +410,12 @@ impl Criteria {
     }
 }
 
-fn matching(
-    table: &SessionTable,
-    predicate: impl Fn(&Session) -> bool,
-) -> Result<Vec<i64>, LabeledError> {
-    Ok(table
+fn matching(table: &SessionTable, predicate: impl Fn(&Session) -> bool) -> Vec<i64> {
+    table
         .listed()
         .filter(|s| predicate(s))
         .map(|s| s.id)
-        .collect())
-}
-
-fn not_found(msg: String, span: Span) -> LabeledError {
-    LabeledError::new(msg)
-        .with_label("not found", span)
-        .with_help("`get-session` lists the sessions of this nu process")
+        .collect()
 }
 
 /// Whether a name pattern has wildcards (`*`, `?`, `[...]`).
@@ -358,6 +471,7 @@ fn class_matches(class: &[char], c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nu_protocol::Span;
 
     #[test]
     fn wildcards_are_case_insensitive() {
@@ -377,6 +491,34 @@ mod tests {
         assert!(!is_glob("web1"));
         assert!(is_glob("web*"));
         assert!(is_glob("web[12]"));
+    }
+
+    #[test]
+    fn empty_input_is_given_but_names_nothing() {
+        let span = Span::test_data();
+        let mut c = Criteria::default();
+        c.add_pipeline(PipelineData::empty()).unwrap();
+        assert!(!c.given());
+        c.add_pipeline(PipelineData::value(Value::list(vec![], span), None))
+            .unwrap();
+        assert!(c.given());
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn literal_computers_are_asked_once_and_globs_never() {
+        let span = Span::test_data();
+        let s = |x: &str| Spanned {
+            item: x.to_string(),
+            span,
+        };
+        let c = Criteria {
+            computer_names: vec![s("web1"), s("WEB1"), s("web*")],
+            pairs: vec![(s("web2"), s("job"))],
+            ..Default::default()
+        };
+        let asked: Vec<String> = c.computers_to_ask().into_iter().map(|c| c.item).collect();
+        assert_eq!(asked, ["web1", "web2"]);
     }
 
     #[test]

@@ -179,10 +179,11 @@ impl Session {
 
     pub fn expires_on(&self) -> Option<DateTime<Utc>> {
         match self.state() {
+            // A timeout too large for a date (a host may say anything) has no end date.
             SessionState::Disconnected => self.disconnected_on.and_then(|d| {
                 chrono::Duration::from_std(self.idle_timeout)
                     .ok()
-                    .map(|t| d + t)
+                    .and_then(|t| d.checked_add_signed(t))
             }),
             _ => None,
         }
@@ -232,6 +233,18 @@ impl SessionTable {
     /// Every session, removed ones included, in id order.
     pub fn all(&self) -> impl Iterator<Item = &Session> {
         self.sessions.values()
+    }
+
+    pub fn all_mut(&mut self) -> impl Iterator<Item = &mut Session> {
+        self.sessions.values_mut()
+    }
+
+    /// The records of the sessions `ids` (those that exist), in that order.
+    pub fn records(&self, ids: &[i64], span: nu_protocol::Span) -> Vec<nu_protocol::Value> {
+        ids.iter()
+            .filter_map(|id| self.get(*id))
+            .map(|s| crate::record::session_record(s, span))
+            .collect()
     }
 
     /// The sessions `get-session` lists: all but the removed ones.

@@ -140,6 +140,14 @@ impl SshConnection {
         Ok(channel.into_stream())
     }
 
+    /// Returns once the connection has closed (a channel waiting for window space on a dead
+    /// connection would wait forever: race it with this).
+    pub async fn closed(&self) {
+        while !self.handle.is_closed() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Runs `command` on the host in a new channel (its stdin, stdout, stderr and exit status).
     pub async fn exec(&self, command: &str) -> Result<russh::Channel<client::Msg>, ClientError> {
         let name = &self.target.computer_name;

@@ -332,11 +332,14 @@ pub(crate) async fn deploy(
     }
     let local = local_program()?;
     let failed = |why: String| {
-        ClientError::transport(&format!("cannot copy nu-session-host to {name}"), why)
-            .with_help(install_help("or "))
+        ClientError::transport(&format!("cannot copy nu-session-host to {name}"), why).with_help(
+            install_help("try again (the next session copies it again), or "),
+        )
     };
-    let mut channel = connection.exec(&copying_command(local, probe)).await?;
+    let channel = connection.exec(&copying_command(local, probe)).await?;
+    let watchdog = Watchdog::default();
     let report = |sent: u64, done: bool| {
+        watchdog.made();
         if let Some(progress) = &deploy.progress {
             progress(&DeployProgress {
                 computer_name: name.clone(),
@@ -346,9 +349,20 @@ pub(crate) async fn deploy(
             });
         }
     };
-    let sent = send_program(&channel, local, probe.gzip, &report).await;
+    // What the host says is read while the program is sent: an unread channel can stall the
+    // whole connection.
+    let (mut incoming, outgoing) = channel.split();
+    let copy = async {
+        tokio::join!(
+            send_program(&outgoing, local, probe.gzip, &report),
+            outcome(&mut incoming)
+        )
+    };
+    let (sent, (status, stdout, stderr)) = tokio::select! {
+        done = copy => done,
+        why = watchdog.stalled(connection) => (Err(why), (None, Vec::new(), Vec::new())),
+    };
     report(local.size, true);
-    let (status, stdout, stderr) = outcome(&mut channel).await;
     let said = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
     match (status, sent) {
         (Some(0), Ok(())) if said(&stdout).ends_with(COPIED) => Ok(()),
@@ -398,9 +412,49 @@ fn copying_command(local: &LocalProgram, probe: &Probe) -> String {
     ))
 }
 
+/// How long a copy may make no progress before it is given up.
+const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// When a copy last made progress.
+struct Watchdog {
+    last: std::sync::Mutex<std::time::Instant>,
+}
+
+impl Default for Watchdog {
+    fn default() -> Self {
+        Watchdog {
+            last: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+}
+
+impl Watchdog {
+    fn made(&self) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+    }
+
+    /// Returns (why) once the connection has closed or nothing moved for [`STALLED_AFTER`].
+    async fn stalled(&self, connection: &SshConnection) -> String {
+        loop {
+            if connection.is_closed() {
+                return "the connection closed".into();
+            }
+            let idle = self
+                .last
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .elapsed();
+            if idle >= STALLED_AFTER {
+                return format!("no progress for {}s", STALLED_AFTER.as_secs());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// Streams the program into the channel (compressed or not), then closes its stdin.
 async fn send_program(
-    channel: &russh::Channel<Msg>,
+    channel: &russh::ChannelWriteHalf<Msg>,
     local: &LocalProgram,
     gzip: bool,
     report: &impl Fn(u64, bool),
@@ -437,7 +491,7 @@ async fn send_program(
 }
 
 /// The command's exit status and output, once it has ended.
-async fn outcome(channel: &mut russh::Channel<Msg>) -> (Option<u32>, Vec<u8>, Vec<u8>) {
+async fn outcome(channel: &mut russh::ChannelReadHalf) -> (Option<u32>, Vec<u8>, Vec<u8>) {
     let (mut status, mut stdout, mut stderr) = (None, Vec::new(), Vec::new());
     while let Some(message) = channel.wait().await {
         match message {

@@ -1,12 +1,10 @@
 use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
-use nu_protocol::{Example, LabeledError, PipelineData, Signature, Span, Type, Value};
+use nu_protocol::{Example, LabeledError, PipelineData, Signature, Type, Value};
 
-use super::{category, discover, rows_or_error, ssh_flags, throttle_limit};
-use crate::SessionPlugin;
-use crate::errors::client_error;
-use crate::record::session_record;
-use crate::select::{Criteria, selection_signature};
-use crate::sessions::SessionState;
+use super::category;
+use crate::invocation::many::who;
+use crate::select::{Need, select, selection_signature};
+use crate::{SessionPlugin, flags, operations};
 
 pub struct ConnectSession;
 
@@ -29,15 +27,12 @@ impl PluginCommand for ConnectSession {
     }
 
     fn signature(&self) -> Signature {
-        ssh_flags(selection_signature(Signature::build(self.name())))
-            .input_output_types(vec![(Type::Any, Type::list(Type::Any))])
-            .named(
-                "throttle-limit",
-                nu_protocol::SyntaxShape::Int,
-                "How many sessions to connect at once (default 32).",
-                None,
-            )
-            .category(category())
+        flags::declare_throttle(
+            flags::declare_ssh(selection_signature(Signature::build(self.name()))),
+            "connect",
+        )
+        .input_output_types(vec![(Type::Any, Type::list(Type::Any))])
+        .category(category())
     }
 
     fn search_terms(&self) -> Vec<&str> {
@@ -72,83 +67,40 @@ impl PluginCommand for ConnectSession {
         input: PipelineData,
     ) -> Result<PipelineData, LabeledError> {
         let span = call.head;
-        let criteria = Criteria::required(
+        let selected = select(
+            plugin,
+            engine,
             call,
             input,
-            span,
-            "no sessions to connect",
-            "`get-session --computer-name <host>` lists a host's sessions",
-        )?;
-        let throttle = throttle_limit(call)?;
-        discover(plugin, engine, call)?;
-        let ids = criteria.select(&plugin.sessions())?;
-        let rows = crate::fanout::run_each(
-            &ids,
+            true,
+            Need::Sessions {
+                nothing: "no sessions to connect",
+                help: "`get-session --computer-name <host>` lists a host's sessions",
+            },
+        )?
+        .or_lone_failure()?;
+        let throttle = flags::throttle(call)?;
+        let results = crate::fanout::run_each(
+            &selected.ids,
             throttle,
             "connect-session",
             |_| span,
             |id| {
-                connect(plugin, *id, span).map(|()| {
-                    let table = plugin.sessions();
-                    table
-                        .get(*id)
-                        .map_or(Value::nothing(span), |s| session_record(s, span))
-                })
+                operations::connect(plugin, *id, span)?;
+                let table = plugin.sessions();
+                Ok(table
+                    .records(&[*id], span)
+                    .pop()
+                    .unwrap_or(Value::nothing(span)))
             },
         );
-        plugin.keep_alive(engine);
-        Ok(PipelineData::value(rows_or_error(rows, span)?, None))
-    }
-}
-
-/// Attaches this process to the session unless it is attached already.
-pub(crate) fn connect(plugin: &SessionPlugin, id: i64, span: Span) -> Result<(), LabeledError> {
-    let (host, instance_id) = {
-        let table = plugin.sessions();
-        let session = table
-            .get(id)
-            .ok_or_else(|| LabeledError::new(format!("no session with id {id}")))?;
-        match session.state() {
-            SessionState::Opened => return Ok(()),
-            SessionState::Disconnected => (session.host.clone(), session.instance_id),
-            state => {
-                return Err(LabeledError::new(format!(
-                    "session {} ({}) is {}: it cannot be connected",
-                    session.id,
-                    session.name,
-                    state.as_str()
-                ))
-                .with_label("this session", span)
-                .with_help(match state {
-                    SessionState::Closed => {
-                        "the session no longer exists; open a new one with new-session"
-                    }
-                    _ => "wait for the connection to come back, or remove the session",
-                }));
-            }
-        }
-    };
-    match host.attach(instance_id, None) {
-        Ok(handle) => {
-            let mut table = plugin.sessions();
-            if let Some(session) = table.get_mut(id) {
-                session.attached(handle);
-            }
-            Ok(())
-        }
-        Err(error) => {
-            let mut table = plugin.sessions();
-            if let Some(session) = table.get_mut(id) {
-                match error.kind() {
-                    nu_session_client::ErrorKind::Busy => session.attached_elsewhere = true,
-                    nu_session_client::ErrorKind::NotFound => session.close(),
-                    _ => {}
-                }
-            }
-            let name = table.get(id).map(|s| s.name.clone()).unwrap_or_default();
-            let mut labeled = client_error(&error, span);
-            labeled.msg = format!("cannot connect session {id} ({name}): {}", labeled.msg);
-            Err(labeled)
-        }
+        let mut rows: Vec<_> = selected
+            .ids
+            .iter()
+            .map(|id| who(plugin, *id))
+            .zip(results)
+            .collect();
+        rows.extend(selected.unreachable.into_iter().map(|(c, e)| (c, Err(e))));
+        Ok(PipelineData::value(crate::fanout::rows(rows, span)?, None))
     }
 }

@@ -1,12 +1,10 @@
 use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
-use nu_protocol::{Example, LabeledError, PipelineData, Signature, SyntaxShape, Type, Value};
+use nu_protocol::{Example, LabeledError, PipelineData, Signature, Type, Value};
 
-use super::{category, idle_timeout, output_buffering, rows_or_error, throttle_limit};
-use crate::SessionPlugin;
-use crate::errors::client_error;
-use crate::record::session_record;
-use crate::select::{Criteria, selection_signature};
-use crate::sessions::SessionState;
+use super::category;
+use crate::invocation::many::who;
+use crate::select::{Need, select, selection_signature};
+use crate::{SessionPlugin, flags, operations};
 
 pub struct DisconnectSession;
 
@@ -28,32 +26,16 @@ impl PluginCommand for DisconnectSession {
     }
 
     fn signature(&self) -> Signature {
-        selection_signature(Signature::build(self.name()))
-            .input_output_types(vec![(Type::Any, Type::list(Type::Any))])
-            .named(
-                "idle-timeout",
-                SyntaxShape::Duration,
-                "How long the host keeps the session with nobody connected (at least 1min, at most the host's maximum).",
-                None,
-            )
-            .named(
-                "output-buffering",
-                SyntaxShape::String,
-                "When nobody reads the output and the buffer is full: Block (pause) or Drop (discard the oldest).",
-                None,
-            )
-            .named(
-                "throttle-limit",
-                SyntaxShape::Int,
-                "How many sessions to disconnect at once (default 32).",
-                None,
-            )
-            .switch(
-                "what-if",
-                "Print what would be disconnected and change nothing.",
-                None,
-            )
-            .category(category())
+        let signature = flags::declare_session_settings(
+            selection_signature(Signature::build(self.name())),
+            false,
+        );
+        flags::declare_what_if(
+            flags::declare_throttle(signature, "disconnect"),
+            "disconnected",
+        )
+        .input_output_types(vec![(Type::Any, Type::list(Type::Any))])
+        .category(category())
     }
 
     fn search_terms(&self) -> Vec<&str> {
@@ -86,63 +68,45 @@ impl PluginCommand for DisconnectSession {
         input: PipelineData,
     ) -> Result<PipelineData, LabeledError> {
         let span = call.head;
-        let criteria = Criteria::required(
+        let selected = select(
+            plugin,
+            engine,
             call,
             input,
-            span,
-            "no sessions to disconnect",
-            "`get-session | disconnect-session` disconnects them all",
+            false,
+            Need::Sessions {
+                nothing: "no sessions to disconnect",
+                help: "`get-session | disconnect-session` disconnects them all",
+            },
         )?;
-        let timeout = idle_timeout(call)?;
+        let timeout = flags::idle_timeout(call)?;
         let timeout_span = call.get_flag_span("idle-timeout").unwrap_or(span);
-        let buffering = output_buffering(call)?;
-        let throttle = throttle_limit(call)?;
-        let ids = criteria.select(&plugin.sessions())?;
-        if call.has_flag("what-if")? {
-            super::what_if(plugin, &ids, "Disconnect");
+        let buffering = flags::output_buffering(call)?;
+        let throttle = flags::throttle(call)?;
+        if flags::what_if(call)? {
+            plugin.what_if(&selected.ids, "Disconnect");
             return Ok(PipelineData::empty());
         }
-        let disconnect = |id: &i64| -> Result<Value, LabeledError> {
-            let handle = {
+        let results = crate::fanout::run_each(
+            &selected.ids,
+            throttle,
+            "disconnect-session",
+            |_| span,
+            |id| {
+                operations::disconnect(plugin, *id, timeout, buffering, timeout_span)?;
                 let table = plugin.sessions();
-                let session = table
-                    .get(*id)
-                    .ok_or_else(|| LabeledError::new(format!("no session with id {id}")))?;
-                if session.interactive {
-                    return Err(crate::errors::in_enter_session(session, span));
-                }
-                match session.state() {
-                    // Disconnecting a disconnected session changes nothing.
-                    SessionState::Disconnected => return Ok(session_record(session, span)),
-                    SessionState::Opened => session.handle.clone(),
-                    state => {
-                        return Err(LabeledError::new(format!(
-                            "session {} ({}) is {}: it cannot be disconnected",
-                            session.id,
-                            session.name,
-                            state.as_str()
-                        ))
-                        .with_label("this session", span));
-                    }
-                }
-            };
-            let Some(handle) = handle else {
-                return Err(LabeledError::new("the session has no connection"));
-            };
-            let info = handle
-                .disconnect(timeout, buffering)
-                .map_err(|e| client_error(&e, timeout_span))?;
-            let mut table = plugin.sessions();
-            let session = table
-                .get_mut(*id)
-                .ok_or_else(|| LabeledError::new(format!("no session with id {id}")))?;
-            session.detached(&info);
-            Ok(session_record(session, span))
-        };
-        let rows =
-            crate::fanout::run_each(&ids, throttle, "disconnect-session", |_| span, disconnect);
-        // Nothing attached here any more may not need this process.
-        plugin.keep_alive(engine);
-        Ok(PipelineData::value(rows_or_error(rows, span)?, None))
+                Ok(table
+                    .records(&[*id], span)
+                    .pop()
+                    .unwrap_or(Value::nothing(span)))
+            },
+        );
+        let rows = selected
+            .ids
+            .iter()
+            .map(|id| who(plugin, *id))
+            .zip(results)
+            .collect();
+        Ok(PipelineData::value(crate::fanout::rows(rows, span)?, None))
     }
 }

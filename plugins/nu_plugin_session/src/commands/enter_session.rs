@@ -8,12 +8,13 @@ use nu_protocol::{
 };
 use nu_session_client::SessionSettings;
 
-use super::{category, host_for, ssh_flags, ssh_options};
-use crate::SessionPlugin;
-use crate::errors::client_error;
+use super::category;
+use crate::errors::{Action, client_error, no_session, wrong_state};
+use crate::hosts::host_for;
 use crate::interactive::{self, Ending, Target};
-use crate::select::Criteria;
+use crate::select::{Criteria, Reported};
 use crate::sessions::SessionState;
+use crate::{SessionPlugin, flags, operations};
 
 pub struct EnterSession;
 
@@ -42,7 +43,7 @@ impl PluginCommand for EnterSession {
     }
 
     fn signature(&self) -> Signature {
-        ssh_flags(Signature::build(self.name()))
+        flags::declare_ssh(Signature::build(self.name()))
             .input_output_types(vec![(Type::Any, Type::Nothing)])
             .optional(
                 "target",
@@ -113,14 +114,14 @@ impl PluginCommand for EnterSession {
             What::Session(id) => {
                 check_enterable(plugin, id, head)?;
                 needs_terminal(engine, head)?;
-                super::connect_session::connect(plugin, id, head)?;
+                operations::connect(plugin, id, head)?;
                 Entry {
                     id,
                     temporary: false,
                 }
             }
             What::Computer(computer) => {
-                let ssh = ssh_options(plugin, call, engine)?;
+                let ssh = flags::ssh(plugin, call, engine)?;
                 needs_terminal(engine, head)?;
                 Entry {
                     id: temporary_session(plugin, engine, &computer, &ssh)?,
@@ -129,7 +130,7 @@ impl PluginCommand for EnterSession {
             }
         };
         let ending = entry.enter(plugin, engine, head);
-        entry.leave(plugin, engine, ending, head)
+        entry.leave(plugin, ending, head)
     }
 }
 
@@ -179,7 +180,7 @@ fn what_to_enter(
             .with_label("more than one given", head)),
         };
     }
-    let ids = criteria.select(&plugin.sessions())?;
+    let ids = criteria.select(&plugin.sessions(), &Reported::default())?;
     match ids.as_slice() {
         [id] => Ok(What::Session(*id)),
         [] => Err(LabeledError::new("no session matches")
@@ -204,34 +205,12 @@ fn what_to_enter(
 /// connected first).
 fn check_enterable(plugin: &SessionPlugin, id: i64, head: Span) -> Result<(), LabeledError> {
     let table = plugin.sessions();
-    let session = table
-        .get(id)
-        .ok_or_else(|| LabeledError::new(format!("no session with id {id}")))?;
-    let who = format!("session {} ({})", session.id, session.name);
+    let session = table.get(id).ok_or_else(|| no_session(id, head))?;
+    let idle = session.running.load(SeqCst) == 0;
     match session.state() {
-        SessionState::Opened if session.running.load(SeqCst) > 0 => Err(LabeledError::new(
-            format!("{who} is busy: a command is running in it"),
-        )
-        .with_label("this session", head)
-        .with_help("enter it when the command has finished")),
-        SessionState::Opened => Ok(()),
-        SessionState::Disconnected if session.attached_elsewhere => Err(LabeledError::new(
-            format!(
-                "{who} is connected to another client (availability Busy): it cannot be entered here"
-            ),
-        )
-        .with_label("this session", head)
-        .with_help("disconnect it there first (disconnect-session), then enter it here")),
-        SessionState::Disconnected => Ok(()),
-        state => Err(LabeledError::new(format!(
-            "{who} is {}: it cannot be entered",
-            state.as_str()
-        ))
-        .with_label("this session", head)
-        .with_help(match state {
-            SessionState::Closed => "the session no longer exists; open a new one with new-session",
-            _ => "reconnect it with connect-session when its host is reachable, or remove it",
-        })),
+        SessionState::Opened if idle => Ok(()),
+        SessionState::Disconnected if !session.attached_elsewhere => Ok(()),
+        _ => Err(wrong_state(session, Action::Enter, head)),
     }
 }
 
@@ -267,13 +246,12 @@ fn temporary_session(
     let settings = SessionSettings {
         name: format!("Session{id}"),
         configuration_name: "default".into(),
-        idle_timeout: super::new_session::DEFAULT_IDLE_TIMEOUT,
+        idle_timeout: flags::DEFAULT_IDLE_TIMEOUT,
         output_buffering: Default::default(),
     };
-    let session = super::new_session::open(id, host, computer.item.clone(), transport, settings)
+    let session = operations::open(id, host, computer.item.clone(), transport, settings)
         .map_err(|e| client_error(&e, computer.span))?;
     plugin.sessions().insert(session);
-    plugin.keep_alive(engine);
     Ok(id)
 }
 
@@ -296,7 +274,7 @@ impl Entry {
             let mut table = plugin.sessions();
             let session = table
                 .get_mut(self.id)
-                .ok_or_else(|| LabeledError::new(format!("no session with id {}", self.id)))?;
+                .ok_or_else(|| no_session(self.id, head))?;
             let handle = session
                 .handle
                 .clone()
@@ -321,17 +299,15 @@ impl Entry {
     fn leave(
         &self,
         plugin: &SessionPlugin,
-        engine: &EngineInterface,
         ending: Result<Ending, LabeledError>,
         head: Span,
     ) -> Result<PipelineData, LabeledError> {
         let lost = matches!(ending, Ok(Ending::Lost));
         let removed = if self.temporary && !lost {
-            super::remove_session::remove(plugin, self.id).map_err(|e| client_error(&e, head))
+            operations::remove(plugin, self.id).map_err(|e| client_error(&e, head))
         } else {
             Ok(())
         };
-        plugin.keep_alive(engine);
         match ending? {
             Ending::Lost => Err(self.lost(plugin, head)),
             Ending::Left | Ending::Ended => removed.map(|()| PipelineData::empty()),

@@ -3,10 +3,10 @@ use nu_protocol::{
     Example, LabeledError, PipelineData, Signature, Spanned, SyntaxShape, Type, Value,
 };
 
-use super::{category, sessions_value};
-use crate::SessionPlugin;
-use crate::select::{Criteria, selection_signature};
+use super::category;
+use crate::select::{Need, select, selection_signature};
 use crate::sessions::SessionState;
+use crate::{SessionPlugin, flags};
 
 pub struct GetSession;
 
@@ -29,8 +29,9 @@ impl PluginCommand for GetSession {
     }
 
     fn signature(&self) -> Signature {
-        super::ssh_flags(selection_signature(Signature::build(self.name())))
-            .input_output_types(vec![(Type::Any, Type::table())])
+        flags::declare_ssh(selection_signature(Signature::build(self.name())))
+            // A list, not a table: a computer that cannot be reached is an error row.
+            .input_output_types(vec![(Type::Any, Type::list(Type::Any))])
             .named(
                 "state",
                 SyntaxShape::String,
@@ -81,19 +82,15 @@ impl PluginCommand for GetSession {
         input: PipelineData,
     ) -> Result<PipelineData, LabeledError> {
         let span = call.head;
-        let mut criteria = Criteria::from_call(call, Some(0))?;
-        criteria.add_pipeline(input)?;
         let states = state_filter(call)?;
         let config = call.get_flag::<String>("config-name")?;
         plugin.refresh();
-        super::discover(plugin, engine, call)?;
-        let ids: Vec<i64> = {
+        let selected =
+            select(plugin, engine, call, input, true, Need::Everything)?.or_lone_failure()?;
+        let failures = selected.failures();
+        let mut ids = selected.ids;
+        let mut rows = {
             let table = plugin.sessions();
-            let mut ids = if criteria.is_empty() {
-                table.listed().map(|s| s.id).collect()
-            } else {
-                criteria.select(&table)?
-            };
             ids.sort_unstable();
             ids.retain(|id| {
                 table.get(*id).is_some_and(|s| {
@@ -103,12 +100,12 @@ impl PluginCommand for GetSession {
                             .is_none_or(|c| c.eq_ignore_ascii_case(&s.configuration_name))
                 })
             });
-            ids
+            table.records(&ids, span)
         };
-        Ok(PipelineData::value(
-            sessions_value(plugin, &ids, span),
-            None,
-        ))
+        rows.extend(failures.into_iter().map(|error| {
+            Value::error(nu_protocol::ShellError::LabeledError(Box::new(error)), span)
+        }));
+        Ok(PipelineData::value(Value::list(rows, span), None))
     }
 }
 

@@ -6,12 +6,13 @@ use nu_protocol::{
 };
 use nu_session_client::{CallEvent, Receive};
 
-use super::connect_session::connect;
-use super::invoke_session::{OutputSink, local_value};
-use super::{category, discover, ssh_flags};
-use crate::SessionPlugin;
-use crate::errors::{client_error, remote_error};
-use crate::select::{Criteria, selection_signature};
+use super::category;
+use crate::errors::{client_error, many_failed, named, remote_error};
+use crate::invocation::local_value;
+use crate::invocation::many::who;
+use crate::invocation::output::OutputSink;
+use crate::select::{Need, select, selection_signature};
+use crate::{SessionPlugin, flags, operations};
 
 pub struct ReceiveSession;
 
@@ -33,7 +34,7 @@ impl PluginCommand for ReceiveSession {
     }
 
     fn signature(&self) -> Signature {
-        ssh_flags(selection_signature(Signature::build(self.name())))
+        flags::declare_ssh(selection_signature(Signature::build(self.name())))
             .input_output_types(vec![(Type::Any, Type::Any)])
             .category(category())
     }
@@ -69,25 +70,35 @@ impl PluginCommand for ReceiveSession {
         input: PipelineData,
     ) -> Result<PipelineData, LabeledError> {
         let span = call.head;
-        let criteria = Criteria::required(
+        let selected = select(
+            plugin,
+            engine,
             call,
             input,
-            span,
-            "no sessions to receive from",
-            "`get-session --computer-name <host>` lists a host's sessions",
-        )?;
-        discover(plugin, engine, call)?;
-        let ids = criteria.select(&plugin.sessions())?;
-        // One session: its connection error is the command's error.
+            true,
+            Need::Sessions {
+                nothing: "no sessions to receive from",
+                help: "`get-session --computer-name <host>` lists a host's sessions",
+            },
+        )?
+        .or_lone_failure()?;
+        let lone = selected.ids.len() == 1 && selected.unreachable.is_empty();
         let mut receives = VecDeque::new();
-        if ids.len() == 1 {
-            receives.push_back(Ok(start(plugin, ids[0], span)?));
-        } else {
-            receives.extend(ids.iter().map(|id| start(plugin, *id, span)));
+        for id in &selected.ids {
+            let receive = start(plugin, *id, span);
+            // One session: its connection error is the command's error.
+            if lone {
+                receives.push_back((who(plugin, *id), Ok(receive?)));
+            } else {
+                receives.push_back((who(plugin, *id), receive));
+            }
         }
-        plugin.keep_alive(engine);
+        let failures = selected.failures();
         let mut values = Values {
+            total: receives.len() + failures.len(),
             receives,
+            failures,
+            lone,
             output: OutputSink::new(engine),
             span,
         };
@@ -104,7 +115,7 @@ impl PluginCommand for ReceiveSession {
 
 /// Connects the session when needed and starts receiving its backlog.
 fn start(plugin: &SessionPlugin, id: i64, span: Span) -> Result<Receive, LabeledError> {
-    connect(plugin, id, span)?;
+    operations::connect(plugin, id, span)?;
     let table = plugin.sessions();
     let handle = table
         .get(id)
@@ -113,25 +124,53 @@ fn start(plugin: &SessionPlugin, id: i64, span: Span) -> Result<Receive, Labeled
     handle.receive().map_err(|e| client_error(&e, span))
 }
 
-/// The values of the sessions' backlogs, one session after the other.
+/// The values of the sessions' backlogs, one session after the other. With one session, an
+/// error is a value where it happened; with several, the failures come after every value, as
+/// one error named after the sessions.
 struct Values {
-    receives: VecDeque<Result<Receive, LabeledError>>,
+    receives: VecDeque<(String, Result<Receive, LabeledError>)>,
+    failures: Vec<LabeledError>,
+    total: usize,
+    lone: bool,
     output: OutputSink,
     span: Span,
 }
 
 impl Values {
+    fn fail(&mut self, error: LabeledError) -> Option<Value> {
+        let who = self.receives.pop_front().map(|(who, _)| who);
+        if self.lone {
+            return Some(Value::error(
+                ShellError::LabeledError(Box::new(error)),
+                self.span,
+            ));
+        }
+        self.failures
+            .push(named(error, who.as_deref().unwrap_or("a session")));
+        None
+    }
+
     fn next(&mut self) -> Option<Value> {
         let span = self.span;
-        let error = |e: LabeledError| Value::error(ShellError::LabeledError(Box::new(e)), span);
         loop {
-            let receive = match self.receives.front_mut()? {
+            let Some((_, receive)) = self.receives.front_mut() else {
+                if self.failures.is_empty() {
+                    return None;
+                }
+                let error = many_failed(std::mem::take(&mut self.failures), self.total, "sessions");
+                return Some(Value::error(
+                    ShellError::LabeledError(Box::new(error)),
+                    span,
+                ));
+            };
+            let receive = match receive {
                 Ok(receive) => receive,
-                Err(_) => {
-                    let Some(Err(e)) = self.receives.pop_front() else {
-                        continue;
-                    };
-                    return Some(error(e));
+                Err(error) => {
+                    let error = error.clone();
+                    if let Some(value) = self.fail(error) {
+                        return Some(value);
+                    }
+                    continue;
                 }
             };
             match receive.next_event() {
@@ -143,13 +182,26 @@ impl Values {
                     CallEvent::Output { stderr, bytes } => self.output.write(stderr, &bytes),
                     CallEvent::Dropped(count) => self.output.dropped(count),
                     CallEvent::Finished(Some(remote)) => {
-                        return Some(error(remote_error(&remote, None, span)));
+                        if self.lone {
+                            return Some(Value::error(
+                                ShellError::LabeledError(Box::new(remote_error(
+                                    &remote, None, span,
+                                ))),
+                                span,
+                            ));
+                        }
+                        let who = self.receives.front().map(|(who, _)| who.clone());
+                        self.failures.push(named(
+                            remote_error(&remote, None, span),
+                            who.as_deref().unwrap_or("a session"),
+                        ));
                     }
                     CallEvent::Started { .. } | CallEvent::Finished(None) => {}
                 },
                 Err(e) => {
-                    self.receives.pop_front();
-                    return Some(error(client_error(&e, span)));
+                    if let Some(value) = self.fail(client_error(&e, span)) {
+                        return Some(value);
+                    }
                 }
             }
         }

@@ -1,11 +1,11 @@
 use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
 use nu_protocol::{Example, LabeledError, PipelineData, Signature, Type, Value};
-use nu_session_client::{ClientError, ErrorKind};
 
 use super::category;
-use crate::SessionPlugin;
 use crate::errors::client_error;
-use crate::select::{Criteria, selection_signature};
+use crate::invocation::many::who;
+use crate::select::{Need, select, selection_signature};
+use crate::{SessionPlugin, flags, operations};
 
 pub struct RemoveSession;
 
@@ -26,14 +26,12 @@ impl PluginCommand for RemoveSession {
     }
 
     fn signature(&self) -> Signature {
-        selection_signature(Signature::build(self.name()))
-            .input_output_types(vec![(Type::Any, Type::Nothing)])
-            .switch(
-                "what-if",
-                "Print what would be removed and change nothing.",
-                None,
-            )
-            .category(category())
+        flags::declare_what_if(
+            selection_signature(Signature::build(self.name())),
+            "removed",
+        )
+        .input_output_types(vec![(Type::Any, Type::Nothing)])
+        .category(category())
     }
 
     fn search_terms(&self) -> Vec<&str> {
@@ -68,48 +66,35 @@ impl PluginCommand for RemoveSession {
         input: PipelineData,
     ) -> Result<PipelineData, LabeledError> {
         let span = call.head;
-        let criteria = Criteria::required(
+        let selected = select(
+            plugin,
+            engine,
             call,
             input,
-            span,
-            "no sessions to remove",
-            "`get-session | remove-session` removes them all",
+            false,
+            Need::Sessions {
+                nothing: "no sessions to remove",
+                help: "`get-session | remove-session` removes them all",
+            },
         )?;
-        let ids = criteria.select(&plugin.sessions())?;
-        if call.has_flag("what-if")? {
-            super::what_if(plugin, &ids, "Remove");
+        if flags::what_if(call)? {
+            plugin.what_if(&selected.ids, "Remove");
             return Ok(PipelineData::empty());
         }
-        let mut failures = Vec::new();
-        for id in ids {
-            if let Err(e) = remove(plugin, id) {
-                failures.push(client_error(&e, span));
-            }
-        }
-        plugin.keep_alive(engine);
-        match failures.into_iter().next() {
-            Some(first) => Err(first),
-            None => Ok(PipelineData::empty()),
-        }
-    }
-}
-
-/// Closes the session here and deletes it on its host (one already gone there is no error).
-pub(crate) fn remove(plugin: &SessionPlugin, id: i64) -> Result<(), ClientError> {
-    let target = {
-        let mut table = plugin.sessions();
-        table.get_mut(id).and_then(|session| {
-            let open = !session.closed;
-            session.close();
-            session.removed = true;
-            open.then(|| (session.host.clone(), session.instance_id))
-        })
-    };
-    match target {
-        Some((host, instance_id)) => match host.remove_session(instance_id) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        },
-        None => Ok(()),
+        let results = crate::fanout::run_each(
+            &selected.ids,
+            flags::DEFAULT_THROTTLE,
+            "remove-session",
+            |_| span,
+            |id| operations::remove(plugin, *id).map_err(|e| client_error(&e, span)),
+        );
+        let done = selected
+            .ids
+            .iter()
+            .map(|id| who(plugin, *id))
+            .zip(results)
+            .collect();
+        crate::fanout::all_done(done, "sessions")?;
+        Ok(PipelineData::empty())
     }
 }

@@ -1,0 +1,353 @@
+//! Running code in sessions, for `invoke-session`, `enter-session` and `receive-session`:
+//!
+//! - here: one invocation in one session ([`Run`]), its result shaped as it would be locally
+//!   (nothing, one value, or a stream), errors pointing into the user's code, Ctrl-C forwarded
+//!   ([`Interrupters`]), the session marked busy meanwhile;
+//! - [`many`]: the same code in several sessions (a fan-out): streamed session by session with
+//!   the failures raised at the end, or one record per session (`--by-session`);
+//! - [`output`]: where what the session prints goes.
+
+pub mod many;
+pub mod output;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nu_plugin::EngineInterface;
+use nu_protocol::{HandlerGuard, LabeledError, ListStream, PipelineData, ShellError, Span, Value};
+use nu_session_client::{Call, CallEvent, ClientError, RemoteError, SessionHandle};
+
+use crate::SessionPlugin;
+use crate::code::Code;
+use crate::errors::{Action, client_error, no_session, remote_error, wrong_state};
+use crate::sessions::SessionState;
+use output::OutputSink;
+
+/// A session the code is to run in.
+pub struct Target {
+    handle: SessionHandle,
+    running: Arc<AtomicUsize>,
+}
+
+impl Target {
+    pub fn handle(&self) -> &SessionHandle {
+        &self.handle
+    }
+}
+
+/// The session `id`, if it can run code now (Opened); else why not.
+pub fn lookup(plugin: &SessionPlugin, id: i64, head: Span) -> Result<Target, LabeledError> {
+    let table = plugin.sessions();
+    let session = table.get(id).ok_or_else(|| no_session(id, head))?;
+    match (&session.handle, session.state()) {
+        (Some(handle), SessionState::Opened) => Ok(Target {
+            handle: handle.clone(),
+            running: session.running.clone(),
+        }),
+        _ => Err(wrong_state(session, Action::Run, head)),
+    }
+}
+
+/// Runs `code` in the session `id` as invoke-session runs it in one session, with no input:
+/// the result is shaped as it would be locally, printed output goes to the terminal, and the
+/// call's interrupter joins `interrupters` (for Ctrl-C). `enter-session` runs each line so.
+pub fn invoke_one(
+    plugin: &SessionPlugin,
+    engine: &EngineInterface,
+    id: i64,
+    code: Code,
+    code_span: Span,
+    head: Span,
+    interrupters: &Interrupters,
+) -> Result<PipelineData, LabeledError> {
+    let starter = Starter {
+        engine: engine.clone(),
+        code: Arc::new(code),
+        input: None,
+        head,
+        code_span,
+        interrupters: interrupters.clone(),
+    };
+    starter
+        .start(lookup(plugin, id, head)?)?
+        .into_pipeline(&OutputSink::new(engine), engine)
+}
+
+/// Ctrl-C goes to every invocation started so far.
+#[derive(Clone, Default)]
+pub struct Interrupters(Arc<Mutex<Vec<Interrupt>>>);
+
+type Interrupt = Box<dyn Fn() + Send + Sync>;
+
+impl Interrupters {
+    fn add(&self, interrupt: impl Fn() + Send + Sync + 'static) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(interrupt));
+    }
+
+    pub fn interrupt_all(&self) {
+        let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter().for_each(|interrupt| interrupt());
+    }
+
+    /// Forwards the engine's Ctrl-C to these interrupters while the guard lives.
+    pub fn on_ctrl_c(&self, engine: &EngineInterface) -> Result<HandlerGuard, LabeledError> {
+        let interrupters = self.clone();
+        Ok(engine.register_signal_handler(Box::new(move |action| {
+            if action == nu_protocol::SignalAction::Interrupt {
+                interrupters.interrupt_all();
+            }
+        }))?)
+    }
+}
+
+/// Starts the code in sessions.
+pub struct Starter {
+    pub engine: EngineInterface,
+    pub code: Arc<Code>,
+    pub input: Option<Value>,
+    pub head: Span,
+    pub code_span: Span,
+    pub interrupters: Interrupters,
+}
+
+impl Starter {
+    pub fn start(&self, target: Target) -> Result<Run, LabeledError> {
+        let call = target
+            .handle
+            .invoke(
+                self.code.source.clone(),
+                self.code.bindings.clone(),
+                self.input.clone(),
+            )
+            .map_err(|e| client_error(&e, self.head))?;
+        self.interrupters.add(call.interrupter());
+        Ok(Run {
+            call: Some(call),
+            code: self.code.clone(),
+            code_span: self.code_span,
+            head: self.head,
+            _busy: Busy::new(target.running),
+            guard: None,
+            done: false,
+            engine: self.engine.clone(),
+        })
+    }
+}
+
+/// One invocation in one session.
+pub struct Run {
+    /// `None` once given up without interrupting (see [`Drop`]).
+    call: Option<Call>,
+    code: Arc<Code>,
+    code_span: Span,
+    head: Span,
+    _busy: Busy,
+    /// Keeps Ctrl-C forwarded while a lone invocation's stream is read.
+    guard: Option<HandlerGuard>,
+    done: bool,
+    engine: EngineInterface,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        // Dropped unfinished: the user stopped reading (`| first 3`), and the code is
+        // interrupted (the call's own drop); or `nu` itself is gone (killed, its terminal
+        // closed), and the code runs on in the session, its output kept for receive-session.
+        if !self.done
+            && self.engine.get_current_dir().is_err()
+            && let Some(call) = self.call.take()
+        {
+            call.forget();
+        }
+    }
+}
+
+/// Marks a session busy while an invocation runs in it.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn new(counter: Arc<AtomicUsize>) -> Busy {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Busy(counter)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What an invocation produced, taken whole (for `--by-session`).
+pub struct Collected {
+    /// Nothing, its value, or the list of a stream's values.
+    pub output: Value,
+    pub error: Option<LabeledError>,
+}
+
+impl Run {
+    /// Keeps Ctrl-C forwarded for as long as this run's result is read.
+    pub fn keep(&mut self, guard: HandlerGuard) {
+        self.guard = Some(guard);
+    }
+
+    /// The next event that is not printed output.
+    fn next_event(&mut self, output: &OutputSink) -> Result<CallEvent, ClientError> {
+        let call = self.call.as_mut().ok_or_else(ClientError::lost)?;
+        loop {
+            match call.next_event()? {
+                CallEvent::Output { stderr, bytes } => output.write(stderr, &bytes),
+                CallEvent::Dropped(count) => output.dropped(count),
+                event => return Ok(event),
+            }
+        }
+    }
+
+    fn error(&self, error: &RemoteError) -> LabeledError {
+        remote_error(error, Some(&self.code), self.code_span)
+    }
+
+    /// The result shaped as it would be locally: nothing, one value, or a stream.
+    pub fn into_pipeline(
+        mut self,
+        output: &OutputSink,
+        engine: &EngineInterface,
+    ) -> Result<PipelineData, LabeledError> {
+        let head = self.head;
+        let lost = |e: ClientError| client_error(&e, head);
+        match self.next_event(output).map_err(lost)? {
+            CallEvent::Finished(Some(error)) => Err(self.error(&error)),
+            CallEvent::Finished(None) => Ok(PipelineData::empty()),
+            CallEvent::Started { stream: true } => {
+                let output = *output;
+                let stream = std::iter::from_fn(move || self.next_value(&output));
+                Ok(PipelineData::list_stream(
+                    ListStream::new(stream, head, engine.signals().clone()),
+                    None,
+                ))
+            }
+            CallEvent::Started { stream: false } => match self.single(output)? {
+                Value::Nothing { .. } => Ok(PipelineData::empty()),
+                value => Ok(PipelineData::value(value, None)),
+            },
+            CallEvent::Value(value) => Ok(PipelineData::value(local_value(value, head), None)),
+            CallEvent::Output { .. } | CallEvent::Dropped(_) => Ok(PipelineData::empty()),
+        }
+    }
+
+    /// The one value of a result that is not a stream (nothing if it has none).
+    fn single(&mut self, output: &OutputSink) -> Result<Value, LabeledError> {
+        let head = self.head;
+        let mut result = Value::nothing(head);
+        loop {
+            match self
+                .next_event(output)
+                .map_err(|e| client_error(&e, head))?
+            {
+                CallEvent::Value(value) => result = local_value(value, head),
+                CallEvent::Finished(None) => {
+                    self.done = true;
+                    return Ok(result);
+                }
+                CallEvent::Finished(Some(error)) => {
+                    self.done = true;
+                    return Err(self.error(&error));
+                }
+                CallEvent::Started { .. } | CallEvent::Output { .. } | CallEvent::Dropped(_) => {}
+            }
+        }
+    }
+
+    /// The next value of a streaming result; errors become error values.
+    pub fn next_value(&mut self, output: &OutputSink) -> Option<Value> {
+        if self.done {
+            return None;
+        }
+        loop {
+            match self.next_event(output) {
+                Ok(CallEvent::Value(value)) => return Some(local_value(value, self.head)),
+                Ok(
+                    CallEvent::Started { .. } | CallEvent::Output { .. } | CallEvent::Dropped(_),
+                ) => {}
+                Ok(CallEvent::Finished(None)) => {
+                    self.done = true;
+                    return None;
+                }
+                Ok(CallEvent::Finished(Some(error))) => {
+                    self.done = true;
+                    return Some(Value::error(
+                        ShellError::LabeledError(Box::new(self.error(&error))),
+                        self.head,
+                    ));
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Value::error(
+                        ShellError::LabeledError(Box::new(client_error(&e, self.head))),
+                        self.head,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Everything the invocation produces, as one value (a list for a stream), and its error.
+    pub fn collect(mut self, output: &OutputSink) -> Collected {
+        let head = self.head;
+        let first = match self.next_event(output) {
+            Ok(event) => event,
+            Err(e) => {
+                return Collected {
+                    output: Value::nothing(head),
+                    error: Some(client_error(&e, head)),
+                };
+            }
+        };
+        match first {
+            CallEvent::Started { stream: true } => {
+                let mut values = Vec::new();
+                let mut error = None;
+                while let Some(value) = self.next_value(output) {
+                    match value {
+                        Value::Error { error: e, .. } => {
+                            error = Some(LabeledError::from_diagnostic(&*e));
+                            break;
+                        }
+                        value => values.push(value),
+                    }
+                }
+                Collected {
+                    output: Value::list(values, head),
+                    error,
+                }
+            }
+            CallEvent::Finished(error) => Collected {
+                output: Value::nothing(head),
+                error: error.map(|e| self.error(&e)),
+            },
+            _ => match self.single(output) {
+                Ok(value) => Collected {
+                    output: value,
+                    error: None,
+                },
+                Err(error) => Collected {
+                    output: Value::nothing(head),
+                    error: Some(error),
+                },
+            },
+        }
+    }
+}
+
+/// Values from a session get the span of this call: their own spans point into the session's
+/// sources.
+pub fn local_value(mut value: Value, span: Span) -> Value {
+    let _ = value.recurse_mut(&mut |v: &mut Value| {
+        v.set_span(span);
+        Ok::<_, std::convert::Infallible>(())
+    });
+    value
+}

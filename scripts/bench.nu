@@ -46,10 +46,14 @@ let rss = rss_of $pid
 
 def rate [n: int, d: duration] { $n / ($d / 1sec) | math round | into int }
 
-# Over SSH, to the sshds scripts/bench.sh started on 127.0.0.2-5 (host aliases `bench`, `fan1`-`fan3`).
+# Over SSH, to the sshds scripts/bench.sh started on 127.0.0.2-6 (host aliases `bench`, `has`,
+# `fan1`-`fan3`), each a non-root user with nothing of ours preset.
 let ssh_rows = if ($env.NU_SESSION_SSH_CONFIG | is-empty) { [] } else {
     let cfg = $env.NU_SESSION_SSH_CONFIG
+    # `bench` has never seen us: this copies our host program there, then starts its manager.
     let first = timeit { new-session bench --name ssh1 }
+    # `has` has this build's host program, and nothing running: this starts its manager.
+    let first_has = timeit { new-session has | remove-session }
     let fresh_ssh = median_of 10 { ^ssh -F $cfg -o ControlMaster=no -o ControlPath=none bench true }
     let second = median_of 10 { new-session bench | remove-session }
     let r = get-session --name ssh1
@@ -61,12 +65,12 @@ let ssh_rows = if ($env.NU_SESSION_SSH_CONFIG | is-empty) { [] } else {
     let cm_ints = median_of 3 { ^ssh -F $cfg bench nu -n -c "'seq 1 1000000 | to json -r'" | from json | length }
     let ssh_recs = median_of 3 { invoke-session $r $recs | length }
     let cm_recs = median_of 3 { ^ssh -F $cfg bench nu -n -c $"'($recs) | to json -r'" | from json | length }
-    # Three hosts nobody has connected to yet: 4 + 3 + 3 sessions, opened in parallel.
+    # Three hosts with our host program and nothing running: 4 + 3 + 3 sessions, in parallel.
     let fan = [fan1 fan1 fan1 fan1 fan2 fan2 fan2 fan3 fan3 fan3]
     let fan_ours = timeit { new-session ...$fan | where state == Opened | length | if $in != 10 { error make {msg: $"only ($in) of 10 opened"} } }
     let fan_ssh = timeit { $fan | par-each {|h| ^ssh -F $cfg -o ControlMaster=no -o ControlPath=none $h true } }
     let rx_remote = new-session bench --name rx-remote
-    buffered $rx_remote $rx_n $rx_marker
+    buffered $rx_remote $rx_n $"($env.BENCH_MARKERS)/received.marker"
     let ssh_rx = timeit { receive-session --name rx-remote | length | if $in != $rx_n { error make {msg: $"received ($in)"} } }
     let cm_rx = median_of 3 { ^ssh -F $cfg bench nu -n -c $"'seq 1 ($rx_n) | to json -r'" | from json | length }
     # Network cut and restored (a network namespace's link down, then up), 5 times: from the
@@ -94,12 +98,13 @@ let ssh_rows = if ($env.NU_SESSION_SSH_CONFIG | is-empty) { [] } else {
     } }
     [
         [measure, ours, baseline, "baseline is"];
-        ["SSH: first session to a host", $first, $fresh_ssh, "ssh host true, fresh connection (median of 10)"]
+        ["SSH: first session to a new host (copies nu-session-host there)", $first, $fresh_ssh, "ssh host true, fresh connection (median of 10)"]
+        ["SSH: first session to a host that has it (starts its manager)", $first_has, $fresh_ssh, "same"]
         ["SSH: another session on the same host (median of 10)", $second, null, null]
         ["SSH: invoke round trip '1 + 1' (median of 500)", $ssh_rtt, $cm_rtt, "ssh ControlMaster + nu -n -c '1 + 1' (median of 20)"]
         ["SSH: 1,000,000 ints streamed (median of 3)", $ssh_ints, $cm_ints, "ssh ControlMaster + nu -c '... | to json -r' | from json"]
         ["SSH: 200,000 records streamed (median of 3)", $ssh_recs, $cm_recs, "same"]
-        ["SSH: 10 sessions across 3 new hosts", $fan_ours, $fan_ssh, "10 fresh `ssh host true` in parallel"]
+        ["SSH: 10 sessions across 3 hosts (nothing running there)", $fan_ours, $fan_ssh, "10 fresh `ssh host true` in parallel"]
         ["SSH: receive 200,000 buffered ints", $ssh_rx, $cm_rx, "ssh ControlMaster + nu -c 'seq ... | to json -r' | from json (median of 3)"]
         ["  values per second", (rate $rx_n $ssh_rx), (rate $rx_n $cm_rx), ""]
     ] | append $reattach_rows

@@ -10,17 +10,27 @@ say "building (release)"
 cargo build --release --quiet -p nu_plugin_session -p nu-session-host
 BIN="$CARGO_TARGET_DIR/release"
 RT="$(mktemp -d /tmp/nsbench.XXXXXX)"
+# The remote users (below) save markers here.
+chmod 755 "$RT"
+mkdir -m 1777 "$RT/markers"
+# Each remote host is a Unix user of this machine, logging in as on a stock server: non-root,
+# PAM on, nothing of ours preset. Their sessions live where they would on a real host.
+HOST_USERS="bench:nsu091 fan1:nsu092 fan2:nsu093 fan3:nsu094 has:nsu095 netbench:nsu096"
+remote_users() { for h in $HOST_USERS; do echo "${h#*:}"; done; }
+reset_remote_users() {
+    for u in $(remote_users); do pkill -KILL -u "$u" 2>/dev/null || true; done
+    for u in $(remote_users); do rm -rf "/tmp/nu-session-$(id -u "$u")"; done
+}
 cleanup() {
-    for pid in ${SSHD_PIDS:-}; do kill "$pid" 2>/dev/null || true; done
     [ -f "$RT/sshd/ssh_config" ] && ssh -F "$RT/sshd/ssh_config" -O exit bench 2>/dev/null || true
-    for f in "$RT"/rt/sessions/*.json "$RT"/remote-*/sessions/*.json; do
+    for pid in ${SSHD_PIDS:-}; do kill "$pid" 2>/dev/null || true; done
+    for f in "$RT"/rt/sessions/*.json; do
         [ -e "$f" ] || continue
         pid=$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$f")
         [ -n "$pid" ] && kill -9 -- "-$pid" 2>/dev/null || true
     done
-    for m in "$RT"/rt/manager.pid "$RT"/remote-*/manager.pid; do
-        [ -f "$m" ] && kill -9 "$(cat "$m")" 2>/dev/null || true
-    done
+    [ -f "$RT/rt/manager.pid" ] && kill -9 "$(cat "$RT/rt/manager.pid")" 2>/dev/null || true
+    [ -n "${USERS_HELD:-}" ] && reset_remote_users
     if [ -n "${BENCH_VETH:-}" ]; then
         ip link del "$BENCH_VETH" 2>/dev/null || true
         ip netns del "$NETNS" 2>/dev/null || true
@@ -30,19 +40,45 @@ cleanup() {
 trap cleanup EXIT
 # A killed run cleans up too (a stale namespace would take over the address of the next run's).
 trap 'exit 130' INT TERM HUP
-# OpenSSH servers on 127.0.0.2-5 stand for four remote hosts (when sshd is installed): `bench`
-# for the per-host measures, `fan1`-`fan3` for the fan-out. Each has its own runtime directory.
+# OpenSSH servers on 127.0.0.2-6 stand for remote hosts (when sshd is installed and we are
+# root): `bench` for the per-host measures (nobody has connected to it: the first session copies
+# our host program there), `has` (has this build's host program, nothing running), `fan1`-`fan3`
+# for the fan-out (the same). Their PATH has nu (for the baselines) and nothing of ours.
 SSHD_PIDS=""
-if [ -x /usr/sbin/sshd ]; then
+if [ -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ] && ensure_test_users 96; then
+    # Hold the users, so that a test run at the same time does not use them too.
+    mkdir -p /tmp/nu-session-test-users
+    for u in $(remote_users); do
+        exec {lock}> "/tmp/nu-session-test-users/$u"
+        flock -n "$lock" || { say "$u is in use by a test run; try again later"; exit 1; }
+    done
+    USERS_HELD=1
+    reset_remote_users
     S="$RT/sshd"
-    mkdir -p "$S" /run/sshd
+    mkdir -p "$S" /run/sshd "$RT/nu-bin"
+    ln -f "$NU" "$RT/nu-bin/nu" 2>/dev/null || cp "$NU" "$RT/nu-bin/nu"
     ssh-keygen -q -t ed25519 -N '' -f "$S/id"
     cp "$S/id.pub" "$S/authorized_keys"
+    chmod 644 "$S/authorized_keys"
     : > "$S/known_hosts"
     : > "$S/ssh_config"
-    for host in bench:2 fan1:3 fan2:4 fan3:5; do
+    VERSION_DIR="$("$BIN/nu-session-host" --version | cut -d' ' -f2)-$(sha256sum "$BIN/nu-session-host" | cut -c1-16)"
+    n=1
+    for host in $HOST_USERS; do
         alias=${host%:*}
-        addr=127.0.0.${host#*:}
+        user=${host#*:}
+        home="$(getent passwd "$user" | cut -d: -f6)"
+        rm -rf "$home/.local/share/nu-session/host"
+        case "$alias" in
+        bench) ;;
+        *)
+            install -d -o "$user" -g "$user" "$home/.local/share/nu-session/host/$VERSION_DIR"
+            ln -f "$BIN/nu-session-host" "$home/.local/share/nu-session/host/$VERSION_DIR/nu-session-host"
+            ;;
+        esac
+        [ "$alias" = netbench ] && continue
+        n=$((n + 1))
+        addr=127.0.0.$n
         ssh-keygen -q -t ed25519 -N '' -f "$S/host-$alias"
         PORT=$(python3 -c "import socket; s=socket.socket(); s.bind(('$addr', 0)); print(s.getsockname()[1])")
         cat > "$S/sshd_config-$alias" <<CFG
@@ -51,15 +87,16 @@ Port $PORT
 HostKey $S/host-$alias
 AuthorizedKeysFile $S/authorized_keys
 PidFile none
-UsePAM no
+UsePAM yes
 StrictModes no
 PasswordAuthentication no
 KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
+PermitRootLogin no
+AllowUsers $user
 MaxStartups 100
 MaxSessions 100
 LogLevel ERROR
-SetEnv PATH=$BIN:$(dirname "$NU"):/usr/bin:/bin NU_SESSION_DIR=$RT/remote-$alias
+SetEnv PATH=$RT/nu-bin:/usr/local/bin:/usr/bin:/bin
 CFG
         /usr/sbin/sshd -D -e -f "$S/sshd_config-$alias" 2> "$S/log-$alias" &
         SSHD_PIDS="$SSHD_PIDS $!"
@@ -68,7 +105,7 @@ CFG
 Host $alias
   HostName $addr
   Port $PORT
-  User $(id -un)
+  User $user
   IdentityFile $S/id
   IdentitiesOnly yes
   UserKnownHostsFile $S/known_hosts
@@ -91,7 +128,7 @@ CFG
         ip -n "$NETNS" link set lo up
         ssh-keygen -q -t ed25519 -N '' -f "$S/host-netbench"
         sed -e 's/^ListenAddress .*/ListenAddress 10.250.0.2/' -e 's/^Port .*/Port 22/' \
-            -e "s|^HostKey .*|HostKey $S/host-netbench|" -e "s|remote-bench|remote-netbench|" \
+            -e "s|^HostKey .*|HostKey $S/host-netbench|" -e "s|^AllowUsers .*|AllowUsers nsu096|" \
             "$S/sshd_config-bench" > "$S/sshd_config-netbench"
         ip netns exec "$NETNS" /usr/sbin/sshd -D -e -f "$S/sshd_config-netbench" 2> "$S/log-netbench" &
         SSHD_PIDS="$SSHD_PIDS $!"
@@ -99,7 +136,7 @@ CFG
         cat >> "$S/ssh_config" <<CFG
 Host netbench
   HostName 10.250.0.2
-  User $(id -un)
+  User nsu096
   IdentityFile $S/id
   IdentitiesOnly yes
   UserKnownHostsFile $S/known_hosts
@@ -112,7 +149,7 @@ CFG
     fi
 fi
 say "running on $(nproc) cores; nu $("$NU" --version)"
-NU_SESSION_DIR="$RT/rt" NU_SESSION_HOST="$BIN/nu-session-host" BENCH_NU="$NU" \
+NU_SESSION_DIR="$RT/rt" BENCH_NU="$NU" BENCH_MARKERS="$RT/markers" \
     NU_SESSION_SSH_CONFIG="${BENCH_SSH_CONFIG:-}" BENCH_VETH="${BENCH_VETH:-}" BENCH_NETNS="${BENCH_NETNS:-}" \
     BENCH_NETLOG="${BENCH_NETLOG:-}" SSH_AUTH_SOCK="" \
     "$NU" -n --plugins "[$BIN/nu_plugin_session]" scripts/bench.nu

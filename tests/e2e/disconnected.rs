@@ -246,7 +246,23 @@ fn drop_keeps_a_contiguous_newest_tail_and_says_how_much_was_dropped() {
 #[test]
 fn a_disconnected_session_is_deleted_when_its_idle_timeout_expires() {
     let sb = Sandbox::new();
-    sb.ok("new-session --name short --idle-timeout 1min | ignore; disconnect-session --name short | ignore");
+    // The process that disconnected it stays, to see what the host says afterwards.
+    let marker = sb.path().join("expired");
+    let mut knew = sb.spawn(&format!(
+        "let s = new-session --name short --idle-timeout 1min
+         disconnect-session $s | ignore
+         print ready
+         while not ('{m}' | path exists) {{ sleep 100ms }}
+         {{ listed: (get-session --computer-name localhost | length), state: ($s | get-session | get 0.state) }} | to json -r",
+        m = marker.display()
+    ));
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut BufReader::new(knew.stdout.take().expect("stdout")),
+        &mut ready,
+    )
+    .expect("ready");
+    assert_eq!(ready.trim(), "ready");
     let pids = sb.worker_pids();
     assert_eq!(pids.len(), 1);
     // Still there well before the minute is up.
@@ -262,6 +278,13 @@ fn a_disconnected_session_is_deleted_when_its_idle_timeout_expires() {
         sb.end_records(),
         ["its idle timeout (1min) expired with no client attached"]
     );
+    // The process that knew it: the host's answer wins, the session is Closed.
+    std::fs::write(&marker, "x").expect("marker");
+    let out = knew.wait_with_output().expect("nu");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(seen, json!({"listed": 0, "state": "Closed"}));
 }
 
 #[test]

@@ -64,9 +64,10 @@ pub fn selection_flags(signature: Signature) -> Signature {
         )
         .named(
             "computer-name",
+            // The list first: tried the other way round, `[web1 web2]` parses as one string.
             SyntaxShape::OneOf(vec![
-                SyntaxShape::String,
                 SyntaxShape::List(Box::new(SyntaxShape::String)),
+                SyntaxShape::String,
             ]),
             "Sessions on these computers (names or globs).",
             Some('c'),

@@ -62,6 +62,14 @@ impl Drop for Status {
         let mut line = LINE.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(line) = line.as_mut() {
             line.parts.remove(&self.key);
+            // Erased now, not at the next redraw: whatever comes next (a prompt, a table) may
+            // already be on that line by then.
+            if line.parts.is_empty() && line.shown {
+                let mut stderr = std::io::stderr().lock();
+                let _ = write!(stderr, "\r\x1b[K");
+                let _ = stderr.flush();
+                line.shown = false;
+            }
         }
     }
 }

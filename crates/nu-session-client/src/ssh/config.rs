@@ -119,7 +119,10 @@ impl SshTarget {
             ));
         }
         let text = String::from_utf8_lossy(&output.stdout);
-        let mut target = SshTarget::from_ssh_g(&name.to_string(), &text)?;
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let mut target = SshTarget::from_ssh_g(&name.to_string(), &text, &home)?;
         target.config_file = options.config_file.clone();
         if let Some(file) = &options.identity_file {
             target.identity_files = vec![file.clone()];
@@ -133,11 +136,12 @@ impl SshTarget {
         Ok(target)
     }
 
-    /// Reads the flat `key value` lines `ssh -G` prints.
-    fn from_ssh_g(computer_name: &str, text: &str) -> Result<SshTarget, ClientError> {
-        let home = std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_default();
+    /// Reads the flat `key value` lines `ssh -G` prints (`~/` is `home`).
+    fn from_ssh_g(
+        computer_name: &str,
+        text: &str,
+        home: &std::path::Path,
+    ) -> Result<SshTarget, ClientError> {
         let expand = |path: &str| match path.strip_prefix("~/") {
             Some(rest) => home.join(rest),
             None => PathBuf::from(path),
@@ -205,5 +209,112 @@ impl SshTarget {
             ));
         }
         Ok(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // What OpenSSH 9.2 prints for `ssh -G`, kept as it printed it (81 lines each).
+    const CONFIGURED: &str = include_str!("testdata/ssh-g-configured.txt");
+    const DEFAULTS: &str = include_str!("testdata/ssh-g-defaults.txt");
+    const PROXY_COMMAND: &str = include_str!("testdata/ssh-g-proxycommand.txt");
+
+    fn read(text: &str) -> Result<SshTarget, ClientError> {
+        SshTarget::from_ssh_g("web1", text, std::path::Path::new("/home/alice"))
+    }
+
+    #[test]
+    fn a_configured_host_means_what_it_means_to_ssh() {
+        let target = read(CONFIGURED).unwrap();
+        assert_eq!(target.computer_name, "web1");
+        assert_eq!(target.hostname, "10.0.0.5");
+        assert_eq!(target.user, "deploy");
+        assert_eq!(target.port, 2222);
+        // In order, `~/` expanded.
+        assert_eq!(
+            target.identity_files,
+            [
+                PathBuf::from("/home/alice/.ssh/web1_ed25519"),
+                PathBuf::from("/etc/keys/shared")
+            ]
+        );
+        assert_eq!(
+            target.known_hosts,
+            [
+                PathBuf::from("/home/alice/.ssh/known_hosts"),
+                PathBuf::from("/etc/ssh/fleet_known_hosts")
+            ]
+        );
+        assert_eq!(target.strict, StrictHostKeyChecking::AcceptNew);
+        assert_eq!(target.connect_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(target.alive_interval, Duration::from_secs(5));
+        assert_eq!(target.alive_count_max, 4);
+        assert_eq!(target.proxy_jump, ["bastion", "jump2:2200"]);
+    }
+
+    #[test]
+    fn defaults_are_openssh_s_except_the_keepalive() {
+        let target = read(DEFAULTS).unwrap();
+        assert_eq!((target.hostname.as_str(), target.port), ("plain", 22));
+        assert_eq!(target.user, "alice");
+        // `ask` has nobody to ask: it refuses unknown keys.
+        assert_eq!(target.strict, StrictHostKeyChecking::Yes);
+        // `connecttimeout none`: no timeout of its own.
+        assert_eq!(target.connect_timeout, None);
+        // OpenSSH's interval 0 (off) becomes ours: a session must notice a dead network.
+        assert_eq!(target.alive_interval, DEFAULT_ALIVE_INTERVAL);
+        assert_eq!(target.alive_count_max, 3);
+        assert!(target.proxy_jump.is_empty());
+        assert_eq!(target.identity_files.len(), 7);
+        assert!(
+            target
+                .identity_files
+                .iter()
+                .all(|f| f.starts_with("/home/alice/.ssh"))
+        );
+        assert_eq!(target.known_hosts.len(), 2);
+    }
+
+    #[test]
+    fn a_proxy_command_is_refused_with_what_to_use_instead() {
+        let error = read(PROXY_COMMAND).unwrap_err();
+        assert!(error.to_string().contains("ProxyCommand"), "{error}");
+        assert!(format!("{error:?}").contains("ProxyJump"), "{error:?}");
+    }
+
+    #[test]
+    fn output_without_a_host_or_user_is_an_error_not_a_guess() {
+        assert!(read("").is_err());
+        assert!(read("hostname web1\n").is_err());
+        assert!(read("user alice\n").is_err());
+        // Lines it does not know, or without a value, are skipped.
+        let target = read("user alice\nhostname web1\nnonsense\nport x\n").unwrap();
+        assert_eq!(target.port, 22);
+    }
+
+    #[test]
+    fn strict_host_key_checking_reads_every_spelling() {
+        for (text, want) in [
+            ("yes", Some(StrictHostKeyChecking::Yes)),
+            ("ask", Some(StrictHostKeyChecking::Yes)),
+            ("Accept-New", Some(StrictHostKeyChecking::AcceptNew)),
+            ("off", Some(StrictHostKeyChecking::No)),
+            ("no", Some(StrictHostKeyChecking::No)),
+            ("maybe", None),
+        ] {
+            assert_eq!(StrictHostKeyChecking::parse(text), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn connections_are_shared_only_when_all_but_the_name_match() {
+        let a = read(CONFIGURED).unwrap();
+        let mut b = a.clone();
+        b.computer_name = "alias-of-web1".into();
+        assert!(a.same_connection(&b));
+        b.strict = StrictHostKeyChecking::No;
+        assert!(!a.same_connection(&b));
     }
 }

@@ -12,7 +12,8 @@
 //!
 //! **Copying it** ([`deploy`]), only when the host's OS and architecture are this program's and
 //! copying is not turned off: another command receives our host program on its stdin (gzip'd
-//! when the host has `gzip`) into a temporary file next to its final place, checks its size,
+//! when the host has `gzip`: compressed once per build on this machine, kept in the cache,
+//! it is a third of the size) into a temporary file next to its final place, checks its size,
 //! its SHA-256 (`sha256sum` or `shasum`) and that it runs and prints this version, and only then
 //! renames it into place — atomically, so two clients copying at once end with one good copy,
 //! and a cut upload is never run. Earlier builds of the same version there are removed.
@@ -336,6 +337,11 @@ pub(crate) async fn deploy(
             install_help("try again (the next session copies it again), or "),
         )
     };
+    let file = match probe.gzip {
+        true => compressed(local).await?,
+        false => local.path.clone(),
+    };
+    let total = std::fs::metadata(&file).map_or(local.size, |m| m.len());
     let channel = connection.exec(&copying_command(local, probe)).await?;
     let watchdog = Watchdog::default();
     let report = |sent: u64, done: bool| {
@@ -344,7 +350,7 @@ pub(crate) async fn deploy(
             progress(&DeployProgress {
                 computer_name: name.clone(),
                 sent,
-                total: local.size,
+                total,
                 done,
             });
         }
@@ -352,17 +358,12 @@ pub(crate) async fn deploy(
     // What the host says is read while the program is sent: an unread channel can stall the
     // whole connection.
     let (mut incoming, outgoing) = channel.split();
-    let copy = async {
-        tokio::join!(
-            send_program(&outgoing, local, probe.gzip, &report),
-            outcome(&mut incoming)
-        )
-    };
+    let copy = async { tokio::join!(send_file(&outgoing, &file, &report), outcome(&mut incoming)) };
     let (sent, (status, stdout, stderr)) = tokio::select! {
         done = copy => done,
         why = watchdog.stalled(connection) => (Err(why), (None, Vec::new(), Vec::new())),
     };
-    report(local.size, true);
+    report(total, true);
     let said = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
     match (status, sent) {
         (Some(0), Ok(())) if said(&stdout).ends_with(COPIED) => Ok(()),
@@ -452,42 +453,87 @@ impl Watchdog {
     }
 }
 
-/// Streams the program into the channel (compressed or not), then closes its stdin.
-async fn send_program(
+/// Streams `file` into the channel, then closes its stdin.
+async fn send_file(
     channel: &russh::ChannelWriteHalf<Msg>,
-    local: &LocalProgram,
-    gzip: bool,
+    file: &std::path::Path,
     report: &impl Fn(u64, bool),
 ) -> Result<(), String> {
-    let mut file = std::fs::File::open(&local.path).map_err(|e| e.to_string())?;
-    let mut encoder = gzip.then(|| {
-        flate2::write::GzEncoder::new(Vec::with_capacity(CHUNK), flate2::Compression::fast())
-    });
+    let mut file = std::fs::File::open(file).map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; CHUNK];
     let mut sent = 0u64;
     loop {
         let n = file.read(&mut buf).map_err(|e| e.to_string())?;
-        let bytes = match encoder.as_mut() {
-            Some(encoder) if n > 0 => {
-                std::io::Write::write_all(encoder, &buf[..n]).map_err(|e| e.to_string())?;
-                std::mem::take(encoder.get_mut())
-            }
-            Some(_) => match encoder.take() {
-                Some(encoder) => encoder.finish().map_err(|e| e.to_string())?,
-                None => Vec::new(),
-            },
-            None => buf[..n].to_vec(),
-        };
-        if !bytes.is_empty() {
-            channel.data_bytes(bytes).await.map_err(|e| e.to_string())?;
-        }
         if n == 0 {
             break;
         }
+        channel
+            .data_bytes(buf[..n].to_vec())
+            .await
+            .map_err(|e| e.to_string())?;
         sent += n as u64;
         report(sent, false);
     }
     channel.eof().await.map_err(|e| e.to_string())
+}
+
+/// The program gzip'd, made once per build on this machine and kept in the cache
+/// (`${XDG_CACHE_HOME:-~/.cache}/nu-session/host-<version>-<digest>.gz`), so that copying to a
+/// whole fleet compresses it once. Put in place atomically: a file there is whole.
+async fn compressed(local: &'static LocalProgram) -> Result<PathBuf, ClientError> {
+    static MADE: tokio::sync::OnceCell<Result<PathBuf, String>> =
+        tokio::sync::OnceCell::const_new();
+    MADE.get_or_init(|| async {
+        tokio::task::spawn_blocking(move || compress(local))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|made| made)
+    })
+    .await
+    .clone()
+    .map_err(|why| ClientError::transport("cannot compress nu-session-host for copying", why))
+}
+
+fn compress(local: &LocalProgram) -> Result<PathBuf, String> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .ok_or("neither XDG_CACHE_HOME nor HOME is set")?
+        .join("nu-session");
+    let path = cache.join(format!("host-{}.gz", local.dir_name()));
+    if path.exists() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+    let partial = cache.join(format!(
+        ".host-{}.gz.{}",
+        local.dir_name(),
+        std::process::id()
+    ));
+    let made = (|| -> std::io::Result<()> {
+        let mut source = std::fs::File::open(&local.path)?;
+        let mut encoder = flate2::write::GzEncoder::new(
+            std::io::BufWriter::new(std::fs::File::create(&partial)?),
+            flate2::Compression::fast(),
+        );
+        std::io::copy(&mut source, &mut encoder)?;
+        std::io::Write::flush(&mut encoder.finish()?)?;
+        std::fs::rename(&partial, &path)
+    })();
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&partial);
+        return Err(format!("{}: {e}", path.display()));
+    }
+    // Earlier builds of this version are of no more use.
+    let earlier = format!("host-{SOFTWARE_VERSION}-");
+    for entry in std::fs::read_dir(&cache).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&earlier) && entry.path() != path {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(path)
 }
 
 /// The command's exit status and output, once it has ended.

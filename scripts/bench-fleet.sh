@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The fleet benchmark: 100 hosts — on loopback, 100 Unix users of one OpenSSH server (so 100 SSH
+# connections, 100 managers and 100 workers, as a real fleet has) — opened by one new-session,
+# then a one-liner on all of them, beside what a shell user does today in the same run:
+# `xargs -P 32` running `ssh host nu -n -c '1 + 1'` over the same hosts. Prints a table.
+# Needs root (it creates the users nsu001…nsu100 once per machine). Release build.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+N="${FLEET_HOSTS:-100}"
+ensure_pkg /usr/sbin/sshd openssh-server
+ensure_pkg sa acct
+ensure_test_users "$N"
+NU="$(ensure_nu)"
+say "building (release)"
+cargo build --release --quiet -p nu_plugin_session -p nu-session-host
+BIN="$CARGO_TARGET_DIR/release"
+RT="$(mktemp -d /tmp/nsfleet.XXXXXX)"
+chmod 755 "$RT"
+users() { for n in $(seq 1 "$N"); do printf 'nsu%03d\n' "$n"; done; }
+reset_users() {
+    for u in $(users); do pkill -KILL -u "$u" 2>/dev/null || true; done
+    for u in $(users); do rm -rf "/tmp/nu-session-$(id -u "$u")"; done
+}
+cleanup() {
+    [ -n "${SSHD_PID:-}" ] && kill "$SSHD_PID" 2>/dev/null || true
+    [ -n "${USERS_HELD:-}" ] && reset_users
+    rm -rf "$RT"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+# Hold the users, so that a test run at the same time does not use them too.
+mkdir -p /tmp/nu-session-test-users
+for u in $(users); do
+    exec {lock}> "/tmp/nu-session-test-users/$u"
+    flock -n "$lock" || { say "$u is in use by a test run; try again later"; exit 1; }
+done
+USERS_HELD=1
+
+# One server; each user is a host. Their PATH has nu (for the baseline) and nothing of ours:
+# each has the client's host program where a first contact would have copied it (a hard link,
+# so the 100 copies cost no disk).
+ssh-keygen -q -t ed25519 -N '' -f "$RT/id"
+cp "$RT/id.pub" "$RT/authorized_keys"
+chmod 644 "$RT/authorized_keys"
+ssh-keygen -q -t ed25519 -N '' -f "$RT/host"
+PORT=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.2', 0)); print(s.getsockname()[1])")
+mkdir -p /run/sshd "$RT/nu-bin"
+ln -f "$NU" "$RT/nu-bin/nu" 2>/dev/null || cp "$NU" "$RT/nu-bin/nu"
+cat > "$RT/sshd_config" <<CFG
+ListenAddress 127.0.0.2
+Port $PORT
+HostKey $RT/host
+AuthorizedKeysFile $RT/authorized_keys
+PidFile none
+UsePAM yes
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+MaxStartups 300
+MaxSessions 300
+LogLevel ERROR
+SetEnv PATH=$RT/nu-bin:/usr/local/bin:/usr/bin:/bin
+CFG
+/usr/sbin/sshd -D -e -f "$RT/sshd_config" 2> "$RT/sshd.log" &
+SSHD_PID=$!
+echo "[127.0.0.2]:$PORT $(cut -d' ' -f1,2 "$RT/host.pub")" > "$RT/known_hosts"
+: > "$RT/ssh_config"
+n=0
+for u in $(users); do
+    n=$((n + 1))
+    printf 'Host h%03d\n  HostName 127.0.0.2\n  Port %s\n  User %s\n' "$n" "$PORT" "$u" >> "$RT/ssh_config"
+done
+cat >> "$RT/ssh_config" <<CFG
+Host *
+  IdentityFile $RT/id
+  IdentitiesOnly yes
+  UserKnownHostsFile $RT/known_hosts
+  StrictHostKeyChecking yes
+CFG
+VERSION_DIR="$("$BIN/nu-session-host" --version | cut -d' ' -f2)-$(sha256sum "$BIN/nu-session-host" | cut -c1-16)"
+for u in $(users); do
+    home="$(getent passwd "$u" | cut -d: -f6)"
+    rm -rf "$home/.local/share/nu-session/host"
+    install -d -o "$u" -g "$u" "$home/.local/share/nu-session/host/$VERSION_DIR"
+    ln -f "$BIN/nu-session-host" "$home/.local/share/nu-session/host/$VERSION_DIR/nu-session-host"
+done
+for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.2/$PORT") 2>/dev/null && break; sleep 0.05; done
+
+hosts="$(seq -f 'h%03g' 1 "$N")"
+say "running on $(nproc) cores; nu $("$NU" --version); $N hosts"
+# Where the CPU goes: process accounting (Debian's acct) records every process that ends, with
+# its CPU time, in both runs.
+ACCT=""
+command -v accton >/dev/null 2>&1 && command -v sa >/dev/null 2>&1 && ACCT=1
+[ -n "$ACCT" ] && touch "$RT/baseline.acct" "$RT/ours.acct"
+# The baseline first, on hosts where nothing runs yet: a fresh ssh per host, 32 at a time.
+reset_users
+[ -n "$ACCT" ] && accton "$RT/baseline.acct"
+start=$(date +%s.%N)
+printf '%s\n' $hosts | xargs -P 32 -I{} ssh -F "$RT/ssh_config" {} nu -n -c "'1 + 1'" > "$RT/baseline.out"
+end=$(date +%s.%N)
+[ -n "$ACCT" ] && accton off
+baseline_ok=$(grep -c '^2$' "$RT/baseline.out" || true)
+baseline=$(python3 -c "print($end - $start)")
+reset_users
+FLEET_CONFIG="$RT/ssh_config" FLEET_BASELINE_SECS="$baseline" FLEET_BASELINE_OK="$baseline_ok" \
+    FLEET_HOSTS="$N" FLEET_ACCT="${ACCT:+$RT/ours.acct}" NU_SESSION_SSH_CONFIG="$RT/ssh_config" \
+    NU_SESSION_DIR="$RT/local" SSH_AUTH_SOCK="" \
+    "$NU" -n --plugins "[$BIN/nu_plugin_session]" scripts/bench-fleet.nu
+if [ -n "$ACCT" ]; then
+    # CPU seconds by command (user + system), for processes that ended during each run. Ours
+    # counts what ended while the sessions were opened (their workers and managers still run:
+    # the table above has the machine's total).
+    for run in baseline ours; do
+        echo "CPU by command, $run:"
+        sa -a -c --other-acct-file "$RT/$run.acct" 2>/dev/null |
+            awk 'NR > 1 && $NF != "" { printf "  %-20s %6d processes %8.2f cpu-s\n", $NF, $1, $5 + 0 }' | sort -k4 -nr | head -8
+    done
+fi

@@ -6,7 +6,7 @@ def step [title: string] { print $"\n(ansi green_bold)# ($title)(ansi reset)" }
 
 step "new-session opens a session on this machine: a Nushell engine that lives on its host"
 let s = new-session --name tour
-print ($s | select id name computer_name transport state availability idle_timeout | table)
+print ($s | select id name computer_name transport state availability | table)
 
 step "state persists in the session: a variable, a definition, the working directory"
 invoke-session $s { let greeting = 'hello from the session'; def double [] { $in * 2 }; cd / }
@@ -31,7 +31,7 @@ let second = r#'
     let s = $found | where state == Disconnected | connect-session
     print ($s | select id name state availability | table)
     print (invoke-session $s '{greeting: $greeting, pwd: $env.PWD}' | table)
-    print $"(ansi cyan)collect what it produced while nobody was connected (each value exactly once)(ansi reset)"
+    print $"(ansi cyan)collect what it produced while nobody was connected, each value exactly once(ansi reset)"
     print (receive-session $s | table)
     print $"(ansi cyan)and remove it: it stops and is deleted on its host(ansi reset)"
     remove-session $s

@@ -256,12 +256,10 @@ fn a_disconnected_session_is_deleted_when_its_idle_timeout_expires() {
          {{ listed: (get-session --computer-name localhost | length), state: ($s | get-session | get 0.state) }} | to json -r",
         m = marker.display()
     ));
+    // Kept open to the end: the process prints its answer there.
+    let mut reader = BufReader::new(knew.stdout.take().expect("stdout"));
     let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut BufReader::new(knew.stdout.take().expect("stdout")),
-        &mut ready,
-    )
-    .expect("ready");
+    std::io::BufRead::read_line(&mut reader, &mut ready).expect("ready");
     assert_eq!(ready.trim(), "ready");
     let pids = sb.worker_pids();
     assert_eq!(pids.len(), 1);
@@ -280,8 +278,9 @@ fn a_disconnected_session_is_deleted_when_its_idle_timeout_expires() {
     );
     // The process that knew it: the host's answer wins, the session is Closed.
     std::fs::write(&marker, "x").expect("marker");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut stdout).expect("stdout");
     let out = knew.wait_with_output().expect("nu");
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let seen: serde_json::Value = serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(seen, json!({"listed": 0, "state": "Closed"}));

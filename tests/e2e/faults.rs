@@ -2,88 +2,11 @@
 //! (a network namespace whose link goes down), a worker killed, the manager killed. What a user
 //! would notice: values lost or repeated, sessions gone, state lost, a shell that hangs.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Child;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nu_session_tests::{NetNs, Sandbox, alive, eventually, ints, read_number};
-use serde_json::{Value, json};
-
-/// A running `nu` whose stderr lines are collected as they come, with when they came.
-struct Running {
-    child: Child,
-    stderr: Arc<Mutex<Vec<(Instant, String)>>>,
-}
-
-impl Running {
-    fn new(mut child: Child) -> Running {
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let pipe = child.stderr.take().expect("stderr");
-        let lines = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().expect("lines").push((Instant::now(), line));
-            }
-        });
-        Running { child, stderr }
-    }
-
-    /// When a stderr line containing `text` came, waiting up to `timeout` for it.
-    fn wait_for(&self, text: &str, timeout: Duration) -> Option<Instant> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some((at, _)) = self
-                .stderr
-                .lock()
-                .expect("stderr lines")
-                .iter()
-                .find(|(_, line)| line.contains(text))
-            {
-                return Some(*at);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stderr(&self) -> String {
-        let lines = self.stderr.lock().expect("stderr lines");
-        lines
-            .iter()
-            .map(|(_, l)| l.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Waits for `nu` to exit (a hang guard, not a measurement) and returns its JSON output.
-    fn json(mut self) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.child.try_wait().expect("wait").is_none() {
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                panic!("nu did not finish; stderr:\n{}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let mut out = String::new();
-        std::io::Read::read_to_string(&mut self.child.stdout.take().expect("stdout"), &mut out)
-            .expect("stdout");
-        let status = self.child.wait().expect("status");
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            status.success(),
-            "nu failed: {status}\n--- stdout\n{out}\n--- stderr\n{}",
-            self.stderr()
-        );
-        assert!(!self.stderr().contains("panicked"), "{}", self.stderr());
-        serde_json::from_str(out.trim())
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {out}\n--- stderr\n{}", self.stderr()))
-    }
-}
+use nu_session_tests::{NetNs, Running, Sandbox, alive, eventually, ints, read_number};
+use serde_json::json;
 
 fn wait_progress(nu: &Running, path: &Path, at_least: i64) {
     assert!(

@@ -26,7 +26,7 @@ pub mod users;
 
 pub use client::UserClient;
 pub use netns::NetNs;
-pub use process::{alive, children_of, eventually, ints, read_number, shell_quote};
+pub use process::{Running, alive, children_of, eventually, ints, read_number, shell_quote};
 pub use sandbox::Sandbox;
 pub use sshd::Sshd;
 pub use terminal::Terminal;

@@ -1,9 +1,13 @@
 //! Processes and small helpers: is a process alive, its children, waiting for a condition,
 //! reading what a session's code wrote, quoting for `sh`.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: i32) -> bool {
@@ -110,4 +114,78 @@ pub fn run_quiet(command: &mut Command) {
         "{command:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A running `nu` whose stderr lines are collected as they come, with when they came.
+pub struct Running {
+    pub child: Child,
+    stderr: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Running {
+    pub fn new(mut child: Child) -> Running {
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let pipe = child.stderr.take().expect("stderr");
+        let lines = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().expect("lines").push((Instant::now(), line));
+            }
+        });
+        Running { child, stderr }
+    }
+
+    /// When a stderr line containing `text` came, waiting up to `timeout` for it.
+    pub fn wait_for(&self, text: &str, timeout: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((at, _)) = self
+                .stderr
+                .lock()
+                .expect("stderr lines")
+                .iter()
+                .find(|(_, line)| line.contains(text))
+            {
+                return Some(*at);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        let lines = self.stderr.lock().expect("stderr lines");
+        lines
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits for `nu` to exit (a hang guard, not a measurement) and returns its JSON output.
+    pub fn json(mut self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.child.try_wait().expect("wait").is_none() {
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("nu did not finish; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut self.child.stdout.take().expect("stdout"), &mut out)
+            .expect("stdout");
+        let status = self.child.wait().expect("status");
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            status.success(),
+            "nu failed: {status}\n--- stdout\n{out}\n--- stderr\n{}",
+            self.stderr()
+        );
+        assert!(!self.stderr().contains("panicked"), "{}", self.stderr());
+        serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {out}\n--- stderr\n{}", self.stderr()))
+    }
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::ClientError;
 use crate::session::SessionHandle;
-use crate::transport::{Connection, Transport};
+use crate::transport::{Transport, Wire};
 
 #[derive(Clone)]
 pub struct Host {
@@ -194,7 +194,7 @@ impl Host {
         &self,
         instance_id: Uuid,
         resume_after: Option<u64>,
-    ) -> Result<(Connection, Attachment), ClientError> {
+    ) -> Result<(Wire, Attachment), ClientError> {
         let mut conn = self.transport.connect_session(instance_id).await?;
         conn.send(ClientMessage::Attach {
             instance_id,

@@ -9,7 +9,9 @@
 //!   (starting the manager on demand) or SSH, and the hello on every connection.
 //! - [`host`]: [`Host`], one machine's sessions: create, list, remove, attach.
 //! - [`session`]: [`SessionHandle`], an attached session: invoke with streaming results,
-//!   interrupt; and [`Call`], one invocation's events.
+//!   interrupt, disconnect, receive; split by job: the consumers ([`Call`], [`Receive`]) and
+//!   their acknowledgements, the reader that routes events to them, the supervisor that
+//!   reattaches after a broken connection; the link's state as a `watch` value.
 //! - [`error`]: the error type, [`ClientError`].
 //!
 //! The API is blocking (the plugin's commands run on plain threads); a tokio runtime owned by
@@ -29,7 +31,9 @@ pub use nu_session_protocol::{
     Attachment, Binding, ErrorKind, OutputBuffering, RemoteError, RemoteLabel, SessionInfo,
     SessionSettings,
 };
-pub use session::{BacklogEvent, Call, CallEvent, Link, Notice, Receive, SessionHandle};
+pub use session::{
+    BacklogEvent, Call, CallEvent, Link, LinkState, LinkWatch, Notice, Receive, SessionHandle,
+};
 pub use transport::Transport;
 
 /// Owns the I/O runtime and the SSH connections; create one per process and keep it.

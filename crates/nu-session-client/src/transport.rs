@@ -21,7 +21,10 @@ use crate::ssh::SshLink;
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
-pub type Connection = Framed<Pin<Box<dyn Stream>>, FrameCodec<HostMessage, ClientMessage>>;
+/// Framed messages to and from a host's manager or one of its sessions, after the hello (over
+/// a Unix socket here, an SSH channel to a remote host). Not to be confused with
+/// [`crate::ssh::SshConnection`], the SSH connection such channels are opened on.
+pub type Wire = Framed<Pin<Box<dyn Stream>>, FrameCodec<HostMessage, ClientMessage>>;
 
 /// Names the program clients start when no manager runs (`NU_SESSION_HOST` overrides the search).
 pub const HOST_PROGRAM_ENV: &str = "NU_SESSION_HOST";
@@ -54,7 +57,7 @@ impl Transport {
 
     /// A connection to the manager, started if it does not run yet, after the hello (returned
     /// too: the manager's says what the user should know about the host).
-    pub(crate) async fn connect_manager(&self) -> Result<(Connection, Hello), ClientError> {
+    pub(crate) async fn connect_manager(&self) -> Result<(Wire, Hello), ClientError> {
         match self {
             Transport::Ssh(link) => link.open(None).await,
             Transport::Local { layout, program } => {
@@ -75,7 +78,7 @@ impl Transport {
     }
 
     /// A connection to a session's worker, after the hello.
-    pub(crate) async fn connect_session(&self, id: Uuid) -> Result<Connection, ClientError> {
+    pub(crate) async fn connect_session(&self, id: Uuid) -> Result<Wire, ClientError> {
         match self {
             Transport::Ssh(link) => Ok(link.open(Some(id)).await?.0),
             Transport::Local { layout, .. } => {
@@ -92,9 +95,7 @@ impl Transport {
 }
 
 /// Greets the host on a new connection; its hello in return.
-pub(crate) async fn hello(
-    stream: Pin<Box<dyn Stream>>,
-) -> Result<(Connection, Hello), ClientError> {
+pub(crate) async fn hello(stream: Pin<Box<dyn Stream>>) -> Result<(Wire, Hello), ClientError> {
     let mut conn = Framed::new(stream, FrameCodec::new());
     conn.send(ClientMessage::Hello(Hello::current()))
         .await

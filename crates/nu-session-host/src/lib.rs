@@ -3,7 +3,10 @@
 //! Layout:
 //! - [`manager`]: the per-user daemon on `manager.sock` that creates, lists and removes sessions.
 //! - [`worker`]: one process per session, embedding the Nushell engine and serving the session's
-//!   socket (attach, invoke, interrupt, output with acknowledgements, idle timeout).
+//!   socket: start-up and the idle timeout (`worker`), the connections' requests (`serving`:
+//!   attach, disconnect, invoke, interrupt, acknowledgements), the invocations' thread
+//!   (`evaluation`), the output's (`sending`), and the numbered output kept until acknowledged
+//!   (`outbox`). Manager and worker share only [`records`].
 //! - [`relay`]: `connect`, relaying stdin/stdout to a socket, for clients that run a command
 //!   to reach the host (SSH without `direct-streamlocal`).
 //! - [`records`]: a session's files (settings, socket, log, why it ended), written by its worker

@@ -12,9 +12,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use nu_protocol::{LabeledError, ShellError, Span, Value};
+use nu_protocol::{LabeledError, PipelineData, ShellError, Span, Value};
 
+use crate::SessionPlugin;
 use crate::errors::{many_failed, named};
+use crate::select::Selected;
 use crate::status::Status;
 
 /// Runs `f` on every item, `limit` at a time (a new one starts as soon as one ends), and returns
@@ -71,6 +73,56 @@ pub fn run_each<T: Sync, R: Send>(
             })
         })
         .collect()
+}
+
+/// [`run_each`] over the selected sessions, each result named after its session (see [`who`]),
+/// followed by the computers that could not be asked (when `with_unreachable`).
+pub fn for_sessions<R: Send>(
+    plugin: &SessionPlugin,
+    selected: Selected,
+    limit: usize,
+    what: &str,
+    span: Span,
+    f: impl Fn(i64) -> Result<R, LabeledError> + Sync,
+) -> Vec<(String, Result<R, LabeledError>)> {
+    let results = run_each(&selected.ids, limit, what, |_| span, |id| f(*id));
+    let mut named: Vec<_> = selected
+        .ids
+        .iter()
+        .map(|id| who(plugin, *id))
+        .zip(results)
+        .collect();
+    named.extend(selected.unreachable.into_iter().map(|(c, e)| (c, Err(e))));
+    named
+}
+
+/// [`for_sessions`] for commands that change sessions and return them: each session's record
+/// once `f` is done with it, shaped by [`rows`].
+pub fn session_records(
+    plugin: &SessionPlugin,
+    selected: Selected,
+    limit: usize,
+    what: &str,
+    span: Span,
+    f: impl Fn(i64) -> Result<(), LabeledError> + Sync,
+) -> Result<PipelineData, LabeledError> {
+    let results = for_sessions(plugin, selected, limit, what, span, |id| {
+        f(id)?;
+        let table = plugin.sessions();
+        Ok(table
+            .records(&[id], span)
+            .pop()
+            .unwrap_or(Value::nothing(span)))
+    });
+    Ok(PipelineData::value(rows(results, span)?, None))
+}
+
+/// How a session is named in errors and progress: `web2 (session 3)`.
+pub fn who(plugin: &SessionPlugin, id: i64) -> String {
+    match plugin.sessions().get(id) {
+        Some(session) => format!("{} (session {id})", session.computer_name),
+        None => format!("session {id}"),
+    }
 }
 
 /// Results for many targets (each with its name) as a list: a failure is an error row named

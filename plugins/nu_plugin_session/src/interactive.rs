@@ -15,12 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use nu_plugin::{EngineInterface, EvaluatedCall};
 use nu_protocol::engine::{EngineState, StateWorkingSet};
 use nu_protocol::{DeclId, LabeledError, ParseError, PipelineData, ShellError, Span, Value};
-use nu_session_client::SessionHandle;
+use nu_session_client::{Link, SessionHandle};
 use reedline::{
     FileBackedHistory, Prompt, PromptEditMode, PromptHistorySearch, PromptHistorySearchStatus,
     Reedline, Signal, SimpleMatchHighlighter, ValidationResult, Validator,
@@ -32,9 +31,6 @@ use crate::invocation::{Interrupters, invoke_one};
 
 /// Lines of history kept per host.
 const HISTORY_LINES: usize = 10_000;
-
-/// How often the prompt checks that the session's connection is still up.
-const WATCH_EVERY: Duration = Duration::from_millis(100);
 
 /// How the prompt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +44,7 @@ pub enum Ending {
 }
 
 /// The session the prompt runs in.
-pub struct Target {
+pub struct PromptSession {
     pub id: i64,
     pub computer_name: String,
     pub handle: SessionHandle,
@@ -66,7 +62,7 @@ fn broke_since(handle: &SessionHandle, breaks_at: u64) -> bool {
 pub fn run(
     plugin: &SessionPlugin,
     engine: &EngineInterface,
-    target: &Target,
+    target: &PromptSession,
     head: Span,
 ) -> Result<Ending, LabeledError> {
     // Signals first: once the terminal is ours, a Ctrl-C must never stop the plugin.
@@ -147,7 +143,7 @@ fn leaves(line: &str) -> bool {
 struct Console<'a> {
     plugin: &'a SessionPlugin,
     engine: &'a EngineInterface,
-    target: &'a Target,
+    target: &'a PromptSession,
     head: Span,
     /// The engine's `table` command.
     table: Option<DeclId>,
@@ -478,25 +474,22 @@ fn private_file(file: &Path) -> std::io::Result<()> {
 }
 
 /// Sets `lost` (the line editor's break signal) when the session's connection goes, so a
-/// prompt waiting for input notices at once.
+/// prompt waiting for input notices at once: a thread subscribed to the handle's link.
 struct Watch {
-    stop: Arc<AtomicBool>,
+    stop: Box<dyn Fn() + Send + Sync>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Watch {
     fn start(handle: SessionHandle, breaks_at: u64, lost: Arc<AtomicBool>) -> Watch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
+        let mut link = handle.watch_link();
+        let stop = Box::new(link.stopper());
         let thread = std::thread::Builder::new()
             .name("enter-session watch".into())
             .spawn(move || {
-                while !stopped.load(Ordering::SeqCst) {
-                    if broke_since(&handle, breaks_at) || handle.has_ended() {
-                        lost.store(true, Ordering::SeqCst);
-                        return;
-                    }
-                    std::thread::sleep(WATCH_EVERY);
+                // Any failure, even one recovered from at once, and the session's end.
+                if link.wait_until(|state| state.link != Link::Up || state.breaks != breaks_at) {
+                    lost.store(true, Ordering::SeqCst);
                 }
             })
             .ok();
@@ -506,7 +499,7 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        (self.stop)();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

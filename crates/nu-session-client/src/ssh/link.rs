@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use uuid::Uuid;
 
 use crate::ClientError;
-use crate::transport::{Connection, hello};
+use crate::transport::{Wire, hello};
 
 use super::Prompter;
 use super::config::SshTarget;
@@ -114,7 +114,7 @@ impl SshLink {
     pub(crate) async fn open(
         &self,
         session: Option<Uuid>,
-    ) -> Result<(Connection, nu_session_protocol::Hello), ClientError> {
+    ) -> Result<(Wire, nu_session_protocol::Hello), ClientError> {
         let connection = self.connection().await?;
         let mut refused = false;
         if let Some(path) = self.socket_path(session) {
@@ -169,7 +169,7 @@ impl SshLink {
     async fn hello(
         &self,
         stream: std::pin::Pin<Box<dyn crate::transport::Stream>>,
-    ) -> Result<(Connection, nu_session_protocol::Hello), ClientError> {
+    ) -> Result<(Wire, nu_session_protocol::Hello), ClientError> {
         let (conn, hello) = hello(stream).await?;
         if let Some(dir) = hello.runtime_dir.as_ref().filter(|d| d.starts_with('/')) {
             self.direct().runtime_dir = Some(dir.clone());

@@ -4,14 +4,22 @@
 //! Threads: the accept loop (this one), one per connection (reading requests), one writer for the
 //! attached connection (sending output), the evaluation thread (one invocation at a time, in
 //! order), the idle timer, and the stdout/stderr forwarders.
+//!
+//! This module starts the worker and holds its state; [`serving`] has the connections'
+//! requests, [`evaluation`] the invocations' thread, [`sending`] the output's, [`outbox`] the
+//! numbered output kept until acknowledged, [`engine`] the Nushell engine, [`output`] what the
+//! session prints.
 
 mod engine;
+mod evaluation;
 mod outbox;
 mod output;
+mod sending;
+mod serving;
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -20,13 +28,12 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use nu_session_protocol::layout::Layout;
 use nu_session_protocol::{
-    Attachment, ClientMessage, ErrorKind, EventBody, Hello, HostMessage, Invocation,
-    OutputBuffering, RemoteError, SessionInfo, SessionSettings,
+    ErrorKind, EventBody, Invocation, RemoteError, SessionInfo, SessionSettings,
 };
 use uuid::Uuid;
 
 use crate::config::HostConfig;
-use crate::conn::{Conn, Writer};
+use crate::conn::Writer;
 use crate::log;
 use crate::records::{self, SessionFile};
 use engine::Engine;
@@ -185,7 +192,7 @@ pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()
         let worker = worker.clone();
         std::thread::Builder::new()
             .name("eval".into())
-            .spawn(move || evaluate(&worker, &mut engine, &capture))?;
+            .spawn(move || evaluation::evaluate(&worker, &mut engine, &capture))?;
     }
     log!("session {id} ready");
     for stream in listener.incoming() {
@@ -194,7 +201,7 @@ pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()
                 let worker = worker.clone();
                 let _ = std::thread::Builder::new()
                     .name("conn".into())
-                    .spawn(move || serve(&worker, stream));
+                    .spawn(move || serving::serve(&worker, stream));
             }
             Err(e) => log!("accept failed: {e}"),
         }
@@ -225,332 +232,5 @@ fn idle_timer(worker: &Worker) {
                 crate::config::human(timeout)
             ));
         }
-    }
-}
-
-fn evaluate(worker: &Worker, engine: &mut Engine, capture: &OutputCapture) {
-    loop {
-        let invocation = {
-            let mut state = worker.lock();
-            loop {
-                if let Some(invocation) = state.queue.pop_front() {
-                    worker
-                        .running_call
-                        .store(invocation.call_id, Ordering::SeqCst);
-                    break invocation;
-                }
-                state = worker.work.wait(state).unwrap_or_else(|e| e.into_inner());
-            }
-        };
-        worker.interrupt.store(false, Ordering::SeqCst);
-        let call_id = invocation.call_id;
-        let mut last_drain: Option<Instant> = None;
-        let mut emit = |event: EventBody| {
-            // Output printed before a value or the end reaches the client before it. Checking
-            // costs system calls, so within a fast stream it is done every few milliseconds.
-            let due = match &event {
-                EventBody::Started { .. } => false,
-                EventBody::Finished { .. } => true,
-                _ => last_drain.is_none_or(|at| at.elapsed() >= Duration::from_millis(5)),
-            };
-            if due {
-                capture.drain();
-                last_drain = Some(Instant::now());
-            }
-            worker.outbox.push(event);
-        };
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            engine.run(invocation, &mut emit)
-        }));
-        if let Ok(Some(code)) = outcome {
-            // Give the client a moment to receive the news before the session goes.
-            worker.outbox.wait_acknowledged(Duration::from_secs(2));
-            worker.terminate(&format!("its code called `exit {code}`"));
-        }
-        if outcome.is_err() {
-            emit(EventBody::Finished {
-                call_id,
-                error: Some(RemoteError::new(
-                    ErrorKind::Failed,
-                    "the session's engine panicked while running this code",
-                )),
-            });
-        }
-        let _state = worker.lock();
-        worker.running_call.store(0, Ordering::SeqCst);
-    }
-}
-
-/// Serves one connection until it closes.
-fn serve(worker: &Arc<Worker>, stream: UnixStream) {
-    let conn_id = worker.next_conn.fetch_add(1, Ordering::SeqCst);
-    let mut conn = match Conn::accept(stream, &Hello::host(worker.layout.root())) {
-        Ok(Some(conn)) => conn,
-        Ok(None) => return,
-        Err(e) => {
-            log!("connection {conn_id}: {e}");
-            return;
-        }
-    };
-    let writer = conn.writer.clone();
-    let closed = Arc::new(AtomicBool::new(false));
-    loop {
-        let message = match conn.recv() {
-            Ok(Some(message)) => message,
-            Ok(None) => break,
-            Err(e) => {
-                log!("connection {conn_id}: {e}");
-                break;
-            }
-        };
-        let reply = match message {
-            ClientMessage::Attach {
-                instance_id,
-                resume_after,
-                client,
-            } => {
-                let request = AttachRequest {
-                    conn_id,
-                    instance_id,
-                    resume_after,
-                    client,
-                };
-                attach(worker, request, &writer, &closed)
-            }
-            ClientMessage::Disconnect {
-                idle_timeout,
-                output_buffering,
-            } => disconnect(worker, conn_id, idle_timeout, output_buffering, &closed),
-            ClientMessage::Invoke(invocation) => {
-                let mut state = worker.lock();
-                if state.attached_conn == Some(conn_id) {
-                    let call_id = invocation.call_id;
-                    let again = match state.info.attached_client {
-                        Some(client) => {
-                            let last = state.last_call.entry(client).or_default();
-                            let again = call_id <= *last;
-                            *last = (*last).max(call_id);
-                            again
-                        }
-                        None => false,
-                    };
-                    if again {
-                        // Sent again by a client that reattached after a broken connection
-                        // and could not know this one arrived: it runs once.
-                        log!("invocation {call_id} received again; ignored");
-                    } else {
-                        state.queue.push_back(invocation);
-                        worker.work.notify_all();
-                    }
-                    None
-                } else {
-                    Some(not_attached())
-                }
-            }
-            ClientMessage::Interrupt { call_id } => {
-                worker.interrupt(call_id);
-                None
-            }
-            ClientMessage::Ack { seq } => {
-                // Only the attached client's acknowledgements count: a client that has
-                // disconnected must not take output away from the next one.
-                if worker.lock().attached_conn == Some(conn_id) {
-                    worker.outbox.ack(seq);
-                }
-                None
-            }
-            ClientMessage::ListSessions => Some(HostMessage::Sessions(vec![worker.info()])),
-            ClientMessage::RemoveSession { instance_id } if instance_id == worker.id => {
-                let _ = writer.send(&HostMessage::Removed { instance_id });
-                worker.terminate("it was removed (remove-session)");
-            }
-            ClientMessage::RemoveSession { .. } => Some(HostMessage::Error(RemoteError::new(
-                ErrorKind::NotFound,
-                "this worker serves another session",
-            ))),
-            ClientMessage::Hello(_)
-            | ClientMessage::CreateSession(_)
-            | ClientMessage::EndReason { .. } => Some(HostMessage::Error(RemoteError::new(
-                ErrorKind::BadRequest,
-                "not a request a session worker answers",
-            ))),
-        };
-        if let Some(reply) = reply
-            && writer.send(&reply).is_err()
-        {
-            break;
-        }
-    }
-    closed.store(true, Ordering::SeqCst);
-    writer.shutdown();
-    worker.outbox.wake();
-    let mut state = worker.lock();
-    if state.attached_conn == Some(conn_id) {
-        detach(&mut state);
-        log!("client connection {conn_id} closed; session disconnected");
-    }
-}
-
-/// Leaves the session with nobody attached; the idle timeout counts from now.
-fn detach(state: &mut State) {
-    state.attached_conn = None;
-    state.attached_link = None;
-    state.info.attached = false;
-    state.info.attached_client = None;
-    state.info.disconnected_on = Some(Utc::now());
-    state.idle_since = Some(Instant::now());
-}
-
-/// The attached client leaves on purpose, maybe with new settings; the session runs on.
-fn disconnect(
-    worker: &Worker,
-    conn_id: u64,
-    idle_timeout: Option<Duration>,
-    output_buffering: Option<OutputBuffering>,
-    closed: &AtomicBool,
-) -> Option<HostMessage> {
-    let mut state = worker.lock();
-    if state.attached_conn != Some(conn_id) {
-        return Some(not_attached());
-    }
-    if let Some(timeout) = idle_timeout {
-        if let Err(error) = state.config.check_idle_timeout(timeout) {
-            return Some(HostMessage::Error(error));
-        }
-        state.info.idle_timeout = timeout;
-    }
-    if let Some(mode) = output_buffering {
-        state.info.output_buffering = mode;
-        worker.outbox.set_mode(mode);
-    }
-    detach(&mut state);
-    // Stop sending output on this connection: it stays on the host until someone receives it.
-    closed.store(true, Ordering::SeqCst);
-    worker.outbox.wake();
-    let mut info = state.info.clone();
-    info.running = worker.running_call.load(Ordering::SeqCst) != 0;
-    log!("client disconnected on purpose");
-    Some(HostMessage::Disconnected(info))
-}
-
-fn not_attached() -> HostMessage {
-    HostMessage::Error(RemoteError::new(
-        ErrorKind::BadRequest,
-        "attach to the session before running code in it",
-    ))
-}
-
-struct AttachRequest {
-    conn_id: u64,
-    instance_id: Uuid,
-    resume_after: Option<u64>,
-    client: Option<Uuid>,
-}
-
-fn attach(
-    worker: &Arc<Worker>,
-    request: AttachRequest,
-    writer: &Writer,
-    closed: &Arc<AtomicBool>,
-) -> Option<HostMessage> {
-    let AttachRequest {
-        conn_id,
-        instance_id,
-        resume_after,
-        client,
-    } = request;
-    if instance_id != worker.id {
-        return Some(HostMessage::Error(RemoteError::new(
-            ErrorKind::NotFound,
-            format!("no session {instance_id} here"),
-        )));
-    }
-    let attachment = {
-        let mut state = worker.lock();
-        match state.attached_conn {
-            Some(other) if other != conn_id => {
-                let same_client = client.is_some() && state.info.attached_client == client;
-                if !same_client {
-                    return Some(HostMessage::Error(
-                        RemoteError::new(
-                            ErrorKind::Busy,
-                            "the session is connected to another client",
-                        )
-                        .with_help(
-                            "disconnect it there first (disconnect-session), or wait until that client exits",
-                        ),
-                    ));
-                }
-                // The same client again, on a new connection: its old one broke.
-                if let Some((old_writer, old_closed)) = state.attached_link.take() {
-                    old_closed.store(true, Ordering::SeqCst);
-                    old_writer.shutdown();
-                }
-                log!("client reattached on connection {conn_id}, replacing {other}");
-            }
-            Some(_) => {
-                return Some(HostMessage::Error(RemoteError::new(
-                    ErrorKind::BadRequest,
-                    "this connection is attached already",
-                )));
-            }
-            None => {}
-        }
-        state.attached_conn = Some(conn_id);
-        state.attached_link = Some((writer.clone(), closed.clone()));
-        state.info.attached = true;
-        state.info.attached_client = client;
-        state.idle_since = None;
-        let running = worker.running_call.load(Ordering::SeqCst);
-        let mut info = state.info.clone();
-        info.running = running != 0;
-        Attachment {
-            info,
-            next_seq: worker.outbox.next_seq(),
-            acked: worker.outbox.acked(),
-            pending_calls: (running != 0)
-                .then_some(running)
-                .into_iter()
-                .chain(state.queue.iter().map(|i| i.call_id))
-                .collect(),
-            last_call_from_client: client.and_then(|c| state.last_call.get(&c).copied()),
-        }
-    };
-    worker.outbox.wake();
-    if writer.send(&HostMessage::Attached(attachment)).is_err() {
-        return None;
-    }
-    let worker = worker.clone();
-    let writer = writer.clone();
-    let closed = closed.clone();
-    let _ = std::thread::Builder::new()
-        .name("send".into())
-        .spawn(move || send_output(&worker, &writer, &closed, resume_after.unwrap_or(0)));
-    None
-}
-
-/// Streams the session's output to the attached client, from just after `sent`.
-fn send_output(worker: &Worker, writer: &Writer, closed: &AtomicBool, mut sent: u64) {
-    while !closed.load(Ordering::SeqCst) {
-        let batch = worker.outbox.next_batch(sent, Duration::from_millis(500));
-        if closed.load(Ordering::SeqCst) {
-            return;
-        }
-        let Some(last) = batch.last() else { continue };
-        let last = last.seq;
-        let dropped = worker.outbox.take_dropped();
-        if dropped > 0
-            && writer
-                .send(&HostMessage::Dropped { count: dropped })
-                .is_err()
-        {
-            writer.shutdown();
-            return;
-        }
-        if writer.send(&HostMessage::Events(batch)).is_err() {
-            writer.shutdown();
-            return;
-        }
-        sent = last;
     }
 }

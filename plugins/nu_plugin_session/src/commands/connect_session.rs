@@ -2,7 +2,6 @@ use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
 use nu_protocol::{Example, LabeledError, PipelineData, Signature, Type, Value};
 
 use super::category;
-use crate::invocation::many::who;
 use crate::select::{Need, select, selection_signature};
 use crate::{SessionPlugin, flags, operations};
 
@@ -79,28 +78,13 @@ impl PluginCommand for ConnectSession {
             },
         )?
         .or_lone_failure()?;
-        let throttle = flags::throttle(call)?;
-        let results = crate::fanout::run_each(
-            &selected.ids,
-            throttle,
+        crate::fanout::session_records(
+            plugin,
+            selected,
+            flags::throttle(call)?,
             "connect-session",
-            |_| span,
-            |id| {
-                operations::connect(plugin, *id, span)?;
-                let table = plugin.sessions();
-                Ok(table
-                    .records(&[*id], span)
-                    .pop()
-                    .unwrap_or(Value::nothing(span)))
-            },
-        );
-        let mut rows: Vec<_> = selected
-            .ids
-            .iter()
-            .map(|id| who(plugin, *id))
-            .zip(results)
-            .collect();
-        rows.extend(selected.unreachable.into_iter().map(|(c, e)| (c, Err(e))));
-        Ok(PipelineData::value(crate::fanout::rows(rows, span)?, None))
+            span,
+            |id| operations::connect(plugin, id, span),
+        )
     }
 }

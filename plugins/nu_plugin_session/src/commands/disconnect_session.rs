@@ -2,7 +2,6 @@ use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
 use nu_protocol::{Example, LabeledError, PipelineData, Signature, Type, Value};
 
 use super::category;
-use crate::invocation::many::who;
 use crate::select::{Need, select, selection_signature};
 use crate::{SessionPlugin, flags, operations};
 
@@ -87,26 +86,13 @@ impl PluginCommand for DisconnectSession {
             plugin.what_if(&selected.ids, "Disconnect");
             return Ok(PipelineData::empty());
         }
-        let results = crate::fanout::run_each(
-            &selected.ids,
+        crate::fanout::session_records(
+            plugin,
+            selected,
             throttle,
             "disconnect-session",
-            |_| span,
-            |id| {
-                operations::disconnect(plugin, *id, timeout, buffering, timeout_span)?;
-                let table = plugin.sessions();
-                Ok(table
-                    .records(&[*id], span)
-                    .pop()
-                    .unwrap_or(Value::nothing(span)))
-            },
-        );
-        let rows = selected
-            .ids
-            .iter()
-            .map(|id| who(plugin, *id))
-            .zip(results)
-            .collect();
-        Ok(PipelineData::value(crate::fanout::rows(rows, span)?, None))
+            span,
+            |id| operations::disconnect(plugin, id, timeout, buffering, timeout_span),
+        )
     }
 }

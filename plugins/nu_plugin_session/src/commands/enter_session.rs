@@ -11,7 +11,7 @@ use nu_session_client::SessionSettings;
 use super::category;
 use crate::errors::{Action, client_error, no_session, wrong_state};
 use crate::hosts::host_for;
-use crate::interactive::{self, Ending, Target};
+use crate::interactive::{self, Ending, PromptSession};
 use crate::select::{Criteria, Reported};
 use crate::sessions::SessionState;
 use crate::{SessionPlugin, flags, operations};
@@ -280,7 +280,7 @@ impl Entry {
                 .clone()
                 .ok_or_else(|| LabeledError::new("the session has no connection"))?;
             session.interactive = true;
-            Target {
+            PromptSession {
                 id: self.id,
                 computer_name: session.computer_name.clone(),
                 breaks_at: handle.breaks(),

@@ -188,7 +188,10 @@ fn start_disconnected(
         .iter()
         .map(|id| {
             if let Some(session) = plugin.sessions().get(*id).filter(|s| s.interactive) {
-                return (many::who(plugin, *id), Err(in_enter_session(session, head)));
+                return (
+                    crate::fanout::who(plugin, *id),
+                    Err(in_enter_session(session, head)),
+                );
             }
             let row = lookup(plugin, *id, head).and_then(|target| {
                 let handle = target.handle();
@@ -203,7 +206,7 @@ fn start_disconnected(
                 session.detached(&info);
                 Ok(crate::record::session_record(session, head))
             });
-            (many::who(plugin, *id), row)
+            (crate::fanout::who(plugin, *id), row)
         })
         .collect();
     Ok(PipelineData::value(crate::fanout::rows(rows, head)?, None))

@@ -8,8 +8,8 @@ use nu_session_client::{CallEvent, Receive};
 
 use super::category;
 use crate::errors::{client_error, many_failed, named, remote_error};
+use crate::fanout::who;
 use crate::invocation::local_value;
-use crate::invocation::many::who;
 use crate::invocation::output::OutputSink;
 use crate::select::{Need, select, selection_signature};
 use crate::{SessionPlugin, flags, operations};

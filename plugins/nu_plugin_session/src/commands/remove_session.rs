@@ -3,7 +3,6 @@ use nu_protocol::{Example, LabeledError, PipelineData, Signature, Type, Value};
 
 use super::category;
 use crate::errors::client_error;
-use crate::invocation::many::who;
 use crate::select::{Need, select, selection_signature};
 use crate::{SessionPlugin, flags, operations};
 
@@ -81,19 +80,14 @@ impl PluginCommand for RemoveSession {
             plugin.what_if(&selected.ids, "Remove");
             return Ok(PipelineData::empty());
         }
-        let results = crate::fanout::run_each(
-            &selected.ids,
+        let done = crate::fanout::for_sessions(
+            plugin,
+            selected,
             flags::DEFAULT_THROTTLE,
             "remove-session",
-            |_| span,
-            |id| operations::remove(plugin, *id).map_err(|e| client_error(&e, span)),
+            span,
+            |id| operations::remove(plugin, id).map_err(|e| client_error(&e, span)),
         );
-        let done = selected
-            .ids
-            .iter()
-            .map(|id| who(plugin, *id))
-            .zip(results)
-            .collect();
         crate::fanout::all_done(done, "sessions")?;
         Ok(PipelineData::empty())
     }

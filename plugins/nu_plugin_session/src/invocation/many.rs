@@ -15,23 +15,16 @@ use nu_protocol::{
 };
 
 use super::output::OutputSink;
-use super::{Run, Starter, Target, lookup};
+use super::{Run, Runnable, Starter, lookup};
 use crate::SessionPlugin;
 use crate::errors::{many_failed, named};
+use crate::fanout::who;
 use crate::status::Status;
-
-/// How a session is named in errors and progress: `web2 (session 3)`.
-pub fn who(plugin: &SessionPlugin, id: i64) -> String {
-    match plugin.sessions().get(id) {
-        Some(session) => format!("{} (session {id})", session.computer_name),
-        None => format!("session {id}"),
-    }
-}
 
 /// A session to run the code in, or why it cannot.
 struct Planned {
     who: String,
-    target: Result<Target, LabeledError>,
+    target: Result<Runnable, LabeledError>,
 }
 
 fn plan(plugin: &SessionPlugin, ids: &[i64], head: Span) -> VecDeque<Planned> {

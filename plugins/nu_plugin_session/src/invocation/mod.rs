@@ -24,23 +24,23 @@ use crate::sessions::SessionState;
 use output::OutputSink;
 
 /// A session the code is to run in.
-pub struct Target {
+pub struct Runnable {
     handle: SessionHandle,
     running: Arc<AtomicUsize>,
 }
 
-impl Target {
+impl Runnable {
     pub fn handle(&self) -> &SessionHandle {
         &self.handle
     }
 }
 
 /// The session `id`, if it can run code now (Opened); else why not.
-pub fn lookup(plugin: &SessionPlugin, id: i64, head: Span) -> Result<Target, LabeledError> {
+pub fn lookup(plugin: &SessionPlugin, id: i64, head: Span) -> Result<Runnable, LabeledError> {
     let table = plugin.sessions();
     let session = table.get(id).ok_or_else(|| no_session(id, head))?;
     match (&session.handle, session.state()) {
-        (Some(handle), SessionState::Opened) => Ok(Target {
+        (Some(handle), SessionState::Opened) => Ok(Runnable {
             handle: handle.clone(),
             running: session.running.clone(),
         }),
@@ -114,7 +114,7 @@ pub struct Starter {
 }
 
 impl Starter {
-    pub fn start(&self, target: Target) -> Result<Run, LabeledError> {
+    pub fn start(&self, target: Runnable) -> Result<Run, LabeledError> {
         let call = target
             .handle
             .invoke(

@@ -1,0 +1,584 @@
+//! An attached session: [`SessionHandle`] sends invocations and interrupts; a reader task
+//! receives the session's numbered output and hands each invocation's events to its [`Call`].
+//!
+//! Exactly-once output: the host keeps every event until it is acknowledged, and this client
+//! acknowledges an event only once it has been *consumed* (handed to the user by a [`Call`] or a
+//! [`Receive`], or discarded because its call was abandoned here). Events that arrived but were
+//! not consumed when the client goes away are sent again to the next client that attaches.
+//!
+//! Output of invocations this handle did not start (started by another client, or sent with
+//! [`SessionHandle::invoke_detached`]) is kept for [`SessionHandle::receive`].
+//!
+//! Broken connections: when the connection fails without a disconnect, a supervisor task
+//! reattaches with backoff (the same client takes over its old attachment on the host), resumes
+//! the output after the last event received, and sends again the invocations and interrupts the
+//! host may not have received (it ignores an invocation id it has seen). Calls simply wait
+//! meanwhile. If it gives up, the session is left disconnected on its host; if the host says the
+//! session is gone (its worker crashed), the calls end with the reason.
+//!
+//! The jobs are in rooms of their own: this module has the handle and the state it shares with
+//! them; `consume` the consuming side ([`Call`], [`Receive`]) and its acknowledgements, `route`
+//! the reader that hands events to their consumers, `supervise` the connection and
+//! reconnecting. What the connection is doing ([`LinkState`]) is a `watch` value: anyone can
+//! subscribe ([`SessionHandle::watch_link`]) instead of polling.
+
+mod consume;
+mod route;
+mod supervise;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nu_protocol::Value;
+use nu_session_protocol::{
+    Attachment, Binding, ClientMessage, ErrorKind, HostMessage, Invocation, OutputBuffering,
+    RemoteError, SessionInfo,
+};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use consume::Batch;
+pub use consume::{Call, Receive};
+
+use crate::transport::Wire;
+use crate::{ClientError, Host};
+
+/// One event of an invocation, in order: `Started`, then values and output, then `Finished`.
+#[derive(Debug, Clone)]
+pub enum CallEvent {
+    /// `stream` is false when the code produced a single value (or nothing).
+    Started {
+        stream: bool,
+    },
+    Value(Value),
+    /// Bytes the session printed while this invocation ran.
+    Output {
+        stderr: bool,
+        bytes: Vec<u8>,
+    },
+    Finished(Option<RemoteError>),
+    /// The host discarded this many older events to make room (output buffering `Drop`).
+    Dropped(u64),
+}
+
+/// Events consumed here are acknowledged only once this many more have been consumed after them:
+/// Nushell's plugin protocol keeps up to 100 stream items in flight between the plugin and the
+/// engine, so an event is acknowledged only when the engine has surely taken it. A client killed
+/// mid-stream therefore loses nothing; the next client may get the last few again.
+const ACK_LAG: u64 = 128;
+
+/// A consumer that has waited this long for the next event acknowledges what it holds back.
+const RELEASE_AFTER: Duration = Duration::from_millis(50);
+
+/// Batches of events per channel message keep the hand-over between threads cheap.
+const CALL_CHANNEL_BATCHES: usize = 16;
+
+/// Reconnect attempts: the first at once, then after this, doubling up to [`MAX_RETRY_DELAY`]
+/// (about once a second, as PowerShell does).
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// One reconnect attempt (SSH handshake and attach included) gets this long.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a handle's connection is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Link {
+    Up,
+    /// The connection failed without a disconnect; reconnecting.
+    Reconnecting,
+    /// Reconnecting did not succeed (why): the session runs on, disconnected, on its host.
+    Down(String),
+    /// Disconnected on purpose.
+    Detached,
+    /// The session ended on its host (why).
+    Ended(String),
+}
+
+/// What happened to a handle's connection, for telling the user.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// The connection failed (`error`); reconnecting for up to `retry_for`.
+    Interrupted { error: String, retry_for: Duration },
+    /// Attached again, `after` the failure; missed output follows.
+    Restored { after: Duration },
+    /// Reconnecting did not succeed; the session is left disconnected on its host.
+    GaveUp { reason: String },
+    /// The host says the session is gone.
+    Ended { reason: String },
+}
+
+/// Told about every [`Notice`] of a handle.
+pub type Notify = Arc<dyn Fn(Notice) + Send + Sync>;
+
+/// A handle's connection as a `watch` value: what it does, and how many times it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    pub link: Link,
+    /// Failures so far, including those it recovered from (however quickly).
+    pub breaks: u64,
+}
+
+/// A subscription to a handle's [`LinkState`], for a thread outside the client's runtime.
+pub struct LinkWatch {
+    rx: watch::Receiver<LinkState>,
+    runtime: Handle,
+    stop: Arc<tokio::sync::Notify>,
+}
+
+impl LinkWatch {
+    /// Blocks until the link's state satisfies `until` (true), or [`LinkWatch::stopper`] is
+    /// called (false).
+    pub fn wait_until(&mut self, mut until: impl FnMut(&LinkState) -> bool) -> bool {
+        let (rx, stop) = (&mut self.rx, self.stop.clone());
+        self.runtime.block_on(async {
+            tokio::select! {
+                met = rx.wait_for(|state| until(state)) => met.is_ok(),
+                _ = stop.notified() => false,
+            }
+        })
+    }
+
+    /// Ends a [`LinkWatch::wait_until`] in progress (or the next one) from another thread.
+    pub fn stopper(&self) -> impl Fn() + Send + Sync + 'static {
+        let stop = self.stop.clone();
+        move || stop.notify_one()
+    }
+}
+
+/// An event of the backlog, with the invocation it belongs to.
+pub type BacklogEvent = (Option<u64>, CallEvent);
+
+#[derive(Clone)]
+pub struct SessionHandle {
+    inner: Arc<Inner>,
+}
+
+enum Outgoing {
+    Message(ClientMessage),
+    /// Close the connection (after a disconnect).
+    Close,
+}
+
+struct Inner {
+    host: Host,
+    instance_id: Uuid,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+    state: Mutex<State>,
+    /// What the connection does (the session's end included: it is said only here).
+    link: watch::Sender<LinkState>,
+    /// What the host said when this client (last) attached.
+    attachment: Mutex<Attachment>,
+    runtime: Handle,
+    /// The backlog's receiving end, while no [`Receive`] holds it.
+    backlog: Mutex<Option<std::sync::mpsc::Receiver<Batch<BacklogEvent>>>>,
+    notify: Mutex<Vec<Notify>>,
+}
+
+struct State {
+    calls: HashMap<u64, mpsc::Sender<Batch<CallEvent>>>,
+    /// Invocations of ours that were given up before they finished: their output is discarded.
+    abandoned: HashSet<u64>,
+    /// Invocations sent that the host has not shown it received yet (no event for them): sent
+    /// again after a reconnect unless the host says it has them.
+    unconfirmed: BTreeMap<u64, Invocation>,
+    /// Invocations asked to stop that have not finished: asked again after a reconnect.
+    interrupted: HashSet<u64>,
+    /// The highest sequence number received.
+    received: u64,
+    /// The highest sequence number acknowledged.
+    acked: u64,
+    /// Batches handed over and not consumed yet: first → last sequence number.
+    outstanding: BTreeMap<u64, u64>,
+    /// Waiting for the answer to a request (a disconnect).
+    reply: Option<oneshot::Sender<HostMessage>>,
+    /// Dropped events not reported yet.
+    dropped: u64,
+    /// A call was forgotten: this client is going away and acknowledges nothing more.
+    forgotten: bool,
+    /// Invocations of other clients that were running or queued when this client attached and
+    /// whose end has not been handed to the backlog yet.
+    foreign_pending: HashSet<u64>,
+    backlog: std::sync::mpsc::Sender<Batch<BacklogEvent>>,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn link(&self) -> Link {
+        self.link.borrow().link.clone()
+    }
+
+    fn set_link(&self, link: Link) {
+        self.link.send_modify(|state| state.link = link);
+    }
+
+    /// Moves the link from `from` to `to`; false (and nothing changes) when it was not `from`.
+    fn set_link_from(&self, from: Link, to: Link) -> bool {
+        self.link.send_if_modified(|state| {
+            let moves = state.link == from;
+            if moves {
+                state.link = to;
+            }
+            moves
+        })
+    }
+
+    /// The connection failed: counted, and reconnecting. False when it was not up (closed,
+    /// disconnected or ended meanwhile): nothing to reconnect.
+    fn broke(&self) -> bool {
+        self.link.send_if_modified(|state| {
+            let up = state.link == Link::Up;
+            if up {
+                state.link = Link::Reconnecting;
+                state.breaks += 1;
+            }
+            up
+        })
+    }
+
+    /// The host said the session ended (its code called `exit`, or its worker is gone).
+    fn end(&self, reason: &str) {
+        let reason = reason.strip_prefix("the session ended: ").unwrap_or(reason);
+        self.set_link(Link::Ended(reason.to_string()));
+    }
+
+    fn attachment(&self) -> MutexGuard<'_, Attachment> {
+        self.attachment.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self, notice: Notice) {
+        let subscribers = self
+            .notify
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for notify in subscribers {
+            notify(notice.clone());
+        }
+    }
+
+    /// Whether messages can still be sent: now, or once reconnected.
+    fn usable(&self) -> bool {
+        matches!(self.link(), Link::Up | Link::Reconnecting)
+    }
+
+    /// Why nothing more can be sent or received.
+    fn lost_error(&self) -> ClientError {
+        match &self.link() {
+            Link::Down(reason) => ClientError::Transport {
+                msg: format!("the connection to the session was lost: {reason}"),
+                help: Some(
+                    "the session keeps running on its host: `connect-session` reconnects it, `receive-session` collects its output"
+                        .into(),
+                ),
+            },
+            Link::Ended(reason) => ended_error(reason).into(),
+            Link::Detached => ClientError::Transport {
+                msg: "the session was disconnected".into(),
+                help: Some("`connect-session` reconnects it".into()),
+            },
+            Link::Up | Link::Reconnecting => ClientError::lost(),
+        }
+    }
+
+    /// Asks the host to stop `call_id`; asked again after a reconnect until it finishes.
+    fn interrupt(&self, call_id: u64) {
+        self.state().interrupted.insert(call_id);
+        let _ = self
+            .outgoing
+            .send(Outgoing::Message(ClientMessage::Interrupt { call_id }));
+    }
+
+    /// A batch was consumed: acknowledge what can be.
+    fn consumed(&self, first: u64) {
+        let mut state = self.state();
+        state.outstanding.remove(&first);
+        self.acknowledge(&mut state);
+    }
+
+    /// Acknowledges everything received up to the oldest batch not consumed yet.
+    fn acknowledge(&self, state: &mut State) {
+        if state.forgotten {
+            return;
+        }
+        let upto = match state.outstanding.keys().next() {
+            Some(first) => first - 1,
+            None => state.received,
+        };
+        if upto > state.acked {
+            state.acked = upto;
+            let _ = self
+                .outgoing
+                .send(Outgoing::Message(ClientMessage::Ack { seq: upto }));
+        }
+    }
+}
+
+impl SessionHandle {
+    pub(crate) fn start(
+        host: Host,
+        conn: Wire,
+        attachment: Attachment,
+        resumed_from: u64,
+    ) -> SessionHandle {
+        let (outgoing, to_send) = mpsc::unbounded_channel::<Outgoing>();
+        let (backlog_tx, backlog_rx) = std::sync::mpsc::channel();
+        let runtime = host.runtime().clone();
+        let foreign_pending = attachment.pending_calls.iter().copied().collect();
+        let inner = Arc::new(Inner {
+            instance_id: attachment.info.instance_id,
+            host,
+            outgoing,
+            state: Mutex::new(State {
+                calls: HashMap::new(),
+                abandoned: HashSet::new(),
+                unconfirmed: BTreeMap::new(),
+                interrupted: HashSet::new(),
+                // Events up to the host's acknowledged mark are gone: nothing to wait for there.
+                received: resumed_from.max(attachment.acked),
+                acked: resumed_from.max(attachment.acked),
+                outstanding: BTreeMap::new(),
+                reply: None,
+                dropped: 0,
+                forgotten: false,
+                // A new handle has no invocations yet: every pending one is another client's.
+                foreign_pending,
+                backlog: backlog_tx,
+            }),
+            link: watch::Sender::new(LinkState {
+                link: Link::Up,
+                breaks: 0,
+            }),
+            attachment: Mutex::new(attachment),
+            runtime: runtime.clone(),
+            backlog: Mutex::new(Some(backlog_rx)),
+            notify: Mutex::new(Vec::new()),
+        });
+        runtime.spawn(supervise::supervise(inner.clone(), conn, to_send));
+        SessionHandle { inner }
+    }
+
+    /// The session as the host described it when this client (last) attached.
+    pub fn info(&self) -> SessionInfo {
+        self.inner.attachment().info.clone()
+    }
+
+    /// What the host said when this client (last) attached.
+    pub fn attachment(&self) -> Attachment {
+        self.inner.attachment().clone()
+    }
+
+    /// Whether the connection is up (not reconnecting, given up, detached or ended).
+    pub fn is_alive(&self) -> bool {
+        self.inner.link() == Link::Up
+    }
+
+    /// How many times the connection has failed so far, including failures it recovered from
+    /// (however quickly).
+    pub fn breaks(&self) -> u64 {
+        self.inner.link.borrow().breaks
+    }
+
+    /// What the connection is doing.
+    pub fn link(&self) -> Link {
+        self.inner.link()
+    }
+
+    /// A subscription to what the connection does.
+    pub fn watch_link(&self) -> LinkWatch {
+        LinkWatch {
+            rx: self.inner.link.subscribe(),
+            runtime: self.inner.runtime.clone(),
+            stop: Arc::default(),
+        }
+    }
+
+    /// Lets go of the session without disconnecting it on purpose (it is being removed, or this
+    /// client forgets it): the connection closes and is not re-established.
+    pub fn close(&self) {
+        self.inner.link.send_if_modified(|state| {
+            let ended = matches!(state.link, Link::Ended(_));
+            if !ended {
+                state.link = Link::Detached;
+            }
+            !ended
+        });
+        let _ = self.inner.outgoing.send(Outgoing::Close);
+    }
+
+    /// `notify` is told (as well as any told before) when the connection fails, comes back,
+    /// or is given up.
+    pub fn on_notice(&self, notify: Notify) {
+        self.inner
+            .notify
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(notify);
+    }
+
+    /// Whether the host said the session ended; it no longer exists there.
+    pub fn has_ended(&self) -> bool {
+        matches!(self.inner.link(), Link::Ended(_))
+    }
+
+    /// Why the session ended, when the host said.
+    pub fn end_reason(&self) -> Option<String> {
+        match self.inner.link() {
+            Link::Ended(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// The last event number received (for resuming on another connection).
+    pub fn last_seq(&self) -> u64 {
+        self.inner.state().received
+    }
+
+    /// Sends now, or once reconnected.
+    fn send(&self, message: ClientMessage) -> Result<(), ClientError> {
+        if !self.inner.usable() {
+            return Err(self.inner.lost_error());
+        }
+        self.inner
+            .outgoing
+            .send(Outgoing::Message(message))
+            .map_err(|_| ClientError::lost())
+    }
+
+    fn new_call_id(&self) -> u64 {
+        self.inner
+            .host
+            .shared()
+            .next_call
+            .fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Sends an invocation, kept until the host shows it has it.
+    fn send_invocation(&self, invocation: Invocation) -> Result<(), ClientError> {
+        let call_id = invocation.call_id;
+        self.inner
+            .state()
+            .unconfirmed
+            .insert(call_id, invocation.clone());
+        let sent = self.send(ClientMessage::Invoke(invocation));
+        if sent.is_err() {
+            self.inner.state().unconfirmed.remove(&call_id);
+        }
+        sent
+    }
+
+    /// Starts running `source` in the session; its events arrive through the returned [`Call`].
+    /// Invocations run one at a time, in the order sent.
+    pub fn invoke(
+        &self,
+        source: String,
+        bindings: Vec<Binding>,
+        input: Option<Value>,
+    ) -> Result<Call, ClientError> {
+        let (tx, rx) = mpsc::channel(CALL_CHANNEL_BATCHES);
+        let call_id = self.start_invocation(source, bindings, input, Some(tx))?;
+        Ok(Call::new(call_id, rx, self.inner.clone()))
+    }
+
+    /// Starts running `source` without waiting for its output: it stays on the host for
+    /// [`SessionHandle::receive`] (here or in another client).
+    pub fn invoke_detached(
+        &self,
+        source: String,
+        bindings: Vec<Binding>,
+        input: Option<Value>,
+    ) -> Result<u64, ClientError> {
+        self.start_invocation(source, bindings, input, None)
+    }
+
+    /// Sends a new invocation, its events going to `call` (or the backlog); its id.
+    fn start_invocation(
+        &self,
+        source: String,
+        bindings: Vec<Binding>,
+        input: Option<Value>,
+        call: Option<mpsc::Sender<Batch<CallEvent>>>,
+    ) -> Result<u64, ClientError> {
+        let call_id = self.new_call_id();
+        let ours = call.is_some();
+        if let Some(call) = call {
+            self.inner.state().calls.insert(call_id, call);
+        }
+        let invocation = Invocation {
+            call_id,
+            source,
+            bindings,
+            input,
+        };
+        if let Err(e) = self.send_invocation(invocation) {
+            if ours {
+                self.inner.state().calls.remove(&call_id);
+            }
+            return Err(e);
+        }
+        Ok(call_id)
+    }
+
+    /// Detaches from the session, which keeps running on the host, with new settings when
+    /// given. Output not consumed here stays on the host. The handle is dead afterwards.
+    pub fn disconnect(
+        &self,
+        idle_timeout: Option<Duration>,
+        output_buffering: Option<OutputBuffering>,
+    ) -> Result<SessionInfo, ClientError> {
+        if self.inner.link() == Link::Reconnecting {
+            return Err(ClientError::Transport {
+                msg: "the connection to the session is broken and being re-established".into(),
+                help: Some("try again once it is back (get-session shows Opened)".into()),
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.inner.state().reply = Some(tx);
+        self.send(ClientMessage::Disconnect {
+            idle_timeout,
+            output_buffering,
+        })?;
+        let reply = rx.blocking_recv().map_err(|_| ClientError::lost())?;
+        match reply {
+            HostMessage::Disconnected(info) => {
+                self.inner.set_link(Link::Detached);
+                let _ = self.inner.outgoing.send(Outgoing::Close);
+                Ok(info)
+            }
+            HostMessage::Error(error) => Err(error.into()),
+            other => Err(ClientError::transport(
+                "unexpected answer from the session",
+                format!("{other:?}"),
+            )),
+        }
+    }
+
+    /// The output of invocations this handle did not start, as it arrives, until every
+    /// invocation that was running or queued when this client attached has finished and every
+    /// event that existed then has been delivered. One receive at a time per handle.
+    pub fn receive(&self) -> Result<Receive, ClientError> {
+        let rx = self
+            .inner
+            .backlog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| {
+                ClientError::transport("cannot receive", "another receive is in progress")
+            })?;
+        let until_seq = self.inner.attachment().next_seq.saturating_sub(1);
+        Ok(Receive::new(rx, self.inner.clone(), until_seq))
+    }
+}
+
+/// What a call learns when its session ended on its host.
+fn ended_error(reason: &str) -> RemoteError {
+    RemoteError::new(ErrorKind::Ended, format!("the session has ended: {reason}"))
+}

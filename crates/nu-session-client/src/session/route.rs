@@ -1,0 +1,177 @@
+//! Routing: the reader of a connection hands each event to its [`super::Call`], to the backlog
+//! (for [`super::Receive`]), or discards it, in batches of one destination, and records what
+//! was received for acknowledging and resuming.
+
+use futures::StreamExt;
+use nu_session_protocol::{ErrorKind, Event, EventBody, HostMessage, RemoteError};
+
+use super::consume::Batch;
+use super::{CallEvent, Inner};
+use crate::transport::Wire;
+
+/// Where an event goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Destination {
+    Call(u64),
+    Backlog,
+    Discard,
+}
+
+/// Reads the host's messages until the connection ends.
+pub(super) async fn read_events(mut stream: futures::stream::SplitStream<Wire>, inner: &Inner) {
+    while let Some(Ok(message)) = stream.next().await {
+        match message {
+            HostMessage::Events(events) => {
+                let Some(last) = events.last().map(|e| e.seq) else {
+                    continue;
+                };
+                deliver(inner, events).await;
+                let mut state = inner.state();
+                state.received = state.received.max(last);
+                inner.acknowledge(&mut state);
+            }
+            HostMessage::Dropped { count } => inner.state().dropped += count,
+            HostMessage::Disconnected(_) => {
+                if let Some(reply) = inner.state().reply.take() {
+                    let _ = reply.send(message);
+                }
+            }
+            HostMessage::Error(error) => {
+                if let Some(reply) = inner.state().reply.take() {
+                    let _ = reply.send(HostMessage::Error(error));
+                    continue;
+                }
+                // Errors about requests without an answer of their own (an invocation sent
+                // while not attached) end the current calls: nothing more will come for them.
+                finish_calls(inner, &error).await;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Every waiting call ends with `error`.
+pub(super) async fn finish_calls(inner: &Inner, error: &RemoteError) {
+    let senders: Vec<_> = inner.state().calls.drain().collect();
+    for (_, sender) in senders {
+        let batch = Batch {
+            first: 0,
+            events: vec![CallEvent::Finished(Some(error.clone()))],
+        };
+        let _ = sender.send(batch).await;
+    }
+}
+
+/// Hands events to their calls or the backlog, one batch per run of the same destination.
+async fn deliver(inner: &Inner, events: Vec<Event>) {
+    let mut run: Vec<(u64, Option<u64>, CallEvent)> = Vec::new();
+    let mut run_to = Destination::Discard;
+    for event in events {
+        let (call_id, call_event) = split(inner, event.body);
+        let finished = matches!(call_event, CallEvent::Finished(_));
+        let to = destination(inner, call_id, finished);
+        if to != run_to && !run.is_empty() {
+            hand_over(inner, run_to, std::mem::take(&mut run)).await;
+        }
+        run_to = to;
+        if to != Destination::Discard {
+            let dropped = std::mem::take(&mut inner.state().dropped);
+            if dropped > 0 {
+                run.push((event.seq, call_id, CallEvent::Dropped(dropped)));
+            }
+        }
+        run.push((event.seq, call_id, call_event));
+    }
+    if !run.is_empty() {
+        hand_over(inner, run_to, run).await;
+    }
+}
+
+fn split(inner: &Inner, body: EventBody) -> (Option<u64>, CallEvent) {
+    match body {
+        EventBody::Started { call_id, stream } => (Some(call_id), CallEvent::Started { stream }),
+        EventBody::Value { call_id, value } => (Some(call_id), CallEvent::Value(value)),
+        EventBody::Output {
+            call_id,
+            stderr,
+            bytes,
+        } => (call_id, CallEvent::Output { stderr, bytes }),
+        EventBody::Finished { call_id, error } => {
+            if let Some(error) = error.as_ref().filter(|e| e.kind == ErrorKind::Ended) {
+                inner.end(&error.msg);
+            }
+            (Some(call_id), CallEvent::Finished(error))
+        }
+    }
+}
+
+fn destination(inner: &Inner, call_id: Option<u64>, finished: bool) -> Destination {
+    let Some(call_id) = call_id else {
+        // Printed while no invocation ran (a background job): nobody to show it to.
+        return Destination::Discard;
+    };
+    let mut state = inner.state();
+    // An event of the invocation: the host has it.
+    if !state.unconfirmed.is_empty() {
+        state.unconfirmed.remove(&call_id);
+    }
+    if finished {
+        state.interrupted.remove(&call_id);
+    }
+    if state.calls.contains_key(&call_id) {
+        Destination::Call(call_id)
+    } else if state.abandoned.contains(&call_id) {
+        if finished {
+            state.abandoned.remove(&call_id);
+        }
+        // One of ours that the user gave up.
+        Destination::Discard
+    } else {
+        // Started elsewhere, detached, or forgotten: kept for receive.
+        Destination::Backlog
+    }
+}
+
+async fn hand_over(inner: &Inner, to: Destination, run: Vec<(u64, Option<u64>, CallEvent)>) {
+    let (Some(first), Some(last)) = (run.first().map(|e| e.0), run.last().map(|e| e.0)) else {
+        return;
+    };
+    match to {
+        Destination::Discard => {}
+        Destination::Backlog => {
+            let mut state = inner.state();
+            state.outstanding.insert(first, last);
+            for (_, call_id, event) in &run {
+                if let (Some(id), CallEvent::Finished(_)) = (call_id, event) {
+                    state.foreign_pending.remove(id);
+                }
+            }
+            let batch = Batch {
+                first,
+                events: run.into_iter().map(|(_, id, e)| (id, e)).collect(),
+            };
+            if state.backlog.send(batch).is_err() {
+                state.outstanding.remove(&first);
+            }
+        }
+        Destination::Call(call_id) => {
+            let sender = {
+                let mut state = inner.state();
+                let sender = state.calls.get(&call_id).cloned();
+                if sender.is_some() {
+                    state.outstanding.insert(first, last);
+                }
+                sender
+            };
+            let Some(sender) = sender else { return };
+            let batch = Batch {
+                first,
+                events: run.into_iter().map(|(_, _, e)| e).collect(),
+            };
+            // Waits while the caller is slower than the session: back-pressure reaches the host.
+            if sender.send(batch).await.is_err() {
+                inner.state().outstanding.remove(&first);
+            }
+        }
+    }
+}

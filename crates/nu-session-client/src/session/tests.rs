@@ -1,0 +1,401 @@
+//! The session core against a host played by the test, over an in-memory duplex (and, for
+//! reattaching, a Unix socket where the session's would be) with the real codec: routing to
+//! calls and the backlog, acknowledgements, resuming after a broken connection, the end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use nu_protocol::{Span, Value};
+use nu_session_protocol::layout::Layout;
+use nu_session_protocol::{
+    Attachment, ClientMessage, ErrorKind, Event, EventBody, FrameCodec, Hello, HostMessage,
+    OutputBuffering, RemoteError, SessionInfo,
+};
+use tokio::net::UnixListener;
+use tokio_util::codec::Framed;
+use uuid::Uuid;
+
+use super::{CallEvent, Link, SessionHandle};
+use crate::Host;
+use crate::host::ClientShared;
+use crate::transport::Transport;
+
+/// The host's end of a connection.
+type HostEnd<S> = Framed<S, FrameCodec<ClientMessage, HostMessage>>;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Fixture {
+    runtime: tokio::runtime::Runtime,
+    layout: Layout,
+    host: Host,
+    instance_id: Uuid,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::under(dir.path().join("rt"));
+        layout.ensure_private().unwrap();
+        let client = Arc::new(ClientShared::new());
+        *client.reconnect_for.lock().unwrap() = Duration::from_secs(3);
+        let host = Host::new(
+            Transport::local(layout.clone(), None),
+            runtime.handle().clone(),
+            client,
+        );
+        Fixture {
+            runtime,
+            layout,
+            host,
+            instance_id: Uuid::new_v4(),
+            _dir: dir,
+        }
+    }
+
+    fn attachment(&self, next_seq: u64, acked: u64, pending_calls: Vec<u64>) -> Attachment {
+        Attachment {
+            info: SessionInfo {
+                instance_id: self.instance_id,
+                name: "Session1".into(),
+                configuration_name: "nu".into(),
+                user: "alice".into(),
+                created: chrono::Utc::now(),
+                idle_timeout: Duration::from_secs(7200),
+                output_buffering: OutputBuffering::Block,
+                attached: true,
+                attached_client: None,
+                running: false,
+                disconnected_on: None,
+            },
+            next_seq,
+            acked,
+            pending_calls,
+            last_call_from_client: None,
+        }
+    }
+
+    /// A handle attached over an in-memory duplex; the test plays the host at the other end.
+    fn attach(&self, attachment: Attachment) -> (SessionHandle, HostEnd<tokio::io::DuplexStream>) {
+        let (client, host) = tokio::io::duplex(1 << 20);
+        let _guard = self.runtime.enter();
+        let conn = Framed::new(
+            Box::pin(client) as std::pin::Pin<Box<dyn crate::transport::Stream>>,
+            FrameCodec::new(),
+        );
+        let resumed_from = attachment.acked;
+        let handle = SessionHandle::start(self.host.clone(), conn, attachment, resumed_from);
+        (handle, Framed::new(host, FrameCodec::new()))
+    }
+
+    /// The next message the client sends that `keep` accepts (others are skipped).
+    fn expect<S>(
+        &self,
+        end: &mut HostEnd<S>,
+        mut keep: impl FnMut(&ClientMessage) -> bool,
+    ) -> ClientMessage
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        self.runtime.block_on(async {
+            tokio::time::timeout(WAIT, async {
+                loop {
+                    match end.next().await {
+                        Some(Ok(message)) if keep(&message) => return message,
+                        Some(Ok(_)) => continue,
+                        other => panic!("the client's connection ended: {other:?}"),
+                    }
+                }
+            })
+            .await
+            .expect("the client sent nothing of the kind")
+        })
+    }
+
+    fn send<S>(&self, end: &mut HostEnd<S>, message: HostMessage)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        self.runtime.block_on(end.send(message)).unwrap();
+    }
+
+    /// The highest acknowledgement the client sends within a moment.
+    fn last_ack<S>(&self, end: &mut HostEnd<S>) -> Option<u64>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        self.runtime.block_on(async {
+            let mut last = None;
+            while let Ok(Some(Ok(message))) =
+                tokio::time::timeout(Duration::from_millis(300), end.next()).await
+            {
+                if let ClientMessage::Ack { seq } = message {
+                    last = Some(seq);
+                }
+            }
+            last
+        })
+    }
+}
+
+fn int(i: i64) -> Value {
+    Value::int(i, Span::unknown())
+}
+
+fn events(first_seq: u64, bodies: Vec<EventBody>) -> HostMessage {
+    HostMessage::Events(
+        bodies
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| Event {
+                seq: first_seq + i as u64,
+                body,
+            })
+            .collect(),
+    )
+}
+
+/// `Started`, `count` ints, `Finished` of `call_id`.
+fn run_of(call_id: u64, count: i64) -> Vec<EventBody> {
+    let mut bodies = vec![EventBody::Started {
+        call_id,
+        stream: true,
+    }];
+    bodies.extend((1..=count).map(|i| EventBody::Value {
+        call_id,
+        value: int(i),
+    }));
+    bodies.push(EventBody::Finished {
+        call_id,
+        error: None,
+    });
+    bodies
+}
+
+fn invoked(message: &ClientMessage) -> bool {
+    matches!(message, ClientMessage::Invoke(_))
+}
+
+fn call_id_of(message: ClientMessage) -> u64 {
+    match message {
+        ClientMessage::Invoke(invocation) => invocation.call_id,
+        other => panic!("not an invocation: {other:?}"),
+    }
+}
+
+/// Every event of a call, until `Finished`.
+fn drain(call: &mut super::Call) -> Vec<CallEvent> {
+    let mut all = Vec::new();
+    loop {
+        let event = call.next_event().expect("an event");
+        let done = matches!(event, CallEvent::Finished(_));
+        all.push(event);
+        if done {
+            return all;
+        }
+    }
+}
+
+fn ints(events: &[CallEvent]) -> Vec<i64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            CallEvent::Value(v) => v.as_int().ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn events_reach_their_call_and_others_go_to_the_backlog() {
+    let fx = Fixture::new();
+    // Another client's invocation 7 was running when this one attached.
+    let (handle, mut end) = fx.attach(fx.attachment(1, 0, vec![7]));
+    let mut call = handle.invoke("seq 1 3".into(), Vec::new(), None).unwrap();
+    let id = call_id_of(fx.expect(&mut end, invoked));
+    assert_eq!(id, call.id());
+    // Interleaved: the other invocation's output, then ours, in one message.
+    let mut bodies = run_of(7, 2);
+    bodies.extend(run_of(id, 3));
+    fx.send(&mut end, events(1, bodies));
+    let ours = drain(&mut call);
+    assert!(matches!(ours[0], CallEvent::Started { stream: true }));
+    assert_eq!(ints(&ours), [1, 2, 3]);
+    assert!(matches!(ours.last(), Some(CallEvent::Finished(None))));
+    // The other invocation's events wait for receive, with its id, and then it is done.
+    let mut receive = handle.receive().unwrap();
+    let mut theirs = Vec::new();
+    while let Some((call_id, event)) = receive.next_event().unwrap() {
+        assert_eq!(call_id, Some(7));
+        theirs.push(event);
+    }
+    assert_eq!(ints(&theirs), [1, 2]);
+    assert!(matches!(theirs.last(), Some(CallEvent::Finished(None))));
+}
+
+#[test]
+fn what_was_consumed_is_acknowledged_and_nothing_before() {
+    let fx = Fixture::new();
+    let (handle, mut end) = fx.attach(fx.attachment(1, 0, Vec::new()));
+    let mut call = handle.invoke("seq".into(), Vec::new(), None).unwrap();
+    let id = call_id_of(fx.expect(&mut end, invoked));
+    // 500 values in one message: nothing is acknowledged before the user took them.
+    fx.send(&mut end, events(1, run_of(id, 500)));
+    assert_eq!(fx.last_ack(&mut end), None);
+    for _ in 0..300 {
+        call.next_event().unwrap();
+    }
+    // The batch is not used up: still nothing (the engine may not have the values yet).
+    assert_eq!(fx.last_ack(&mut end), None);
+    let rest = drain(&mut call);
+    assert_eq!(rest.len(), 502 - 300);
+    // Waiting for more (the call is done) releases the lag: everything up to the last event.
+    drop(call);
+    assert_eq!(fx.last_ack(&mut end), Some(502));
+}
+
+#[test]
+fn an_abandoned_call_is_interrupted_and_its_output_discarded() {
+    let fx = Fixture::new();
+    let (handle, mut end) = fx.attach(fx.attachment(1, 0, Vec::new()));
+    let call = handle.invoke("sleep 1hr".into(), Vec::new(), None).unwrap();
+    let id = call_id_of(fx.expect(&mut end, invoked));
+    drop(call);
+    let interrupt = fx.expect(&mut end, |m| matches!(m, ClientMessage::Interrupt { .. }));
+    assert!(matches!(interrupt, ClientMessage::Interrupt { call_id } if call_id == id));
+    // Its events are discarded, not kept for receive, and acknowledged.
+    fx.send(&mut end, events(1, run_of(id, 2)));
+    assert_eq!(fx.last_ack(&mut end), Some(4));
+    let mut receive = handle.receive().unwrap();
+    assert!(receive.next_event().unwrap().is_none());
+}
+
+#[test]
+fn a_broken_connection_resumes_after_the_last_event_and_sends_again_what_was_missed() {
+    let fx = Fixture::new();
+    let (handle, mut end) = fx.attach(fx.attachment(1, 0, Vec::new()));
+    let mut watch = handle.watch_link();
+    // The session's socket, where reattaching looks for it.
+    let listener = {
+        let _guard = fx.runtime.enter();
+        UnixListener::bind(fx.layout.session_socket(fx.instance_id)).unwrap()
+    };
+    let mut call = handle.invoke("seq 1 4".into(), Vec::new(), None).unwrap();
+    let id = call_id_of(fx.expect(&mut end, invoked));
+    fx.send(
+        &mut end,
+        events(
+            1,
+            vec![
+                EventBody::Started {
+                    call_id: id,
+                    stream: true,
+                },
+                EventBody::Value {
+                    call_id: id,
+                    value: int(1),
+                },
+            ],
+        ),
+    );
+    assert!(matches!(
+        call.next_event().unwrap(),
+        CallEvent::Started { .. }
+    ));
+    assert_eq!(ints(&[call.next_event().unwrap()]), [1]);
+    // A second invocation the host never gets: the connection breaks first.
+    let second = handle.invoke("'second'".into(), Vec::new(), None).unwrap();
+    drop(end);
+    assert!(watch.wait_until(|s| s.breaks == 1));
+    // The client comes back to the session's socket: hello, then attach after event 2.
+    let mut end = fx.runtime.block_on(async {
+        let (stream, _) = tokio::time::timeout(WAIT, listener.accept())
+            .await
+            .expect("no reattach")
+            .unwrap();
+        Framed::new(stream, FrameCodec::new())
+    });
+    let hello = fx.expect(&mut end, |_| true);
+    assert!(matches!(hello, ClientMessage::Hello(_)));
+    fx.send(&mut end, HostMessage::Hello(Hello::current()));
+    let attach = fx.expect(&mut end, |_| true);
+    assert!(
+        matches!(
+            attach,
+            ClientMessage::Attach {
+                resume_after: Some(2),
+                ..
+            }
+        ),
+        "{attach:?}"
+    );
+    // The host has the first invocation (it sent events of it), not the second.
+    let mut attachment = fx.attachment(3, 0, vec![id]);
+    attachment.last_call_from_client = Some(id);
+    fx.send(&mut end, HostMessage::Attached(attachment));
+    let again = call_id_of(fx.expect(&mut end, invoked));
+    assert_eq!(again, second.id());
+    assert!(watch.wait_until(|s| s.link == Link::Up));
+    // The output goes on where it stopped.
+    let mut rest = run_of(id, 4);
+    rest.drain(..2);
+    fx.send(&mut end, events(3, rest));
+    assert_eq!(ints(&drain(&mut call)), [2, 3, 4]);
+    assert_eq!(handle.breaks(), 1);
+}
+
+#[test]
+fn the_sessions_end_is_said_once_and_ends_what_waits() {
+    let fx = Fixture::new();
+    let (handle, mut end) = fx.attach(fx.attachment(1, 0, Vec::new()));
+    let mut call = handle.invoke("exit".into(), Vec::new(), None).unwrap();
+    let id = call_id_of(fx.expect(&mut end, invoked));
+    let waiting = handle.invoke("'queued'".into(), Vec::new(), None).unwrap();
+    let error = RemoteError::new(
+        ErrorKind::Ended,
+        "the session ended: its code called exit (code 0)",
+    );
+    fx.send(
+        &mut end,
+        events(
+            1,
+            vec![EventBody::Finished {
+                call_id: id,
+                error: Some(error),
+            }],
+        ),
+    );
+    let events = drain(&mut call);
+    assert!(matches!(&events[..], [CallEvent::Finished(Some(e))] if e.kind == ErrorKind::Ended));
+    assert!(handle.has_ended());
+    assert_eq!(
+        handle.end_reason().as_deref(),
+        Some("its code called exit (code 0)")
+    );
+    // The worker is gone: the connection closes, and the queued call ends with the reason.
+    drop(end);
+    let mut waiting = waiting;
+    match waiting.next_event().unwrap() {
+        CallEvent::Finished(Some(e)) => {
+            assert_eq!(e.kind, ErrorKind::Ended);
+            assert_eq!(
+                e.msg,
+                "the session has ended: its code called exit (code 0)"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nothing more can be sent, and it says why.
+    let Err(error) = handle.invoke("1".into(), Vec::new(), None) else {
+        panic!("an ended session took an invocation");
+    };
+    assert!(error.to_string().contains("has ended"), "{error}");
+    assert_eq!(handle.breaks(), 0);
+}

@@ -25,17 +25,13 @@ reset_users() {
 }
 cleanup() {
     [ -n "${SSHD_PID:-}" ] && kill "$SSHD_PID" 2>/dev/null || true
-    [ -n "${USERS_HELD:-}" ] && reset_users
+    [ -n "${USERS_HELD:-}" ] && reset_users && { kill "$HOLDER_PID" 2>/dev/null || true; }
     rm -rf "$RT"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 # Hold the users, so that a test run at the same time does not use them too.
-mkdir -p /tmp/nu-session-test-users
-for u in $(users); do
-    exec {lock}> "/tmp/nu-session-test-users/$u"
-    flock -n "$lock" || { say "$u is in use by a test run; try again later"; exit 1; }
-done
+hold_test_users $(users) || exit 1
 USERS_HELD=1
 
 # One server; each user is a host. Their PATH has nu (for the baseline) and nothing of ours:
@@ -84,7 +80,7 @@ VERSION_DIR="$("$BIN/nu-session-host" --version | cut -d' ' -f2)-$(sha256sum "$B
 for u in $(users); do
     home="$(getent passwd "$u" | cut -d: -f6)"
     rm -rf "$home/.local/share/nu-session/host"
-    install -d -o "$u" -g "$u" "$home/.local/share/nu-session/host/$VERSION_DIR"
+    runuser -u "$u" -- mkdir -p "$home/.local/share/nu-session/host/$VERSION_DIR"
     ln -f "$BIN/nu-session-host" "$home/.local/share/nu-session/host/$VERSION_DIR/nu-session-host"
 done
 for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.2/$PORT") 2>/dev/null && break; sleep 0.05; done
@@ -117,6 +113,6 @@ if [ -n "$ACCT" ]; then
     for run in baseline ours; do
         echo "CPU by command, $run:"
         sa -a -c --other-acct-file "$RT/$run.acct" 2>/dev/null |
-            awk 'NR > 1 && $NF != "" { printf "  %-20s %6d processes %8.2f cpu-s\n", $NF, $1, $5 + 0 }' | sort -k4 -nr | head -8
+            awk 'NR > 1 && $NF != "" { printf "  %-20s %6d processes %8.2f cpu-s\n", $NF, $1, ($5 + 0) * 60 }' | sort -k4 -nr | head -8
     done
 fi

@@ -41,7 +41,7 @@ let rx_json = median_of 3 { ^$nu_bin -n -c $"seq 1 ($rx_n) | to json -r" | from 
 
 let idle = new-session --name idle
 sleep 500ms
-let pid = open $"($env.NU_SESSION_DIR)/sessions/($idle.0.instance_id).json" | get pid
+let pid = glob $"($env.NU_SESSION_DIR)/p*/sessions/($idle.0.instance_id).json" | first | open $in | get pid
 let rss = rss_of $pid
 
 def rate [n: int, d: duration] { $n / ($d / 1sec) | math round | into int }

@@ -24,13 +24,15 @@ reset_remote_users() {
 cleanup() {
     [ -f "$RT/sshd/ssh_config" ] && ssh -F "$RT/sshd/ssh_config" -O exit bench 2>/dev/null || true
     for pid in ${SSHD_PIDS:-}; do kill "$pid" 2>/dev/null || true; done
-    for f in "$RT"/rt/sessions/*.json; do
+    for f in "$RT"/rt/p*/sessions/*.json; do
         [ -e "$f" ] || continue
         pid=$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$f")
         [ -n "$pid" ] && kill -9 -- "-$pid" 2>/dev/null || true
     done
-    [ -f "$RT/rt/manager.pid" ] && kill -9 "$(cat "$RT/rt/manager.pid")" 2>/dev/null || true
-    [ -n "${USERS_HELD:-}" ] && reset_remote_users
+    for m in "$RT"/rt/p*/manager.pid; do
+        [ -f "$m" ] && kill -9 "$(cat "$m")" 2>/dev/null || true
+    done
+    [ -n "${USERS_HELD:-}" ] && reset_remote_users && { kill "$HOLDER_PID" 2>/dev/null || true; }
     if [ -n "${BENCH_VETH:-}" ]; then
         ip link del "$BENCH_VETH" 2>/dev/null || true
         ip netns del "$NETNS" 2>/dev/null || true
@@ -47,11 +49,7 @@ trap 'exit 130' INT TERM HUP
 SSHD_PIDS=""
 if [ -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ] && ensure_test_users 96; then
     # Hold the users, so that a test run at the same time does not use them too.
-    mkdir -p /tmp/nu-session-test-users
-    for u in $(remote_users); do
-        exec {lock}> "/tmp/nu-session-test-users/$u"
-        flock -n "$lock" || { say "$u is in use by a test run; try again later"; exit 1; }
-    done
+    hold_test_users $(remote_users) || exit 1
     USERS_HELD=1
     reset_remote_users
     S="$RT/sshd"
@@ -72,7 +70,7 @@ if [ -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ] && ensure_test_users 96; then
         case "$alias" in
         bench) ;;
         *)
-            install -d -o "$user" -g "$user" "$home/.local/share/nu-session/host/$VERSION_DIR"
+            runuser -u "$user" -- mkdir -p "$home/.local/share/nu-session/host/$VERSION_DIR"
             ln -f "$BIN/nu-session-host" "$home/.local/share/nu-session/host/$VERSION_DIR/nu-session-host"
             ;;
         esac

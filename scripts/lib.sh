@@ -113,3 +113,35 @@ ensure_test_users() {
         usermod --password '*' "$name"
     done
 }
+
+# Holds the locks of test users "$@" (the ones the end-to-end tests take, so a test run and a
+# benchmark never share a user) in a helper process of its own, so that nothing started later
+# inherits them; sets HOLDER_PID. Fails, saying so, when a test run holds one.
+hold_test_users() {
+    mkdir -p /tmp/nu-session-test-users
+    local out answer
+    out="$(mktemp)"
+    python3 -c '
+import fcntl, sys, time
+for user in sys.argv[1:]:
+    lock = open(f"/tmp/nu-session-test-users/{user}", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print(f"{user} is in use", flush=True)
+        sys.exit(1)
+    globals().setdefault("held", []).append(lock)
+print("held", flush=True)
+while True:
+    time.sleep(3600)
+' "$@" > "$out" 2>&1 < /dev/null &
+    HOLDER_PID=$!
+    for _ in $(seq 200); do [ -s "$out" ] && break; sleep 0.05; done
+    answer="$(head -1 "$out")"
+    rm -f "$out"
+    if [ "$answer" != held ]; then
+        kill "$HOLDER_PID" 2>/dev/null || true
+        say "${answer:-the test users could not be held}: a test run is using them; try again later"
+        return 1
+    fi
+}

@@ -245,6 +245,34 @@ fn a_host_of_another_architecture_says_what_to_install() {
 }
 
 #[test]
+fn a_host_where_the_copy_cannot_be_written_says_why_at_once() {
+    let sb = Sandbox::new();
+    let server = sb.sshd("127.0.0.59");
+    server.user.forget_host_program();
+    // The user may not write their own data directory (as a ~/.local made by root leaves it).
+    let data = server.user.home.join(".local/share/nu-session");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let set_mode = |mode| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    set_mode(0o555);
+    let config = sb.ssh_config(&[&server], "");
+    let started = std::time::Instant::now();
+    let error = caught(&sb, &config, &format!("new-session {}", server.computer()));
+    let took = started.elapsed();
+    set_mode(0o755);
+    // What the host said, not a stall: the copy stops as soon as the command there gives up.
+    assert!(error.contains("cannot copy nu-session-host to"), "{error}");
+    assert!(error.contains("Permission denied"), "{error}");
+    assert!(
+        took < Duration::from_secs(30),
+        "the failure took {took:?} to be reported"
+    );
+    assert!(copies(&server.user).is_empty());
+}
+
+#[test]
 fn copying_can_be_turned_off() {
     let sb = Sandbox::new();
     let server = sb.sshd("127.0.0.54");

@@ -358,7 +358,17 @@ pub(crate) async fn deploy(
     // What the host says is read while the program is sent: an unread channel can stall the
     // whole connection.
     let (mut incoming, outgoing) = channel.split();
-    let copy = async { tokio::join!(send_file(&outgoing, &file, &report), outcome(&mut incoming)) };
+    // A command that ends before it has the whole program failed (it says why on stderr):
+    // sending stops there, it would wait forever for room.
+    let copy = async {
+        let send = send_file(&outgoing, &file, &report);
+        let ended = outcome(&mut incoming);
+        tokio::pin!(send, ended);
+        tokio::select! {
+            sent = &mut send => (sent, ended.await),
+            ended = &mut ended => (Err("the copying command ended early".to_string()), ended),
+        }
+    };
     let (sent, (status, stdout, stderr)) = tokio::select! {
         done = copy => done,
         why = watchdog.stalled(connection) => (Err(why), (None, Vec::new(), Vec::new())),

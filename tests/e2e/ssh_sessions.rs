@@ -347,6 +347,46 @@ fn proxy_jump_reaches_a_host_through_another() {
 }
 
 #[test]
+fn a_jump_host_is_verified_with_its_own_settings_not_the_targets() {
+    let sb = Sandbox::new();
+    let jump = sb.sshd("127.0.0.18");
+    let inner = sb.sshd("127.0.0.19");
+    // Only the inner host's key is known; the inner host is configured not to check keys. As
+    // with OpenSSH, that says nothing about the jump host: its unknown key is refused (a man in
+    // the middle there would see every password typed for the inner host).
+    let config = sb.ssh_config(
+        &[&inner],
+        &format!(
+            "Host inner\n  HostName 127.0.0.19\n  Port {}\n  User {}\n  ProxyJump {}\n  StrictHostKeyChecking no\n",
+            inner.port,
+            inner.user.name,
+            jump.computer()
+        ),
+    );
+    let out = sb.ssh_run(&config, "new-session inner");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "connected through an unknown jump host"
+    );
+    assert!(stderr.contains("127.0.0.18"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("host key"), "{stderr}");
+    assert!(inner.worker_pids().is_empty());
+    // With the jump host's key known, the same line works (the inner host still unchecked).
+    let config = sb.ssh_config(
+        &[&jump],
+        &format!(
+            "Host inner\n  HostName 127.0.0.19\n  Port {}\n  User {}\n  ProxyJump {}\n  StrictHostKeyChecking no\n",
+            inner.port,
+            inner.user.name,
+            jump.computer()
+        ),
+    );
+    let state = sb.ssh_json(&config, "new-session inner | get 0.state");
+    assert_eq!(state, json!("Opened"));
+}
+
+#[test]
 fn a_dead_jump_host_is_named_in_the_error() {
     let sb = Sandbox::new();
     let inner = sb.sshd("127.0.0.12");

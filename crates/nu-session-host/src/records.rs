@@ -3,7 +3,7 @@
 //! sessions and cleans up after a worker that died.
 //!
 //! ```text
-//! sessions/<id>.json    the session's SessionFile (settings, pid, version)
+//! sessions/<id>.json    the session's SessionFile (settings, pid and which process it is, version)
 //! sessions/<id>.sock    its worker's socket
 //! sessions/<id>.log     its worker's diagnostics
 //! sessions/<id>.ended   why it ended, kept END_RECORDS_KEPT for clients that knew it
@@ -27,6 +27,38 @@ pub struct SessionFile {
     /// The nu-session version of the worker (absent in files of protocol 3 and earlier).
     #[serde(default)]
     pub software_version: Option<String>,
+    /// Which process `pid` is: the boot it ran in and when it started (clock ticks since boot,
+    /// `/proc/<pid>/stat`), so that a pid reused by another process (after a reboot with a
+    /// persistent /tmp, or much later) is never taken for the worker. Absent without procfs.
+    #[serde(default)]
+    pub process: Option<ProcessId>,
+}
+
+/// A process as it can be told apart from a later one with the same pid.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessId {
+    pub boot_id: String,
+    pub start_time: u64,
+}
+
+impl ProcessId {
+    /// `pid`'s, read from procfs; `None` without it, or when there is no such process.
+    pub fn of(pid: u32) -> Option<ProcessId> {
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Some(ProcessId {
+            boot_id: boot_id.trim().to_string(),
+            start_time: start_time(&stat)?,
+        })
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`; the command name before it (field 2, in parentheses) may
+/// hold spaces and parentheses itself.
+fn start_time(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // Fields 3 onwards: state is the first, start time the 20th.
+    after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// How long the reasons of ended sessions are kept.
@@ -38,6 +70,7 @@ impl SessionFile {
             info,
             pid: std::process::id(),
             software_version: Some(nu_session_protocol::SOFTWARE_VERSION.to_string()),
+            process: ProcessId::of(std::process::id()),
         }
     }
 
@@ -89,11 +122,16 @@ pub fn ids(layout: &Layout) -> Vec<Uuid> {
         .collect()
 }
 
-/// The worker's pid, from the session's file.
+/// The worker's pid, from the session's file, while that process is still the worker that
+/// wrote it (a zombie not reaped yet is): never a pid another process has since.
 pub fn worker_pid(layout: &Layout, id: Uuid) -> Option<i32> {
-    SessionFile::read(layout, id)
-        .and_then(|file| i32::try_from(file.pid).ok())
-        .filter(|pid| *pid > 1)
+    let file = SessionFile::read(layout, id)?;
+    let pid = i32::try_from(file.pid).ok().filter(|pid| *pid > 1)?;
+    match &file.process {
+        Some(recorded) => (ProcessId::of(file.pid).as_ref() == Some(recorded)).then_some(pid),
+        // Written without procfs (or by an earlier version): the pid is all there is.
+        None => Some(pid),
+    }
 }
 
 /// Records why a session ended, for the clients that were attached to it.
@@ -142,5 +180,27 @@ pub fn prune_end_records(layout: &Layout) {
         if old && entry.file_name().to_string_lossy().ends_with(".ended") {
             let _ = std::fs::remove_file(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_time_is_read_past_any_command_name() {
+        let fields = "S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 4242 20 21";
+        assert_eq!(start_time(&format!("77 (nu) {fields}")), Some(4242));
+        assert_eq!(start_time(&format!("77 (a) b (c)) {fields}")), Some(4242));
+        assert_eq!(start_time("77 (nu) S 1"), None);
+        assert_eq!(start_time("garbage"), None);
+    }
+
+    #[test]
+    fn this_process_is_told_apart_from_one_with_another_start() {
+        let me = ProcessId::of(std::process::id()).expect("procfs");
+        assert_eq!(ProcessId::of(std::process::id()), Some(me.clone()));
+        assert!(me.start_time > 0);
+        assert_eq!(ProcessId::of(u32::MAX), None);
     }
 }

@@ -92,7 +92,8 @@ impl Code {
         let origin = self.origin.as_ref()?;
         let start = start.checked_sub(origin.prefix_len)?;
         let end = end.checked_sub(origin.prefix_len)?;
-        (end <= origin.body_len)
+        // The host says where; what it says is checked (an inverted or far span is no span).
+        (start <= end && end <= origin.body_len)
             .then(|| Span::new(origin.body_start + start, origin.body_start + end))
     }
 }
@@ -394,6 +395,16 @@ mod tests {
             .into_iter()
             .map(|p| (p.name, p.kind, p.default))
             .collect()
+    }
+
+    #[test]
+    fn spans_from_the_host_are_checked_before_use() {
+        let code = Code::typed("ls | where size > 1mb".into(), 100);
+        assert_eq!(code.local_span((0, 2)), Some(Span::new(100, 102)));
+        // Inverted, past the end, or past any number: none (nushell's Span would panic).
+        assert_eq!(code.local_span((5, 2)), None);
+        assert_eq!(code.local_span((0, 999)), None);
+        assert_eq!(code.local_span((usize::MAX, usize::MAX)), None);
     }
 
     #[test]

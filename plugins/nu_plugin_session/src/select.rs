@@ -49,28 +49,31 @@ pub fn selection_signature(signature: Signature) -> Signature {
 
 /// The selection flags alone: `--name`, `--instance-id`, `--computer-name`.
 pub fn selection_flags(signature: Signature) -> Signature {
-    signature
-        .named(
-            "name",
+    naming_flags(
+        signature,
+        "Sessions whose name matches this glob (case-insensitive).",
+    )
+    .named(
+        "computer-name",
+        // The list first: tried the other way round, `[web1 web2]` parses as one string.
+        SyntaxShape::OneOf(vec![
+            SyntaxShape::List(Box::new(SyntaxShape::String)),
             SyntaxShape::String,
-            "Sessions whose name matches this glob (case-insensitive).",
-            Some('n'),
-        )
+        ]),
+        "Sessions on these computers (names or globs).",
+        Some('c'),
+    )
+}
+
+/// `--name` (described by `name_help`) and `--instance-id`: the flags that name a session.
+pub fn naming_flags(signature: Signature, name_help: &str) -> Signature {
+    signature
+        .named("name", SyntaxShape::String, name_help, Some('n'))
         .named(
             "instance-id",
             SyntaxShape::String,
             "The session with this instance id.",
             None,
-        )
-        .named(
-            "computer-name",
-            // The list first: tried the other way round, `[web1 web2]` parses as one string.
-            SyntaxShape::OneOf(vec![
-                SyntaxShape::List(Box::new(SyntaxShape::String)),
-                SyntaxShape::String,
-            ]),
-            "Sessions on these computers (names or globs).",
-            Some('c'),
         )
 }
 

@@ -309,7 +309,7 @@ impl Inner {
             return;
         }
         let upto = match state.outstanding.keys().next() {
-            Some(first) => first - 1,
+            Some(first) => first.saturating_sub(1),
             None => state.received,
         };
         if upto > state.acked {

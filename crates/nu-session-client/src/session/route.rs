@@ -21,7 +21,17 @@ enum Destination {
 pub(super) async fn read_events(mut stream: futures::stream::SplitStream<Wire>, inner: &Inner) {
     while let Some(Ok(message)) = stream.next().await {
         match message {
-            HostMessage::Events(events) => {
+            HostMessage::Events(mut events) => {
+                // Numbers only go up: an event at or below one received is a repeat (or a
+                // broken host's 0), never delivered twice.
+                {
+                    let mut last = inner.state().received;
+                    events.retain(|event| {
+                        let new = event.seq > last;
+                        last = last.max(event.seq);
+                        new
+                    });
+                }
                 let Some(last) = events.last().map(|e| e.seq) else {
                     continue;
                 };

@@ -399,3 +399,57 @@ fn the_sessions_end_is_said_once_and_ends_what_waits() {
     assert!(error.to_string().contains("has ended"), "{error}");
     assert_eq!(handle.breaks(), 0);
 }
+
+#[test]
+fn repeated_zero_and_backward_sequence_numbers_are_delivered_once_and_never_panic() {
+    let fx = Fixture::new();
+    let (handle, mut end) = fx.attach(fx.attachment(1, 0, Vec::new()));
+    let mut call = handle.invoke("seq 1 3".into(), Vec::new(), None).unwrap();
+    let id = call_id_of(fx.expect(&mut end, invoked));
+    let value = |seq, i| Event {
+        seq,
+        body: EventBody::Value {
+            call_id: id,
+            value: int(i),
+        },
+    };
+    let started = Event {
+        seq: 1,
+        body: EventBody::Started {
+            call_id: id,
+            stream: true,
+        },
+    };
+    // A broken host: a 0, a repeat in one message, a repeat of an earlier message, a step back.
+    fx.send(&mut end, HostMessage::Events(vec![value(0, 0)]));
+    fx.send(
+        &mut end,
+        HostMessage::Events(vec![started.clone(), value(2, 1), value(2, 1)]),
+    );
+    fx.send(&mut end, HostMessage::Events(vec![started, value(3, 2)]));
+    fx.send(
+        &mut end,
+        HostMessage::Events(vec![value(1, 9), value(4, 3)]),
+    );
+    fx.send(
+        &mut end,
+        HostMessage::Events(vec![Event {
+            seq: 5,
+            body: EventBody::Finished {
+                call_id: id,
+                error: None,
+            },
+        }]),
+    );
+    let events = drain(&mut call);
+    assert_eq!(ints(&events), [1, 2, 3]);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, CallEvent::Started { .. }))
+            .count(),
+        1
+    );
+    drop(call);
+    assert_eq!(fx.last_ack(&mut end), Some(5));
+}

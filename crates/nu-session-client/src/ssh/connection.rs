@@ -34,9 +34,11 @@ fn last_hop(target: &SshTarget) -> Result<Option<SshTarget>, ClientError> {
             format!("{}: {}", e.what, e.reason),
         )
     })?;
+    // As OpenSSH does, the jump host is checked with its own settings (its host key policy
+    // from the config, never the target's: `StrictHostKeyChecking no` for an inner host must
+    // not open the bastion hop to a man in the middle).
     let options = SshOptions {
         config_file: target.config_file.clone(),
-        strict: Some(target.strict),
         connect_timeout: target.connect_timeout,
         ..Default::default()
     };

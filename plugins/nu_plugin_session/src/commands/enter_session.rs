@@ -12,7 +12,7 @@ use super::category;
 use crate::errors::{Action, client_error, no_session, wrong_state};
 use crate::hosts::host_for;
 use crate::interactive::{self, Ending, PromptSession};
-use crate::select::{Criteria, Reported};
+use crate::select::{Criteria, Reported, naming_flags};
 use crate::sessions::SessionState;
 use crate::{SessionPlugin, flags, operations};
 
@@ -43,26 +43,18 @@ impl PluginCommand for EnterSession {
     }
 
     fn signature(&self) -> Signature {
-        flags::declare_ssh(Signature::build(self.name()))
+        let signature = flags::declare_ssh(Signature::build(self.name()))
             .input_output_types(vec![(Type::Any, Type::Nothing)])
             .optional(
                 "target",
                 SyntaxShape::Any,
                 "The session: an id or a session record. Or a computer name (host, user@host:port, an ssh config alias, localhost) for a temporary session.",
-            )
-            .named(
-                "name",
-                SyntaxShape::String,
-                "The session with this name (a case-insensitive glob that must match one session).",
-                Some('n'),
-            )
-            .named(
-                "instance-id",
-                SyntaxShape::String,
-                "The session with this instance id.",
-                None,
-            )
-            .category(category())
+            );
+        naming_flags(
+            signature,
+            "The session with this name (a case-insensitive glob that must match one session).",
+        )
+        .category(category())
     }
 
     fn search_terms(&self) -> Vec<&str> {

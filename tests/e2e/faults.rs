@@ -56,6 +56,43 @@ fn killing_the_ssh_connection_under_a_stream_loses_and_duplicates_nothing() {
     assert_eq!(out["state"], json!("Opened"));
 }
 
+#[test]
+fn a_stalled_connection_under_a_high_volume_stream_reattaches_and_loses_nothing() {
+    let sb = Sandbox::new();
+    let server = sb.sshd("127.0.0.31");
+    let config = sb.ssh_config(&[&server], "ServerAliveInterval 1\nServerAliveCountMax 3");
+    let n = 1_000_000u64;
+    let nu = Running::new(sb.ssh_spawn(
+        &config,
+        &format!(
+            "let s = new-session {}
+             let out = invoke-session $s {{ seq 1 {n} }} | collect
+             {{ n: ($out | length), sum: ($out | math sum), last: ($out | last), state: (get-session | get 0.state) }} | to json -r",
+            server.computer()
+        ),
+    ));
+    assert!(
+        eventually(Duration::from_secs(60), || !server.worker_pids().is_empty()),
+        "no session: {}",
+        nu.stderr()
+    );
+    // The stream is going: the server's side of the connection freezes (reads and sends
+    // nothing, closes nothing). The session's worker is left blocked writing to it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _stopped = server.stop_connections();
+    assert!(
+        nu.wait_for("is restored", Duration::from_secs(60))
+            .is_some(),
+        "the client did not reattach over a new connection: {}",
+        nu.stderr()
+    );
+    let out = nu.json();
+    assert_eq!(
+        out,
+        json!({"n": n, "sum": n * (n + 1) / 2, "last": n, "state": "Opened"})
+    );
+}
+
 /// The ssh config lines that make a dead network noticed within ~3 s.
 const FAST_KEEPALIVE: &str = "ServerAliveInterval 1\nServerAliveCountMax 2";
 

@@ -28,7 +28,7 @@ pub use client::UserClient;
 pub use netns::NetNs;
 pub use process::{Running, alive, children_of, eventually, ints, read_number, shell_quote};
 pub use sandbox::Sandbox;
-pub use sshd::Sshd;
+pub use sshd::{Sshd, Stopped};
 pub use terminal::Terminal;
 pub use users::RemoteUser;
 

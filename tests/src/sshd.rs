@@ -55,6 +55,28 @@ impl Sshd {
     /// unprivileged child running as the user): every client connection drops as if the server
     /// side had crashed; the listener stays. Returns how many connections were killed.
     pub fn kill_connections(&self) -> usize {
+        let (connections, tree) = self.connection_tree();
+        for pid in &tree {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        connections
+    }
+
+    /// Stops (SIGSTOP) the server's side of every connection open now, as a stalled network
+    /// or a frozen server looks: nothing is read or sent, nothing is closed. They are killed
+    /// when the returned guard is dropped.
+    pub fn stop_connections(&self) -> Stopped {
+        let (_, tree) = self.connection_tree();
+        for pid in &tree {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(*pid, libc::SIGSTOP) };
+        }
+        Stopped(tree)
+    }
+
+    /// How many connections there are, and every process serving them.
+    fn connection_tree(&self) -> (usize, Vec<i32>) {
         let connections = children_of(self.child.id() as i32);
         let mut tree = connections.clone();
         let mut i = 0;
@@ -63,11 +85,7 @@ impl Sshd {
             tree.extend(children);
             i += 1;
         }
-        for pid in &tree {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
-        }
-        connections.len()
+        (connections.len(), tree)
     }
 
     /// Pids of the session workers of this server's user.
@@ -179,6 +197,18 @@ impl Sandbox {
             port,
             host_key,
             user,
+        }
+    }
+}
+
+/// Stopped server processes ([`Sshd::stop_connections`]); killed when dropped.
+pub struct Stopped(pub Vec<i32>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
         }
     }
 }

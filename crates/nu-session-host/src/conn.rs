@@ -17,21 +17,32 @@ pub struct Conn {
     pub writer: Writer,
 }
 
+/// The sending side of a connection, shared: one frame at a time.
 #[derive(Clone)]
 pub struct Writer {
     stream: Arc<Mutex<BufWriter<UnixStream>>>,
+    /// The same socket, outside the lock: a send may block for as long as the peer reads
+    /// nothing (a frozen client, a stalled network), and shutting down must not wait for it.
+    control: Arc<UnixStream>,
 }
 
 impl Writer {
+    fn new(stream: &UnixStream) -> io::Result<Writer> {
+        Ok(Writer {
+            stream: Arc::new(Mutex::new(BufWriter::new(stream.try_clone()?))),
+            control: Arc::new(stream.try_clone()?),
+        })
+    }
+
     pub fn send(&self, message: &HostMessage) -> Result<(), ProtocolError> {
         let mut stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
         write_frame(&mut *stream, message)
     }
 
-    /// Unblocks the reader of this connection too.
+    /// Closes the connection at once, both ways: a send blocked on it fails, and its reader
+    /// sees the end. Never waits (for a send in progress, or anything else).
     pub fn shutdown(&self) {
-        let stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = stream.get_ref().shutdown(std::net::Shutdown::Both);
+        let _ = self.control.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -42,9 +53,7 @@ impl Conn {
         if !peer_is_same_user(&stream) {
             return Ok(None);
         }
-        let writer = Writer {
-            stream: Arc::new(Mutex::new(BufWriter::new(stream.try_clone()?))),
-        };
+        let writer = Writer::new(&stream)?;
         let mut conn = Conn {
             reader: BufReader::new(stream),
             writer,

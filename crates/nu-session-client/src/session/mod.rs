@@ -452,28 +452,6 @@ impl SessionHandle {
             .map_err(|_| ClientError::lost())
     }
 
-    fn new_call_id(&self) -> u64 {
-        self.inner
-            .host
-            .shared()
-            .next_call
-            .fetch_add(1, Ordering::SeqCst)
-    }
-
-    /// Sends an invocation, kept until the host shows it has it.
-    fn send_invocation(&self, invocation: Invocation) -> Result<(), ClientError> {
-        let call_id = invocation.call_id;
-        self.inner
-            .state()
-            .unconfirmed
-            .insert(call_id, invocation.clone());
-        let sent = self.send(ClientMessage::Invoke(invocation));
-        if sent.is_err() {
-            self.inner.state().unconfirmed.remove(&call_id);
-        }
-        sent
-    }
-
     /// Starts running `source` in the session; its events arrive through the returned [`Call`].
     /// Invocations run one at a time, in the order sent.
     pub fn invoke(
@@ -498,7 +476,10 @@ impl SessionHandle {
         self.start_invocation(source, bindings, input, None)
     }
 
-    /// Sends a new invocation, its events going to `call` (or the backlog); its id.
+    /// Sends a new invocation, its events going to `call` (or the backlog), kept until the host
+    /// shows it has it; its id. The id is taken and the message queued under the session's
+    /// lock: the host ignores an id not above the last it saw (a resend after a reconnect), so
+    /// invocations from several threads must leave in the order of their ids.
     fn start_invocation(
         &self,
         source: String,
@@ -506,22 +487,29 @@ impl SessionHandle {
         input: Option<Value>,
         call: Option<mpsc::Sender<Batch<CallEvent>>>,
     ) -> Result<u64, ClientError> {
-        let call_id = self.new_call_id();
-        let ours = call.is_some();
-        if let Some(call) = call {
-            self.inner.state().calls.insert(call_id, call);
+        if !self.inner.usable() {
+            return Err(self.inner.lost_error());
         }
+        let mut state = self.inner.state();
+        let call_id = self
+            .inner
+            .host
+            .shared()
+            .next_call
+            .fetch_add(1, Ordering::SeqCst);
         let invocation = Invocation {
             call_id,
             source,
             bindings,
             input,
         };
-        if let Err(e) = self.send_invocation(invocation) {
-            if ours {
-                self.inner.state().calls.remove(&call_id);
-            }
-            return Err(e);
+        let message = Outgoing::Message(ClientMessage::Invoke(invocation.clone()));
+        if self.inner.outgoing.send(message).is_err() {
+            return Err(ClientError::lost());
+        }
+        state.unconfirmed.insert(call_id, invocation);
+        if let Some(call) = call {
+            state.calls.insert(call_id, call);
         }
         Ok(call_id)
     }

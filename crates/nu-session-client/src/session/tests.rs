@@ -453,3 +453,31 @@ fn repeated_zero_and_backward_sequence_numbers_are_delivered_once_and_never_pani
     drop(call);
     assert_eq!(fx.last_ack(&mut end), Some(5));
 }
+
+#[test]
+fn concurrent_invocations_reach_the_host_in_the_order_of_their_ids() {
+    let fx = Fixture::new();
+    let (handle, mut end) = fx.attach(fx.attachment(1, 0, Vec::new()));
+    let threads = 8;
+    let each = 200;
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let handle = handle.clone();
+            scope.spawn(move || {
+                for _ in 0..each {
+                    // The host ignores an id not above the last it saw (a resend after a
+                    // reconnect): one sent out of order would be lost, its call never ending.
+                    handle
+                        .invoke_detached("1".into(), Vec::new(), None)
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let mut last = 0;
+    for _ in 0..threads * each {
+        let id = call_id_of(fx.expect(&mut end, invoked));
+        assert!(id > last, "invocation {id} arrived after {last}");
+        last = id;
+    }
+}

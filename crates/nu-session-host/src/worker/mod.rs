@@ -89,7 +89,8 @@ impl Worker {
     fn interrupt(&self, call_id: u64) {
         let mut state = self.lock();
         if self.running_call.load(Ordering::SeqCst) == call_id {
-            drop(state);
+            // Under the lock: the running invocation cannot end and the next one start (and
+            // be hit instead) before the flag and the signal are out.
             self.interrupt.store(true, Ordering::SeqCst);
             // External commands stop on SIGINT as they would at a terminal; our own handler
             // only sets the flag above.

@@ -35,6 +35,12 @@ struct Inner {
     waiting: usize,
 }
 
+/// Whether output buffering `Drop` may discard the event: values and printed output, never an
+/// invocation's `Started` or `Finished`.
+fn droppable(body: &EventBody) -> bool {
+    matches!(body, EventBody::Value { .. } | EventBody::Output { .. })
+}
+
 impl Outbox {
     pub fn new(limit: usize, mode: OutputBuffering) -> Self {
         Outbox {
@@ -61,9 +67,14 @@ impl Outbox {
     /// Appends an event; in `Block` mode waits while the buffer is full.
     pub fn push(&self, body: EventBody) {
         let weight = body.weight();
+        // An invocation's start and end always go in at once, over the limit if need be (they
+        // are small): they are pushed by threads that must not wait for room, such as a
+        // connection's reader answering an interrupt while the acknowledgements that would
+        // make room arrive on that same connection.
+        let control = !droppable(&body);
         let mut inner = self.lock();
         loop {
-            let fits = inner.events.is_empty() || inner.bytes + weight <= inner.limit;
+            let fits = control || inner.events.is_empty() || inner.bytes + weight <= inner.limit;
             if fits {
                 break;
             }
@@ -74,7 +85,14 @@ impl Outbox {
                     inner.waiting -= 1;
                 }
                 OutputBuffering::Drop => {
-                    if let Some((_, w)) = inner.events.pop_front() {
+                    // The oldest value or output goes; an invocation's start and end never do
+                    // (without them a call or a receive would wait forever). Only those left:
+                    // they are small, the buffer may hold more than its limit for them.
+                    let Some(oldest) = inner.events.iter().position(|(e, _)| droppable(&e.body))
+                    else {
+                        break;
+                    };
+                    if let Some((_, w)) = inner.events.remove(oldest) {
                         inner.bytes -= w;
                         inner.dropped += 1;
                         inner.unreported += 1;
@@ -239,6 +257,68 @@ mod tests {
         producer.join().unwrap();
         assert_eq!(received, (1..=50).collect::<Vec<_>>());
         assert_eq!(outbox.dropped(), 0);
+    }
+
+    #[test]
+    fn drop_mode_never_drops_the_start_or_end_of_an_invocation() {
+        let outbox = Outbox::new(1000, OutputBuffering::Drop);
+        outbox.push(EventBody::Started {
+            call_id: 7,
+            stream: true,
+        });
+        for n in 0..50 {
+            outbox.push(output(n));
+        }
+        outbox.push(EventBody::Finished {
+            call_id: 7,
+            error: None,
+        });
+        let kept = outbox.next_batch(0, Duration::ZERO);
+        assert!(matches!(
+            kept[0].body,
+            EventBody::Started { call_id: 7, .. }
+        ));
+        assert!(matches!(
+            kept.last().unwrap().body,
+            EventBody::Finished { call_id: 7, .. }
+        ));
+        // Between them, the newest output, contiguous.
+        let values = seqs(&kept[1..kept.len() - 1]);
+        assert!(values.windows(2).all(|w| w[1] == w[0] + 1), "{values:?}");
+        assert_eq!(*values.last().unwrap(), 51);
+        assert_eq!(outbox.dropped(), 50 - values.len() as u64);
+    }
+
+    #[test]
+    fn block_mode_never_makes_the_end_of_an_invocation_wait() {
+        let outbox = Arc::new(Outbox::new(1000, OutputBuffering::Block));
+        while outbox.lock().bytes + 132 <= 1000 {
+            outbox.push(output(0));
+        }
+        // Full: a value would wait for acknowledgements; a `Finished` (an interrupted queued
+        // call, pushed by the thread that reads those acknowledgements) goes in at once.
+        let pushed = {
+            let outbox = outbox.clone();
+            std::thread::spawn(move || {
+                outbox.push(EventBody::Finished {
+                    call_id: 9,
+                    error: None,
+                })
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !pushed.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Finished waits for room"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let batch = outbox.next_batch(0, Duration::ZERO);
+        assert!(matches!(
+            batch.last().unwrap().body,
+            EventBody::Finished { call_id: 9, .. }
+        ));
     }
 
     #[test]

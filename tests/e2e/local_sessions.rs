@@ -607,3 +607,35 @@ fn invoke_session_runs_sessions_concurrently_within_the_throttle_limit() {
         "{error}"
     );
 }
+
+#[test]
+fn a_session_too_busy_to_answer_is_still_listed_not_taken_for_gone() {
+    let sb = Sandbox::new();
+    // The worker is frozen (as a machine under swap or a debugger leaves it): the manager's
+    // question times out. The session is still there: listed from its file, never Closed.
+    let out = sb.json(
+        "let s = new-session --name slow
+         let pid = glob $'($env.NU_SESSION_DIR)/p*/sessions/($s.0.instance_id).json' | first | open $in | get pid
+         ^kill -STOP $pid
+         let listed = get-session --computer-name localhost | where name == slow | get name
+         let state = $s | get-session | get 0.state
+         ^kill -CONT $pid
+         { listed: $listed, state: $state, after: (invoke-session $s '1 + 1') }",
+    );
+    assert_eq!(
+        out,
+        json!({"listed": ["slow"], "state": "Opened", "after": 2})
+    );
+}
+
+#[test]
+fn escape_sequences_in_a_sessions_errors_are_shown_not_obeyed() {
+    let sb = Sandbox::new();
+    let out = sb.json(
+        "let s = new-session
+         try { invoke-session $s { error make {msg: $'bad(ansi red)(char bel)'} } } catch {|e| $e.msg }",
+    );
+    let msg = out.as_str().unwrap_or_default();
+    assert!(!msg.contains('\u{1b}') && !msg.contains('\u{7}'), "{msg:?}");
+    assert!(msg.starts_with("bad\\u{1b}[31m\\u{7}"), "{msg:?}");
+}

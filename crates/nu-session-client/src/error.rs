@@ -14,7 +14,7 @@ pub enum ClientError {
 
 impl From<RemoteError> for ClientError {
     fn from(e: RemoteError) -> Self {
-        ClientError::Remote(Box::new(e))
+        ClientError::Remote(Box::new(crate::text::printable_error(e)))
     }
 }
 

@@ -104,7 +104,11 @@ impl Host {
         let (mut conn, hello) = self.transport.connect_manager().await?;
         {
             let mut notices = self.notices.lock().unwrap_or_else(|e| e.into_inner());
-            for notice in hello.notices {
+            for notice in hello
+                .notices
+                .iter()
+                .map(|n| crate::text::printable(n).into_owned())
+            {
                 if notices.len() < MAX_NOTICES && !notices.contains(&notice) {
                     notices.push(notice);
                 }

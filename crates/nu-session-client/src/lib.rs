@@ -13,6 +13,7 @@
 //!   their acknowledgements, the reader that routes events to them, the supervisor that
 //!   reattaches after a broken connection; the link's state as a `watch` value.
 //! - [`error`]: the error type, [`ClientError`].
+//! - [`text`]: text from hosts made safe for a terminal (no escape sequences obeyed).
 //!
 //! The API is blocking (the plugin's commands run on plain threads); a tokio runtime owned by
 //! [`Client`] does the I/O underneath.
@@ -22,6 +23,7 @@ pub mod error;
 pub mod host;
 pub mod session;
 pub mod ssh;
+pub mod text;
 pub mod transport;
 
 pub use error::ClientError;

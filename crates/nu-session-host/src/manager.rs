@@ -292,7 +292,14 @@ fn list(layout: &Layout) -> Vec<SessionInfo> {
                 );
                 clean_up(layout, id);
             }
-            Err(e) => log!("session {id}: {e}"),
+            // It exists but did not answer in time (frozen, swapping, overloaded): as its file
+            // last described it, never left out (clients would take it for gone).
+            Err(e) => {
+                log!("session {id} did not answer ({e}); listed from its file");
+                if let Some(file) = records::SessionFile::read(layout, id) {
+                    sessions.push(file.info);
+                }
+            }
         }
     }
     sessions.sort_by_key(|s| s.created);

@@ -270,7 +270,8 @@ impl Console<'_> {
             .and_then(|data| Ok(data.into_value(self.head)?))
             .and_then(|value| Ok(value.coerce_into_string()?))
         {
-            self.prompt.cwd = cwd;
+            // Drawn in the prompt: the host's text, never an escape sequence obeyed.
+            self.prompt.cwd = nu_session_client::text::printable(&cwd).into_owned();
         }
     }
 }

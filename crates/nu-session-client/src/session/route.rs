@@ -107,6 +107,7 @@ fn split(inner: &Inner, body: EventBody) -> (Option<u64>, CallEvent) {
             bytes,
         } => (call_id, CallEvent::Output { stderr, bytes }),
         EventBody::Finished { call_id, error } => {
+            let error = error.map(crate::text::printable_error);
             if let Some(error) = error.as_ref().filter(|e| e.kind == ErrorKind::Ended) {
                 inner.end(&error.msg);
             }

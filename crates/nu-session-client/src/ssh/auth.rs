@@ -217,8 +217,13 @@ async fn keyboard_interactive(
                 KeyboardInteractiveAuthResponse::InfoRequest { prompts, .. } => {
                     let mut answers = Vec::with_capacity(prompts.len());
                     for prompt in prompts {
-                        let text =
-                            format!("({}@{}) {}", target.user, target.hostname, prompt.prompt);
+                        // The server's words, shown on the user's terminal: never obeyed.
+                        let text = format!(
+                            "({}@{}) {}",
+                            target.user,
+                            target.hostname,
+                            crate::text::printable(&prompt.prompt)
+                        );
                         match prompter.ask(text).await {
                             Some(answer) => answers.push(answer),
                             None => return Ok(false),

@@ -259,7 +259,7 @@ fn last_line(bytes: &[u8]) -> String {
 }
 
 fn did_not_start(name: &str, said: &[u8]) -> ClientError {
-    let said = String::from_utf8_lossy(said).trim().to_string();
+    let said = crate::text::printable(String::from_utf8_lossy(said).trim()).into_owned();
     ClientError::transport(
         &format!("nu-session-host did not start on {name}"),
         if said.is_empty() {

@@ -178,6 +178,38 @@ fn a_session_attached_elsewhere_is_busy_and_refuses_to_connect() {
 }
 
 #[test]
+fn a_frozen_client_does_not_keep_its_session_busy() {
+    let sb = Sandbox::new();
+    // Clients beat every second here: three silent beats and the worker lets go.
+    sb.host_config(r#"{"client_heartbeat_secs": 1}"#);
+    let holder = sb.hold_session("frozen");
+    // The holder's plugin freezes (stopped, swapped out, its machine gone): it closes nothing.
+    let plugins = nu_session_tests::children_of(holder.id() as i32);
+    assert!(!plugins.is_empty(), "no plugin process");
+    for pid in &plugins {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(*pid, libc::SIGSTOP) };
+    }
+    let freed = eventually(Duration::from_secs(20), || {
+        sb.json("get-session --computer-name localhost | where name == frozen | get 0.availability")
+            == json!("None")
+    });
+    let state = sb.json("connect-session --computer-name localhost --name frozen | get 0.state");
+    for pid in &plugins {
+        // SAFETY: as above.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    let mut holder = holder;
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        freed,
+        "the session stayed attached to a client that answers nothing"
+    );
+    assert_eq!(state, json!("Opened"));
+}
+
+#[test]
 fn block_pauses_a_producer_much_larger_than_the_buffer_and_loses_nothing() {
     let sb = Sandbox::new();
     sb.host_config(r#"{"output_buffer_bytes": 65536}"#);

@@ -1,11 +1,12 @@
 //! The host's own settings, chosen by whoever runs the host (not by clients): the longest idle
-//! timeout a client may ask for and how much unread output a session keeps.
+//! timeout a client may ask for, how much unread output a session keeps, and how often an
+//! attached client must be heard from.
 //!
 //! Read from `$NU_SESSION_HOST_CONFIG`, else `$XDG_CONFIG_HOME/nu-session/host.json`, else
 //! `~/.config/nu-session/host.json`; a missing file means the defaults. Example:
 //!
 //! ```json
-//! { "max_idle_timeout_secs": 604800, "output_buffer_bytes": 16777216 }
+//! { "max_idle_timeout_secs": 604800, "output_buffer_bytes": 16777216, "client_heartbeat_secs": 10 }
 //! ```
 
 use std::path::PathBuf;
@@ -20,11 +21,15 @@ pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The default bound on a session's unread output: 16 MiB.
 pub const DEFAULT_OUTPUT_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+/// How often an attached client is heard from by default; three silent beats (30 s) and the
+/// session lets go of it.
+pub const DEFAULT_CLIENT_HEARTBEAT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostConfig {
     pub max_idle_timeout: Duration,
     pub output_buffer_bytes: usize,
+    pub client_heartbeat: Duration,
 }
 
 impl Default for HostConfig {
@@ -32,6 +37,7 @@ impl Default for HostConfig {
         HostConfig {
             max_idle_timeout: DEFAULT_MAX_IDLE_TIMEOUT,
             output_buffer_bytes: DEFAULT_OUTPUT_BUFFER_BYTES,
+            client_heartbeat: DEFAULT_CLIENT_HEARTBEAT,
         }
     }
 }
@@ -41,6 +47,7 @@ impl Default for HostConfig {
 struct File {
     max_idle_timeout_secs: Option<u64>,
     output_buffer_bytes: Option<usize>,
+    client_heartbeat_secs: Option<u64>,
 }
 
 impl HostConfig {
@@ -77,12 +84,22 @@ impl HostConfig {
             output_buffer_bytes: file
                 .output_buffer_bytes
                 .unwrap_or(DEFAULT_OUTPUT_BUFFER_BYTES),
+            client_heartbeat: file
+                .client_heartbeat_secs
+                .map_or(DEFAULT_CLIENT_HEARTBEAT, Duration::from_secs),
         };
         if config.max_idle_timeout < MIN_IDLE_TIMEOUT {
             return Err(format!(
                 "{}: max_idle_timeout_secs must be at least {}",
                 path.display(),
                 MIN_IDLE_TIMEOUT.as_secs()
+            ));
+        }
+        if config.client_heartbeat.is_zero() || config.client_heartbeat > Duration::from_secs(3600)
+        {
+            return Err(format!(
+                "{}: client_heartbeat_secs must be from 1 to 3600",
+                path.display()
             ));
         }
         if config.output_buffer_bytes == 0 {

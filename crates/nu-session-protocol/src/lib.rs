@@ -20,7 +20,7 @@ pub use codec::{
 pub use message::*;
 
 /// Bumped on any incompatible change to [`message`]; the hello exchange refuses a mismatch.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Written by `nu-session-host connect` before relaying: clients skip whatever a login shell
 /// printed up to this marker.

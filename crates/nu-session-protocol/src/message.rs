@@ -53,6 +53,10 @@ pub enum ClientMessage {
     EndReason {
         instance_id: Uuid,
     },
+    /// Worker: the attached client is alive. Sent when it has sent nothing else for
+    /// [`Attachment::heartbeat`]; not answered. After three beats of silence the worker lets go
+    /// of the client (a frozen or vanished client must not keep its session busy).
+    Ping,
 }
 
 /// Host → client.
@@ -190,6 +194,8 @@ pub struct Attachment {
     /// The highest invocation id this client has sent to this session, so that a client that
     /// reattaches after a broken connection can send again what never arrived.
     pub last_call_from_client: Option<u64>,
+    /// How often the attached client must be heard from (see [`ClientMessage::Ping`]).
+    pub heartbeat: Duration,
 }
 
 /// One piece of code to run in a session.

@@ -3,7 +3,7 @@
 //! have missed; gives up after the client's reconnect time, or learns that the session is gone.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use nu_session_protocol::{Attachment, ClientMessage, ErrorKind};
@@ -26,10 +26,17 @@ pub(super) async fn supervise(
     let mut first = Vec::new();
     loop {
         let (sink, stream) = conn.split();
+        // At least a little more often than the host asks: a beat late is not silence.
+        let heartbeat = inner
+            .attachment()
+            .heartbeat
+            .mul_f32(0.8)
+            .max(Duration::from_millis(100));
         let writer = tokio::spawn(write_messages(
             sink,
             std::mem::take(&mut first),
             queue.clone(),
+            heartbeat,
         ));
         read_events(stream, &inner).await;
         writer.abort();
@@ -55,10 +62,13 @@ pub(super) async fn supervise(
     }
 }
 
+/// Sends what the handle queues, and a [`ClientMessage::Ping`] whenever nothing else went for a
+/// `heartbeat`, so the session knows this client is alive.
 async fn write_messages(
     mut sink: futures::stream::SplitSink<Wire, ClientMessage>,
     first: Vec<ClientMessage>,
     queue: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Outgoing>>>,
+    heartbeat: Duration,
 ) {
     for message in first {
         if sink.send(message).await.is_err() {
@@ -66,7 +76,12 @@ async fn write_messages(
         }
     }
     let mut queue = queue.lock().await;
-    while let Some(Outgoing::Message(message)) = queue.recv().await {
+    loop {
+        let message = match tokio::time::timeout(heartbeat, queue.recv()).await {
+            Ok(Some(Outgoing::Message(message))) => message,
+            Ok(Some(Outgoing::Close) | None) => break,
+            Err(_) => ClientMessage::Ping,
+        };
         if sink.send(message).await.is_err() {
             return;
         }

@@ -79,6 +79,7 @@ impl Fixture {
             acked,
             pending_calls,
             last_call_from_client: None,
+            heartbeat: Duration::from_secs(10),
         }
     }
 

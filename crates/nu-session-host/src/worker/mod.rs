@@ -64,6 +64,8 @@ struct State {
     config: HostConfig,
     /// Since when nobody is attached (the idle timeout counts from here).
     idle_since: Option<Instant>,
+    /// When the attached client was last heard from (any message).
+    heard: Instant,
     queue: VecDeque<Invocation>,
 }
 
@@ -167,6 +169,7 @@ pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()
             last_call: Default::default(),
             config,
             idle_since: Some(Instant::now()),
+            heard: Instant::now(),
             queue: VecDeque::new(),
         }),
         work: Condvar::new(),
@@ -217,9 +220,26 @@ fn home_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
+/// Ends the session when nobody attached for its idle timeout; lets go of an attached client
+/// that has been silent for three heartbeats (frozen, or gone without closing).
 fn idle_timer(worker: &Worker) {
     loop {
         std::thread::sleep(Duration::from_millis(500));
+        {
+            let mut state = worker.lock();
+            let silent_for = state.heard.elapsed();
+            if state.attached_conn.is_some() && silent_for > state.config.client_heartbeat * 3 {
+                log!(
+                    "the attached client has been silent for {}s; letting go of it",
+                    silent_for.as_secs()
+                );
+                if let Some((writer, closed)) = state.attached_link.take() {
+                    closed.store(true, Ordering::SeqCst);
+                    writer.shutdown();
+                }
+                serving::detach(&mut state);
+            }
+        }
         let expired = {
             let state = worker.lock();
             state

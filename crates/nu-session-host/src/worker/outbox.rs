@@ -332,4 +332,107 @@ mod tests {
         assert!(kept.windows(2).all(|w| w[1] == w[0] + 1), "{kept:?}");
         assert_eq!(outbox.dropped(), 50 - kept.len() as u64);
     }
+
+    /// A small deterministic generator (xorshift), so a failing case can be run again by seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    /// Random pushes, acknowledgements and replays in both modes, checked against a model of
+    /// what must be kept: acknowledged events never come back, an invocation's start and end
+    /// are never dropped, a replay from any point is exactly what is kept after it, in order,
+    /// and what Drop mode drops is counted.
+    #[test]
+    fn property_outbox_matches_its_model_under_random_use() {
+        for seed in 1..=300u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let limit = 200 + rng.below(2000) as usize;
+            let mode = if rng.below(2) == 0 {
+                OutputBuffering::Drop
+            } else {
+                OutputBuffering::Block
+            };
+            let outbox = Outbox::new(limit, mode);
+            // (seq, control, weight) of what the outbox must hold.
+            let mut model: Vec<(u64, bool, usize)> = Vec::new();
+            let (mut next_seq, mut acked, mut dropped) = (1u64, 0u64, 0u64);
+            for _ in 0..400 {
+                match rng.below(10) {
+                    0..=5 => {
+                        let body = match rng.below(4) {
+                            0 => EventBody::Started {
+                                call_id: rng.below(5),
+                                stream: true,
+                            },
+                            1 => EventBody::Finished {
+                                call_id: rng.below(5),
+                                error: None,
+                            },
+                            _ => EventBody::Output {
+                                call_id: None,
+                                stderr: false,
+                                bytes: vec![0; rng.below(150) as usize],
+                            },
+                        };
+                        // Said here, not taken from the outbox's own `droppable`.
+                        let control =
+                            matches!(body, EventBody::Started { .. } | EventBody::Finished { .. });
+                        let weight = body.weight();
+                        let held = |m: &[(u64, bool, usize)]| m.iter().map(|e| e.2).sum::<usize>();
+                        let fits = |m: &[(u64, bool, usize)]| {
+                            control || m.is_empty() || held(m) + weight <= limit
+                        };
+                        if mode == OutputBuffering::Block && !fits(&model) {
+                            // It would wait for room: make it, as the client would.
+                            outbox.ack(next_seq - 1);
+                            acked = next_seq - 1;
+                            model.clear();
+                        }
+                        while !fits(&model) {
+                            let Some(oldest) = model.iter().position(|e| !e.1) else {
+                                break;
+                            };
+                            model.remove(oldest);
+                            dropped += 1;
+                        }
+                        outbox.push(body);
+                        model.push((next_seq, control, weight));
+                        next_seq += 1;
+                    }
+                    6 | 7 => {
+                        let seq = acked + rng.below(next_seq - acked);
+                        outbox.ack(seq);
+                        acked = acked.max(seq);
+                        model.retain(|e| e.0 > acked);
+                    }
+                    _ => {
+                        let after = rng.below(next_seq + 1);
+                        let replay = seqs(&outbox.next_batch(after, Duration::ZERO));
+                        let want: Vec<u64> =
+                            model.iter().map(|e| e.0).filter(|s| *s > after).collect();
+                        assert_eq!(replay, want, "seed {seed}: replay after {after}");
+                        assert!(replay.iter().all(|s| *s > acked), "seed {seed}");
+                    }
+                }
+            }
+            let kept = seqs(&outbox.next_batch(0, Duration::ZERO));
+            assert_eq!(
+                kept,
+                model.iter().map(|e| e.0).collect::<Vec<_>>(),
+                "seed {seed}"
+            );
+            assert_eq!(outbox.dropped(), dropped, "seed {seed}");
+        }
+    }
 }

@@ -41,6 +41,12 @@ pub(super) fn serve(worker: &Arc<Worker>, stream: UnixStream) {
                 break;
             }
         };
+        {
+            let mut state = worker.lock();
+            if state.attached_conn == Some(conn_id) {
+                state.heard = Instant::now();
+            }
+        }
         let reply = match message {
             ClientMessage::Attach {
                 instance_id,
@@ -85,6 +91,8 @@ pub(super) fn serve(worker: &Arc<Worker>, stream: UnixStream) {
                     Some(not_attached())
                 }
             }
+            // Heard (above): that is all it is for.
+            ClientMessage::Ping => None,
             ClientMessage::Interrupt { call_id } => {
                 worker.interrupt(call_id);
                 None
@@ -130,7 +138,7 @@ pub(super) fn serve(worker: &Arc<Worker>, stream: UnixStream) {
 }
 
 /// Leaves the session with nobody attached; the idle timeout counts from now.
-fn detach(state: &mut State) {
+pub(super) fn detach(state: &mut State) {
     state.attached_conn = None;
     state.attached_link = None;
     state.info.attached = false;
@@ -239,6 +247,7 @@ fn attach(
         state.info.attached = true;
         state.info.attached_client = client;
         state.idle_since = None;
+        state.heard = Instant::now();
         let running = worker.running_call.load(Ordering::SeqCst);
         let mut info = state.info.clone();
         info.running = running != 0;
@@ -252,6 +261,7 @@ fn attach(
                 .chain(state.queue.iter().map(|i| i.call_id))
                 .collect(),
             last_call_from_client: client.and_then(|c| state.last_call.get(&c).copied()),
+            heartbeat: state.config.client_heartbeat,
         }
     };
     worker.outbox.wake();

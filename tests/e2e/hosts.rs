@@ -273,6 +273,29 @@ fn a_host_where_the_copy_cannot_be_written_says_why_at_once() {
 }
 
 #[test]
+fn another_user_squatting_the_runtime_directory_is_refused_by_name() {
+    let sb = Sandbox::new();
+    let server = sb.sshd("127.0.0.66");
+    let squatter = RemoteUser::lease();
+    // Before the user ever logs in, another user of the host makes /tmp/nu-session-<uid>
+    // (anyone may create names in /tmp), hoping the user's sockets end up in it.
+    let dir = server.user.runtime_dir();
+    std::fs::create_dir_all(&dir).expect("squat");
+    std::os::unix::fs::chown(&dir, Some(squatter.uid), Some(squatter.gid)).expect("chown");
+    let config = sb.ssh_config(&[&server], "");
+    let error = caught(&sb, &config, &format!("new-session {}", server.computer()));
+    assert!(error.contains(&dir.display().to_string()), "{error}");
+    assert!(
+        error.contains(&format!("owned by uid {}", squatter.uid)),
+        "{error}"
+    );
+    // Nothing of the user's went in there.
+    assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 0);
+    assert!(server.worker_pids().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn copying_can_be_turned_off() {
     let sb = Sandbox::new();
     let server = sb.sshd("127.0.0.54");

@@ -12,16 +12,33 @@ use std::time::Duration;
 use nu_session_protocol::layout::Layout;
 use uuid::Uuid;
 
+/// Starts the line that says why the relay could not start, instead of the preamble.
+pub use nu_session_protocol::RELAY_FAILED as FAILED;
 /// Marks where the protocol starts on stdout.
 pub use nu_session_protocol::RELAY_PREAMBLE as PREAMBLE;
 
+/// The socket to relay to, after checking the runtime directory.
+fn open(layout: &Layout, session: Option<Uuid>) -> io::Result<UnixStream> {
+    layout.ensure_private()?;
+    match session {
+        Some(id) => UnixStream::connect(layout.session_socket(id))
+            .map_err(|e| io::Error::new(e.kind(), format!("no session {id} on this host ({e})"))),
+        None => connect_manager(layout),
+    }
+}
+
 /// Relays until either side closes. Starts the manager when it is the target and not running.
 pub fn connect(layout: &Layout, session: Option<Uuid>) -> io::Result<()> {
-    layout.ensure_private()?;
-    let stream = match session {
-        Some(id) => UnixStream::connect(layout.session_socket(id))
-            .map_err(|e| io::Error::new(e.kind(), format!("no session {id} on this host ({e})")))?,
-        None => connect_manager(layout)?,
+    let stream = match open(layout, session) {
+        Ok(stream) => stream,
+        Err(e) => {
+            // The client reads stdout until the preamble (stderr may not reach it): why this
+            // failed is said there too, on a line of its own.
+            let mut stdout = io::stdout().lock();
+            let _ = writeln!(stdout, "\n{FAILED}{e}");
+            let _ = stdout.flush();
+            return Err(e);
+        }
     };
     let mut stdout = io::stdout().lock();
     stdout.write_all(PREAMBLE)?;

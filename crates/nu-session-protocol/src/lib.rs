@@ -26,6 +26,10 @@ pub const PROTOCOL_VERSION: u32 = 5;
 /// printed up to this marker.
 pub const RELAY_PREAMBLE: &[u8] = b"\0nu-session-host\0";
 
+/// Written by `nu-session-host connect` on stdout, instead of the preamble, before why it could
+/// not start (the runtime directory is unsafe, the manager did not start).
+pub const RELAY_FAILED: &str = "nu-session-host failed: ";
+
 /// This build's version, reported in the hello so mismatches can be explained to the user.
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -260,6 +260,14 @@ fn last_line(bytes: &[u8]) -> String {
 
 fn did_not_start(name: &str, said: &[u8]) -> ClientError {
     let said = crate::text::printable(String::from_utf8_lossy(said).trim()).into_owned();
+    // The host program ran and said why it could not go on.
+    if let Some(why) = said
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix(nu_session_protocol::RELAY_FAILED))
+    {
+        return ClientError::transport(&format!("nu-session-host on {name} failed"), why);
+    }
     ClientError::transport(
         &format!("nu-session-host did not start on {name}"),
         if said.is_empty() {

@@ -296,6 +296,43 @@ fn another_user_squatting_the_runtime_directory_is_refused_by_name() {
 }
 
 #[test]
+fn processes_of_another_user_are_refused_by_the_manager_and_the_workers() {
+    let sb = Sandbox::new();
+    let server = sb.sshd("127.0.0.67");
+    let config = sb.ssh_config(&[&server], "");
+    sb.ssh_json(
+        &config,
+        &format!("new-session {} | length", server.computer()),
+    );
+    let layout = nu_session_protocol::layout::Layout::under(server.user.runtime_dir());
+    let worker_socket = std::fs::read_dir(layout.sessions_dir())
+        .expect("sessions")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sock"))
+        .expect("a worker socket");
+    // This test runs as root, another uid than the host's user: it can reach the sockets (root
+    // passes the 0700 directories), but every connection is checked for the user's own uid.
+    for socket in [layout.manager_socket(), worker_socket] {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let hello =
+            nu_session_protocol::ClientMessage::Hello(nu_session_protocol::Hello::current());
+        // The host may close before the hello is even written.
+        let _ = nu_session_protocol::write_frame(&mut stream, &hello);
+        let answer =
+            nu_session_protocol::read_frame::<nu_session_protocol::HostMessage>(&mut stream);
+        assert!(
+            matches!(answer, Ok(None) | Err(_)),
+            "{} answered another user: {answer:?}",
+            socket.display()
+        );
+    }
+}
+
+#[test]
 fn copying_can_be_turned_off() {
     let sb = Sandbox::new();
     let server = sb.sshd("127.0.0.54");

@@ -115,6 +115,17 @@ pub enum Notice {
 /// Told about every [`Notice`] of a handle.
 pub type Notify = Arc<dyn Fn(Notice) + Send + Sync>;
 
+tokio::task_local! {
+    /// Set for the tasks that keep sessions connected on their own (reattaching), which must
+    /// never ask the user anything.
+    static BACKGROUND: ();
+}
+
+/// Whether this runs in a session's own background task (see [`BACKGROUND`]).
+pub(crate) fn in_background() -> bool {
+    BACKGROUND.try_with(|_| ()).is_ok()
+}
+
 /// A handle's connection as a `watch` value: what it does, and how many times it failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkState {
@@ -361,7 +372,7 @@ impl SessionHandle {
             backlog: Mutex::new(Some(backlog_rx)),
             notify: Mutex::new(Vec::new()),
         });
-        runtime.spawn(supervise::supervise(inner.clone(), conn, to_send));
+        runtime.spawn(BACKGROUND.scope((), supervise::supervise(inner.clone(), conn, to_send)));
         SessionHandle { inner }
     }
 

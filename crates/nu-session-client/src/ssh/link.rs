@@ -104,7 +104,12 @@ impl SshLink {
         if let Some(connection) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(connection.clone());
         }
-        let prompter = self.context().prompter;
+        // Nobody is asked for a password by a reconnect in the background: it would race
+        // whatever the user is typing. It fails instead, and `connect-session` asks.
+        let prompter = self
+            .context()
+            .prompter
+            .filter(|_| !crate::session::in_background());
         let connection = Arc::new(SshConnection::connect(self.target.clone(), prompter).await?);
         *slot = Some(connection.clone());
         Ok(connection)

@@ -178,6 +178,26 @@ fn a_session_attached_elsewhere_is_busy_and_refuses_to_connect() {
 }
 
 #[test]
+fn output_seen_while_older_output_waits_is_not_delivered_again() {
+    let sb = Sandbox::new();
+    sb.ok("let s = new-session --name job
+         invoke-session $s { [left for later] } --disconnected | ignore");
+    // Another process connects, runs its own code and sees its output, leaving the earlier
+    // output unreceived; then disconnects.
+    let mine = sb.json(
+        "sleep 500ms
+         let s = connect-session --computer-name localhost --name job
+         let mine = invoke-session $s { 'mine' }
+         disconnect-session $s | ignore
+         $mine",
+    );
+    assert_eq!(mine, json!("mine"));
+    // A third collects what nobody has seen: the earlier output only, not 'mine' again.
+    let received = sb.json("receive-session --computer-name localhost --name job");
+    assert_eq!(received, json!([["left", "for", "later"]]));
+}
+
+#[test]
 fn a_frozen_client_does_not_keep_its_session_busy() {
     let sb = Sandbox::new();
     // Clients beat every second here: three silent beats and the worker lets go.

@@ -49,6 +49,12 @@ pub enum ClientMessage {
     Ack {
         seq: u64,
     },
+    /// Worker: the events `first..=last` have been processed and may be forgotten, while older
+    /// ones are still held (output of another invocation, not received yet).
+    AckRange {
+        first: u64,
+        last: u64,
+    },
     /// Manager: why the session `instance_id` ended, answered by [`HostMessage::EndReason`].
     EndReason {
         instance_id: Uuid,
@@ -196,6 +202,9 @@ pub struct Attachment {
     pub last_call_from_client: Option<u64>,
     /// How often the attached client must be heard from (see [`ClientMessage::Ping`]).
     pub heartbeat: Duration,
+    /// The newest event kept (not acknowledged) when the client attached, `acked` when none:
+    /// what a receive waits for (events acknowledged by range leave holes below `next_seq`).
+    pub kept_until: u64,
 }
 
 /// One piece of code to run in a session.

@@ -40,7 +40,7 @@ impl Lag {
     /// Every held batch (the consumer is done, gave up, or waits).
     fn release(&mut self, state: &mut State) {
         for (first, _) in self.held.drain(..) {
-            state.outstanding.remove(&first);
+            state.release(first);
         }
     }
 }
@@ -96,7 +96,7 @@ impl<T> Consumer<T> {
     fn finish(&mut self, also: Vec<u64>) {
         let mut state = self.session.state();
         for first in self.batch.take().into_iter().chain(also) {
-            state.outstanding.remove(&first);
+            state.release(first);
         }
         self.lag.release(&mut state);
         self.session.acknowledge(&mut state);

@@ -205,6 +205,11 @@ struct State {
     acked: u64,
     /// Batches handed over and not consumed yet: first → last sequence number.
     outstanding: BTreeMap<u64, u64>,
+    /// Batches consumed while an older one was still outstanding: acknowledged by themselves.
+    consumed_above: Vec<(u64, u64)>,
+    /// Ranges acknowledged by themselves above `acked`: sent again after a reconnect (the
+    /// message may have been lost with the connection).
+    acked_ranges: Vec<(u64, u64)>,
     /// Waiting for the answer to a request (a disconnect).
     reply: Option<oneshot::Sender<HostMessage>>,
     /// Dropped events not reported yet.
@@ -215,6 +220,22 @@ struct State {
     /// whose end has not been handed to the backlog yet.
     foreign_pending: HashSet<u64>,
     backlog: std::sync::mpsc::Sender<Batch<BacklogEvent>>,
+}
+
+impl State {
+    /// A batch handed over is done with (consumed, or given up): it no longer holds back the
+    /// acknowledgement, and when an older batch still does, it is acknowledged by itself.
+    fn release(&mut self, first: u64) {
+        if let Some(last) = self.outstanding.remove(&first)
+            && self
+                .outstanding
+                .keys()
+                .next()
+                .is_some_and(|oldest| *oldest < first)
+        {
+            self.consumed_above.push((first, last));
+        }
+    }
 }
 
 impl Inner {
@@ -310,11 +331,13 @@ impl Inner {
     /// A batch was consumed: acknowledge what can be.
     fn consumed(&self, first: u64) {
         let mut state = self.state();
-        state.outstanding.remove(&first);
+        state.release(first);
         self.acknowledge(&mut state);
     }
 
-    /// Acknowledges everything received up to the oldest batch not consumed yet.
+    /// Acknowledges everything received up to the oldest batch not consumed yet, and, by
+    /// itself, each batch consumed above it (so unread output of another invocation holds
+    /// back nothing of this client's own).
     fn acknowledge(&self, state: &mut State) {
         if state.forgotten {
             return;
@@ -328,6 +351,17 @@ impl Inner {
             let _ = self
                 .outgoing
                 .send(Outgoing::Message(ClientMessage::Ack { seq: upto }));
+        }
+        let acked = state.acked;
+        state.acked_ranges.retain(|(_, last)| *last > acked);
+        for (first, last) in std::mem::take(&mut state.consumed_above) {
+            if last > acked {
+                let first = first.max(acked + 1);
+                state.acked_ranges.push((first, last));
+                let _ = self
+                    .outgoing
+                    .send(Outgoing::Message(ClientMessage::AckRange { first, last }));
+            }
         }
     }
 }
@@ -356,6 +390,8 @@ impl SessionHandle {
                 received: resumed_from.max(attachment.acked),
                 acked: resumed_from.max(attachment.acked),
                 outstanding: BTreeMap::new(),
+                consumed_above: Vec::new(),
+                acked_ranges: Vec::new(),
                 reply: None,
                 dropped: 0,
                 forgotten: false,
@@ -572,7 +608,7 @@ impl SessionHandle {
             .ok_or_else(|| {
                 ClientError::transport("cannot receive", "another receive is in progress")
             })?;
-        let until_seq = self.inner.attachment().next_seq.saturating_sub(1);
+        let until_seq = self.inner.attachment().kept_until;
         Ok(Receive::new(rx, self.inner.clone(), until_seq))
     }
 }

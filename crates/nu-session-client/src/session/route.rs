@@ -162,7 +162,7 @@ async fn hand_over(inner: &Inner, to: Destination, run: Vec<(u64, Option<u64>, C
                 events: run.into_iter().map(|(_, id, e)| (id, e)).collect(),
             };
             if state.backlog.send(batch).is_err() {
-                state.outstanding.remove(&first);
+                state.release(first);
             }
         }
         Destination::Call(call_id) => {
@@ -181,7 +181,7 @@ async fn hand_over(inner: &Inner, to: Destination, run: Vec<(u64, Option<u64>, C
             };
             // Waits while the caller is slower than the session: back-pressure reaches the host.
             if sender.send(batch).await.is_err() {
-                inner.state().outstanding.remove(&first);
+                inner.state().release(first);
             }
         }
     }

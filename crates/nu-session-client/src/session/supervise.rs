@@ -208,5 +208,13 @@ async fn resume_messages(
     if state.acked > attachment.acked && !state.forgotten {
         messages.push(ClientMessage::Ack { seq: state.acked });
     }
+    if !state.forgotten {
+        messages.extend(
+            state
+                .acked_ranges
+                .iter()
+                .map(|&(first, last)| ClientMessage::AckRange { first, last }),
+        );
+    }
     messages
 }

@@ -80,6 +80,7 @@ impl Fixture {
             pending_calls,
             last_call_from_client: None,
             heartbeat: Duration::from_secs(10),
+            kept_until: next_seq.saturating_sub(1),
         }
     }
 
@@ -481,4 +482,31 @@ fn concurrent_invocations_reach_the_host_in_the_order_of_their_ids() {
         assert!(id > last, "invocation {id} arrived after {last}");
         last = id;
     }
+}
+
+#[test]
+fn unread_output_of_another_invocation_holds_back_none_of_ours() {
+    let fx = Fixture::new();
+    // Invocation 7 ran while nobody was connected; its output waits for receive-session.
+    let (handle, mut end) = fx.attach(fx.attachment(1, 0, vec![7]));
+    let mut bodies = run_of(7, 3);
+    bodies.pop();
+    fx.send(&mut end, events(1, bodies));
+    let mut call = handle.invoke("seq 1 3".into(), Vec::new(), None).unwrap();
+    let id = call_id_of(fx.expect(&mut end, invoked));
+    fx.send(&mut end, events(5, run_of(id, 3)));
+    assert_eq!(ints(&drain(&mut call)), [1, 2, 3]);
+    drop(call);
+    // Ours (5 to 9) is acknowledged by itself; the backlog (1 to 4) is not.
+    let range = fx.expect(&mut end, |m| {
+        matches!(
+            m,
+            ClientMessage::Ack { .. } | ClientMessage::AckRange { .. }
+        )
+    });
+    assert!(
+        matches!(range, ClientMessage::AckRange { first: 5, last: 9 }),
+        "{range:?}"
+    );
+    assert_eq!(fx.last_ack(&mut end), None);
 }

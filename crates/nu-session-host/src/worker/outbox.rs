@@ -126,6 +126,22 @@ impl Outbox {
         self.notify(inner);
     }
 
+    /// Forgets the events `first..=last` (older ones stay: they are another invocation's, not
+    /// received yet).
+    pub fn ack_range(&self, first: u64, last: u64) {
+        let mut inner = self.lock();
+        let mut freed = 0;
+        inner.events.retain(|(event, weight)| {
+            let acked = (first..=last).contains(&event.seq);
+            if acked {
+                freed += weight;
+            }
+            !acked
+        });
+        inner.bytes -= freed;
+        self.notify(inner);
+    }
+
     /// The events after `after`, waiting up to `wait` for one to arrive. Empty on timeout.
     pub fn next_batch(&self, after: u64, wait: Duration) -> Vec<Event> {
         let mut inner = self.lock();
@@ -188,6 +204,15 @@ impl Outbox {
     }
 
     /// The sequence number the next event will get.
+    /// The newest event kept, or the acknowledged mark when none is.
+    pub fn kept_until(&self) -> u64 {
+        let inner = self.lock();
+        inner
+            .events
+            .back()
+            .map_or(inner.next_seq - 1, |(event, _)| event.seq)
+    }
+
     pub fn next_seq(&self) -> u64 {
         self.lock().next_seq
     }
@@ -319,6 +344,20 @@ mod tests {
             batch.last().unwrap().body,
             EventBody::Finished { call_id: 9, .. }
         ));
+    }
+
+    #[test]
+    fn a_range_is_forgotten_while_older_events_stay() {
+        let outbox = Outbox::new(1000, OutputBuffering::Block);
+        for n in 0..6 {
+            outbox.push(output(n));
+        }
+        outbox.ack_range(3, 5);
+        assert_eq!(seqs(&outbox.next_batch(0, Duration::ZERO)), [1, 2, 6]);
+        // Room was made: the bytes of the forgotten events are free again.
+        assert_eq!(outbox.lock().bytes, 3 * output(0).weight());
+        outbox.ack(2);
+        assert_eq!(seqs(&outbox.next_batch(0, Duration::ZERO)), [6]);
     }
 
     #[test]

@@ -105,6 +105,12 @@ pub(super) fn serve(worker: &Arc<Worker>, stream: UnixStream) {
                 }
                 None
             }
+            ClientMessage::AckRange { first, last } => {
+                if worker.lock().attached_conn == Some(conn_id) {
+                    worker.outbox.ack_range(first, last);
+                }
+                None
+            }
             ClientMessage::ListSessions => Some(HostMessage::Sessions(vec![worker.info()])),
             ClientMessage::RemoveSession { instance_id } if instance_id == worker.id => {
                 let _ = writer.send(&HostMessage::Removed { instance_id });
@@ -254,6 +260,7 @@ fn attach(
         Attachment {
             info,
             next_seq: worker.outbox.next_seq(),
+            kept_until: worker.outbox.kept_until(),
             acked: worker.outbox.acked(),
             pending_calls: (running != 0)
                 .then_some(running)

@@ -13,19 +13,13 @@ ensure_pkg /usr/sbin/sshd openssh-server
 ensure_pkg sa acct
 ensure_test_users "$N"
 NU="$(ensure_nu)"
-say "building (release)"
-cargo build --release --quiet -p nu_plugin_session -p nu-session-host
-BIN="$CARGO_TARGET_DIR/release"
+build_release
 RT="$(mktemp -d /tmp/nsfleet.XXXXXX)"
 chmod 755 "$RT"
 users() { for n in $(seq 1 "$N"); do printf 'nsu%03d\n' "$n"; done; }
-reset_users() {
-    for u in $(users); do pkill -KILL -u "$u" 2>/dev/null || true; done
-    for u in $(users); do rm -rf "/tmp/nu-session-$(id -u "$u")"; done
-}
 cleanup() {
     [ -n "${SSHD_PID:-}" ] && kill "$SSHD_PID" 2>/dev/null || true
-    [ -n "${USERS_HELD:-}" ] && reset_users && { kill "$HOLDER_PID" 2>/dev/null || true; }
+    [ -n "${USERS_HELD:-}" ] && reset_users $(users) && { kill "$HOLDER_PID" 2>/dev/null || true; }
     rm -rf "$RT"
 }
 trap cleanup EXIT
@@ -76,13 +70,7 @@ Host *
   UserKnownHostsFile $RT/known_hosts
   StrictHostKeyChecking yes
 CFG
-VERSION_DIR="$("$BIN/nu-session-host" --version | cut -d' ' -f2)-$(sha256sum "$BIN/nu-session-host" | cut -c1-16)"
-for u in $(users); do
-    home="$(getent passwd "$u" | cut -d: -f6)"
-    rm -rf "$home/.local/share/nu-session/host"
-    runuser -u "$u" -- mkdir -p "$home/.local/share/nu-session/host/$VERSION_DIR"
-    ln -f "$BIN/nu-session-host" "$home/.local/share/nu-session/host/$VERSION_DIR/nu-session-host"
-done
+reset_host_program --install $(users)
 for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.2/$PORT") 2>/dev/null && break; sleep 0.05; done
 
 hosts="$(seq -f 'h%03g' 1 "$N")"
@@ -93,7 +81,7 @@ ACCT=""
 command -v accton >/dev/null 2>&1 && command -v sa >/dev/null 2>&1 && ACCT=1
 [ -n "$ACCT" ] && touch "$RT/baseline.acct" "$RT/ours.acct"
 # The baseline first, on hosts where nothing runs yet: a fresh ssh per host, 32 at a time.
-reset_users
+reset_users $(users)
 [ -n "$ACCT" ] && accton "$RT/baseline.acct"
 start=$(date +%s.%N)
 printf '%s\n' $hosts | xargs -P 32 -I{} ssh -F "$RT/ssh_config" {} nu -n -c "'1 + 1'" > "$RT/baseline.out"
@@ -101,7 +89,7 @@ end=$(date +%s.%N)
 [ -n "$ACCT" ] && accton off
 baseline_ok=$(grep -c '^2$' "$RT/baseline.out" || true)
 baseline=$(python3 -c "print($end - $start)")
-reset_users
+reset_users $(users)
 FLEET_CONFIG="$RT/ssh_config" FLEET_BASELINE_SECS="$baseline" FLEET_BASELINE_OK="$baseline_ok" \
     FLEET_HOSTS="$N" FLEET_ACCT="${ACCT:+$RT/ours.acct}" NU_SESSION_SSH_CONFIG="$RT/ssh_config" \
     NU_SESSION_DIR="$RT/local" SSH_AUTH_SOCK="" \

@@ -6,9 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
 NU="$(ensure_nu)"
-say "building (release)"
-cargo build --release --quiet -p nu_plugin_session -p nu-session-host
-BIN="$CARGO_TARGET_DIR/release"
+build_release
 RT="$(mktemp -d /tmp/nsbench.XXXXXX)"
 # The remote users (below) save markers here.
 chmod 755 "$RT"
@@ -17,10 +15,7 @@ mkdir -m 1777 "$RT/markers"
 # PAM on, nothing of ours preset. Their sessions live where they would on a real host.
 HOST_USERS="bench:nsu091 fan1:nsu092 fan2:nsu093 fan3:nsu094 has:nsu095 netbench:nsu096"
 remote_users() { for h in $HOST_USERS; do echo "${h#*:}"; done; }
-reset_remote_users() {
-    for u in $(remote_users); do pkill -KILL -u "$u" 2>/dev/null || true; done
-    for u in $(remote_users); do rm -rf "/tmp/nu-session-$(id -u "$u")"; done
-}
+host_user() { for h in $HOST_USERS; do [ "${h%:*}" = "$1" ] && echo "${h#*:}"; done; return 0; }
 cleanup() {
     [ -f "$RT/sshd/ssh_config" ] && ssh -F "$RT/sshd/ssh_config" -O exit bench 2>/dev/null || true
     for pid in ${SSHD_PIDS:-}; do kill "$pid" 2>/dev/null || true; done
@@ -32,7 +27,7 @@ cleanup() {
     for m in "$RT"/rt/p*/manager.pid; do
         [ -f "$m" ] && kill -9 "$(cat "$m")" 2>/dev/null || true
     done
-    [ -n "${USERS_HELD:-}" ] && reset_remote_users && { kill "$HOLDER_PID" 2>/dev/null || true; }
+    [ -n "${USERS_HELD:-}" ] && reset_users $(remote_users) && { kill "$HOLDER_PID" 2>/dev/null || true; }
     if [ -n "${BENCH_VETH:-}" ]; then
         ip link del "$BENCH_VETH" 2>/dev/null || true
         ip netns del "$NETNS" 2>/dev/null || true
@@ -51,7 +46,7 @@ if [ -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ] && ensure_test_users 96; then
     # Hold the users, so that a test run at the same time does not use them too.
     hold_test_users $(remote_users) || exit 1
     USERS_HELD=1
-    reset_remote_users
+    reset_users $(remote_users)
     S="$RT/sshd"
     mkdir -p "$S" /run/sshd "$RT/nu-bin"
     ln -f "$NU" "$RT/nu-bin/nu" 2>/dev/null || cp "$NU" "$RT/nu-bin/nu"
@@ -60,20 +55,13 @@ if [ -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ] && ensure_test_users 96; then
     chmod 644 "$S/authorized_keys"
     : > "$S/known_hosts"
     : > "$S/ssh_config"
-    VERSION_DIR="$("$BIN/nu-session-host" --version | cut -d' ' -f2)-$(sha256sum "$BIN/nu-session-host" | cut -c1-16)"
+    # `bench` has never seen us; the others have this build's host program.
+    reset_host_program "$(host_user bench)"
+    reset_host_program --install $(remote_users | grep -vx "$(host_user bench)")
     n=1
     for host in $HOST_USERS; do
         alias=${host%:*}
         user=${host#*:}
-        home="$(getent passwd "$user" | cut -d: -f6)"
-        rm -rf "$home/.local/share/nu-session/host"
-        case "$alias" in
-        bench) ;;
-        *)
-            runuser -u "$user" -- mkdir -p "$home/.local/share/nu-session/host/$VERSION_DIR"
-            ln -f "$BIN/nu-session-host" "$home/.local/share/nu-session/host/$VERSION_DIR/nu-session-host"
-            ;;
-        esac
         [ "$alias" = netbench ] && continue
         n=$((n + 1))
         addr=127.0.0.$n
@@ -126,7 +114,7 @@ CFG
         ip -n "$NETNS" link set lo up
         ssh-keygen -q -t ed25519 -N '' -f "$S/host-netbench"
         sed -e 's/^ListenAddress .*/ListenAddress 10.250.0.2/' -e 's/^Port .*/Port 22/' \
-            -e "s|^HostKey .*|HostKey $S/host-netbench|" -e "s|^AllowUsers .*|AllowUsers nsu096|" \
+            -e "s|^HostKey .*|HostKey $S/host-netbench|" -e "s|^AllowUsers .*|AllowUsers $(host_user netbench)|" \
             "$S/sshd_config-bench" > "$S/sshd_config-netbench"
         ip netns exec "$NETNS" /usr/sbin/sshd -D -e -f "$S/sshd_config-netbench" 2> "$S/log-netbench" &
         SSHD_PIDS="$SSHD_PIDS $!"
@@ -134,7 +122,7 @@ CFG
         cat >> "$S/ssh_config" <<CFG
 Host netbench
   HostName 10.250.0.2
-  User nsu096
+  User $(host_user netbench)
   IdentityFile $S/id
   IdentitiesOnly yes
   UserKnownHostsFile $S/known_hosts

@@ -145,3 +145,34 @@ while True:
         return 1
     fi
 }
+
+# Builds the plugin and the host program (release); sets BIN to where they are.
+build_release() {
+    say "building nu_plugin_session and nu-session-host (release)"
+    cargo build --release --quiet -p nu_plugin_session -p nu-session-host
+    BIN="$CARGO_TARGET_DIR/release"
+}
+
+# Kills every process of the users "$@" and removes their runtime directories (root only).
+reset_users() {
+    local u
+    for u in "$@"; do pkill -KILL -u "$u" 2>/dev/null || true; done
+    for u in "$@"; do rm -rf "/tmp/nu-session-$(id -u "$u")"; done
+}
+
+# Forgets the copies of the host program clients made for users "$@"; with --install, puts
+# $BIN's in place for them as a first session would have copied it (a hard link: no disk).
+reset_host_program() {
+    local install="" u home version_dir
+    [ "${1:-}" = --install ] && { install=1; shift; }
+    version_dir="$("$BIN/nu-session-host" --version | cut -d' ' -f2)-$(sha256sum "$BIN/nu-session-host" | cut -c1-16)"
+    for u in "$@"; do
+        home="$(getent passwd "$u" | cut -d: -f6)"
+        rm -rf "$home/.local/share/nu-session/host"
+        [ -n "$install" ] || continue
+        # As the user: directories a root-made ~/.local would make unwritable for them.
+        runuser -u "$u" -- mkdir -p "$home/.local/share/nu-session/host/$version_dir"
+        ln -f "$BIN/nu-session-host" "$home/.local/share/nu-session/host/$version_dir/nu-session-host"
+    done
+}
+

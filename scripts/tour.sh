@@ -8,9 +8,8 @@ cd "$REPO_ROOT"
 
 NU="$(ensure_nu)"
 say "using $NU ($("$NU" --version))"
-say "building nu_plugin_session and nu-session-host (release)"
-cargo build --release --quiet -p nu_plugin_session -p nu-session-host
-PLUGIN="$CARGO_TARGET_DIR/release/nu_plugin_session"
+build_release
+PLUGIN="$BIN/nu_plugin_session"
 say "registering $PLUGIN with $NU"
 "$NU" -c "plugin add '$PLUGIN'"
 say "the tour (scripts/tour.nu)"

@@ -316,4 +316,21 @@ impl Sandbox {
         let text = String::from_utf8_lossy(&out.stdout);
         serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
     }
+
+    /// Runs `code`, which must fail, and returns `shown` (a nu expression of the error `$e`)
+    /// with its whitespace collapsed (renderings wrap long lines).
+    pub fn ssh_caught(&self, config: &Path, code: &str, shown: &str) -> String {
+        let out = self.ssh_json(
+            config,
+            &format!("try {{ {code}; 'no error' }} catch {{|e| {shown} }}"),
+        );
+        let text = out
+            .as_str()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_ne!(text, "no error", "{code} did not fail");
+        text
+    }
 }

@@ -64,10 +64,18 @@ fn ask(manager: &Manager, request: &ClientMessage) -> HostMessage {
     read_frame::<HostMessage>(&mut stream).unwrap().unwrap()
 }
 
-fn running(child: &mut Child) -> bool {
+/// The manager left `other` alone and removed `id`'s file.
+fn assert_spared_and_cleaned(manager: &Manager, other: &mut Child, id: Uuid) {
     std::thread::sleep(Duration::from_millis(200));
-    child.try_wait().unwrap().is_none()
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the manager killed an unrelated process"
+    );
+    assert!(!manager.layout.session_meta(id).exists(), "left the file");
 }
+
+/// A process id from an earlier boot: never this one's.
+const EARLIER_BOOT: &str = "5f0c6a7e-0000-4000-8000-000000000000";
 
 #[test]
 fn removing_a_session_whose_pid_was_reused_signals_nobody() {
@@ -78,7 +86,7 @@ fn removing_a_session_whose_pid_was_reused_signals_nobody() {
     let earlier_boot = stale_file(
         &manager,
         other.id(),
-        serde_json::json!({"boot_id": "5f0c6a7e-0000-4000-8000-000000000000", "start_time": 1}),
+        serde_json::json!({"boot_id": EARLIER_BOOT, "start_time": 1}),
     );
     let other_start = stale_file(
         &manager,
@@ -91,11 +99,7 @@ fn removing_a_session_whose_pid_was_reused_signals_nobody() {
             matches!(answer, HostMessage::Removed { .. } | HostMessage::Error(_)),
             "{answer:?}"
         );
-        assert!(
-            running(&mut other),
-            "the manager killed an unrelated process"
-        );
-        assert!(!manager.layout.session_meta(id).exists(), "left the file");
+        assert_spared_and_cleaned(&manager, &mut other, id);
     }
     let _ = other.kill();
     let _ = other.wait();
@@ -108,18 +112,14 @@ fn listing_cleans_up_a_dead_workers_file_and_signals_nobody() {
     let id = stale_file(
         &manager,
         other.id(),
-        serde_json::json!({"boot_id": "5f0c6a7e-0000-4000-8000-000000000000", "start_time": 1}),
+        serde_json::json!({"boot_id": EARLIER_BOOT, "start_time": 1}),
     );
     let answer = ask(&manager, &ClientMessage::ListSessions);
     assert!(
         matches!(&answer, HostMessage::Sessions(s) if s.is_empty()),
         "{answer:?}"
     );
-    assert!(
-        running(&mut other),
-        "the manager killed an unrelated process"
-    );
-    assert!(!manager.layout.session_meta(id).exists(), "left the file");
+    assert_spared_and_cleaned(&manager, &mut other, id);
     let _ = other.kill();
     let _ = other.wait();
 }

@@ -357,7 +357,11 @@ impl Inner {
         for (first, last) in std::mem::take(&mut state.consumed_above) {
             if last > acked {
                 let first = first.max(acked + 1);
-                state.acked_ranges.push((first, last));
+                // Kept for resending: one range for a run of batches, however long it goes on.
+                match state.acked_ranges.last_mut() {
+                    Some(range) if range.1 + 1 == first => range.1 = last,
+                    _ => state.acked_ranges.push((first, last)),
+                }
                 let _ = self
                     .outgoing
                     .send(Outgoing::Message(ClientMessage::AckRange { first, last }));

@@ -38,22 +38,7 @@ ssh-keygen -q -t ed25519 -N '' -f "$RT/host"
 PORT=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.2', 0)); print(s.getsockname()[1])")
 mkdir -p /run/sshd "$RT/nu-bin"
 ln -f "$NU" "$RT/nu-bin/nu" 2>/dev/null || cp "$NU" "$RT/nu-bin/nu"
-cat > "$RT/sshd_config" <<CFG
-ListenAddress 127.0.0.2
-Port $PORT
-HostKey $RT/host
-AuthorizedKeysFile $RT/authorized_keys
-PidFile none
-UsePAM yes
-StrictModes no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin no
-MaxStartups 300
-MaxSessions 300
-LogLevel ERROR
-SetEnv PATH=$RT/nu-bin:/usr/local/bin:/usr/bin:/bin
-CFG
+write_sshd_config "$RT/sshd_config" 127.0.0.2 "$PORT" "$RT/host" "$RT/authorized_keys" "$RT/nu-bin" 300
 /usr/sbin/sshd -D -e -f "$RT/sshd_config" 2> "$RT/sshd.log" &
 SSHD_PID=$!
 echo "[127.0.0.2]:$PORT $(cut -d' ' -f1,2 "$RT/host.pub")" > "$RT/known_hosts"

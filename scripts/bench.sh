@@ -67,23 +67,8 @@ if [ -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ] && ensure_test_users 96; then
         addr=127.0.0.$n
         ssh-keygen -q -t ed25519 -N '' -f "$S/host-$alias"
         PORT=$(python3 -c "import socket; s=socket.socket(); s.bind(('$addr', 0)); print(s.getsockname()[1])")
-        cat > "$S/sshd_config-$alias" <<CFG
-ListenAddress $addr
-Port $PORT
-HostKey $S/host-$alias
-AuthorizedKeysFile $S/authorized_keys
-PidFile none
-UsePAM yes
-StrictModes no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin no
-AllowUsers $user
-MaxStartups 100
-MaxSessions 100
-LogLevel ERROR
-SetEnv PATH=$RT/nu-bin:/usr/local/bin:/usr/bin:/bin
-CFG
+        write_sshd_config "$S/sshd_config-$alias" "$addr" "$PORT" "$S/host-$alias" \
+            "$S/authorized_keys" "$RT/nu-bin" 100 "AllowUsers $user"
         /usr/sbin/sshd -D -e -f "$S/sshd_config-$alias" 2> "$S/log-$alias" &
         SSHD_PIDS="$SSHD_PIDS $!"
         echo "[$addr]:$PORT $(cut -d' ' -f1,2 "$S/host-$alias.pub")" >> "$S/known_hosts"

@@ -176,3 +176,19 @@ reset_host_program() {
     done
 }
 
+
+# Writes an sshd config for a benchmark: `write_sshd_config FILE ADDR PORT HOSTKEY AUTHKEYS
+# PATHDIR LIMIT [LINE...]`: public-key logins of non-root users through PAM, PATH set to PATHDIR
+# first (where the benchmark's nu is), LIMIT for MaxStartups and MaxSessions, and more LINEs.
+write_sshd_config() {
+    local file=$1 addr=$2 port=$3 hostkey=$4 authkeys=$5 pathdir=$6 limit=$7
+    shift 7
+    {
+        printf '%s\n' "ListenAddress $addr" "Port $port" "HostKey $hostkey" \
+            "AuthorizedKeysFile $authkeys" "PidFile none" "UsePAM yes" "StrictModes no" \
+            "PasswordAuthentication no" "KbdInteractiveAuthentication no" "PermitRootLogin no" \
+            "MaxStartups $limit" "MaxSessions $limit" "LogLevel ERROR" \
+            "SetEnv PATH=$pathdir:/usr/local/bin:/usr/bin:/bin"
+        [ $# -gt 0 ] && printf '%s\n' "$@"
+    } > "$file"
+}

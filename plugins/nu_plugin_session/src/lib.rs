@@ -1,7 +1,8 @@
 //! `nu_plugin_session`: PowerShell-style persistent sessions for Nushell.
 //!
 //! Layout:
-//! - [`commands`]: one file per command, each a thin `PluginCommand`.
+//! - [`commands`]: one file per command, each a thin [`commands::SessionCommand`] run with a
+//!   [`Cx`].
 //! - [`flags`]: every shared flag, declared and read in one place.
 //! - [`select`]: choosing sessions from ids, flags and pipeline input, asking hosts when the
 //!   command finds sessions made elsewhere (every command uses it).
@@ -40,11 +41,20 @@ pub mod status;
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use nu_plugin::{EngineInterface, Plugin, PluginCommand};
-use nu_protocol::LabeledError;
+use nu_plugin::{EngineInterface, EvaluatedCall, Plugin, PluginCommand};
+use nu_protocol::{LabeledError, Span};
 use nu_session_client::Client;
 
 use sessions::SessionTable;
+
+/// What a command runs with: the plugin's state, the engine, the call and its head span.
+#[derive(Clone, Copy)]
+pub struct Cx<'a> {
+    pub plugin: &'a SessionPlugin,
+    pub engine: &'a EngineInterface,
+    pub call: &'a EvaluatedCall,
+    pub span: Span,
+}
 
 #[derive(Default)]
 pub struct SessionPlugin {

@@ -13,11 +13,11 @@
 //! - A computer that was asked answers for itself: its sessions are the ones it reported (under
 //!   whatever name this process first knew them).
 
-use nu_plugin::{EngineInterface, EvaluatedCall};
+use nu_plugin::EvaluatedCall;
 use nu_protocol::{LabeledError, PipelineData, Signature, Spanned, SyntaxShape, Value};
 use uuid::Uuid;
 
-use crate::SessionPlugin;
+use crate::Cx;
 use crate::errors::not_found;
 use crate::sessions::{Session, SessionTable};
 
@@ -77,17 +77,42 @@ pub fn naming_flags(signature: Signature, name_help: &str) -> Signature {
         )
 }
 
-/// What a command does when given no selection at all.
+/// What a command needs: whether to ask the hosts it names for their sessions (the commands
+/// that reach sessions made elsewhere), and what to do when given no selection at all.
 #[derive(Debug, Clone, Copy)]
-pub enum Need {
-    /// Every session (get-session).
-    Everything,
-    /// An error: `nothing` (`no sessions to remove`) with `help`.
-    Sessions {
-        nothing: &'static str,
-        help: &'static str,
-    },
+pub struct Need {
+    discover: bool,
+    /// `None`: every session (get-session); else an error, `nothing` (`no sessions to remove`)
+    /// with `help`.
+    otherwise: Option<(&'static str, &'static str)>,
 }
+
+impl Need {
+    /// Every session when nothing is selected, the hosts asked (get-session).
+    pub const EVERYTHING: Need = Need {
+        discover: true,
+        otherwise: None,
+    };
+
+    /// An error, `nothing` with `help`, when nothing is selected.
+    pub const fn sessions(nothing: &'static str, help: &'static str) -> Need {
+        Need {
+            discover: false,
+            otherwise: Some((nothing, help)),
+        }
+    }
+
+    /// The hosts named are asked for their sessions first.
+    pub const fn discovering(self) -> Need {
+        Need {
+            discover: true,
+            ..self
+        }
+    }
+}
+
+/// The help of a command that can reach sessions made elsewhere, when given nothing.
+pub const ASK_A_HOST: &str = "`get-session --computer-name <host>` lists a host's sessions";
 
 /// The sessions a command acts on, and the computers that could not be asked.
 pub struct Selected {
@@ -137,26 +162,25 @@ impl Reported {
     }
 }
 
-/// Reads the selection of `call` and `input`, asks the hosts it names when `discover` (the
-/// commands that reach sessions made elsewhere), and picks the sessions.
-pub fn select(
-    plugin: &SessionPlugin,
-    engine: &EngineInterface,
-    call: &EvaluatedCall,
-    input: PipelineData,
-    discover: bool,
-    need: Need,
-) -> Result<Selected, LabeledError> {
+/// Reads the selection of the call and `input`, asks the hosts it names when the command
+/// discovers, and picks the sessions.
+pub fn select(cx: &Cx, input: PipelineData, need: Need) -> Result<Selected, LabeledError> {
+    let Cx {
+        plugin,
+        engine,
+        call,
+        ..
+    } = *cx;
     let mut criteria = Criteria::from_call(call, Some(0))?;
     criteria.add_pipeline(input)?;
     if !criteria.given {
-        return match need {
-            Need::Everything => Ok(Selected {
+        return match need.otherwise {
+            None => Ok(Selected {
                 ids: plugin.sessions().listed().map(|s| s.id).collect(),
                 unreachable: Vec::new(),
                 asked: 0,
             }),
-            Need::Sessions { nothing, help } => Err(LabeledError::new(nothing)
+            Some((nothing, help)) => Err(LabeledError::new(nothing)
                 .with_label(
                     "needs session ids, --name, --instance-id, --computer-name or piped sessions",
                     call.head,
@@ -164,7 +188,7 @@ pub fn select(
                 .with_help(help)),
         };
     }
-    let (reported, unreachable, asked) = if discover {
+    let (reported, unreachable, asked) = if need.discover {
         let computers = criteria.computers_to_ask();
         let asked = computers.len();
         let (reported, unreachable) =

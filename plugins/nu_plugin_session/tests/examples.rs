@@ -2,7 +2,7 @@
 
 use nu_plugin_session::SessionPlugin;
 use nu_plugin_session::commands::{
-    ConnectSession, DisconnectSession, ExitSession, GetSession, InvokeSession, NewSession,
+    Command, ConnectSession, DisconnectSession, ExitSession, GetSession, InvokeSession, NewSession,
     ReceiveSession, RemoveSession,
 };
 use nu_plugin_test_support::PluginTest;
@@ -28,48 +28,48 @@ fn plugin_test(sandbox: &Sandbox) -> Result<PluginTest, ShellError> {
 #[test]
 fn new_session_examples() -> Result<(), ShellError> {
     let sandbox = Sandbox::new();
-    plugin_test(&sandbox)?.test_command_examples(&NewSession)
+    plugin_test(&sandbox)?.test_command_examples(&Command(NewSession))
 }
 
 #[test]
 fn get_session_examples() -> Result<(), ShellError> {
     let sandbox = Sandbox::new();
-    plugin_test(&sandbox)?.test_command_examples(&GetSession)
+    plugin_test(&sandbox)?.test_command_examples(&Command(GetSession))
 }
 
 #[test]
 fn remove_session_examples() -> Result<(), ShellError> {
     let sandbox = Sandbox::new();
-    plugin_test(&sandbox)?.test_command_examples(&RemoveSession)
+    plugin_test(&sandbox)?.test_command_examples(&Command(RemoveSession))
 }
 
 #[test]
 fn invoke_session_examples() -> Result<(), ShellError> {
     let sandbox = Sandbox::new();
-    plugin_test(&sandbox)?.test_command_examples(&InvokeSession)
+    plugin_test(&sandbox)?.test_command_examples(&Command(InvokeSession))
 }
 
 #[test]
 fn disconnect_session_examples() -> Result<(), ShellError> {
     let sandbox = Sandbox::new();
-    plugin_test(&sandbox)?.test_command_examples(&DisconnectSession)
+    plugin_test(&sandbox)?.test_command_examples(&Command(DisconnectSession))
 }
 
 #[test]
 fn connect_session_examples() -> Result<(), ShellError> {
     let sandbox = Sandbox::new();
-    plugin_test(&sandbox)?.test_command_examples(&ConnectSession)
+    plugin_test(&sandbox)?.test_command_examples(&Command(ConnectSession))
 }
 
 #[test]
 fn receive_session_examples() -> Result<(), ShellError> {
     let sandbox = Sandbox::new();
-    plugin_test(&sandbox)?.test_command_examples(&ReceiveSession)
+    plugin_test(&sandbox)?.test_command_examples(&Command(ReceiveSession))
 }
 
 // enter-session's examples need a terminal: `help` shows them and nothing runs them.
 #[test]
 fn exit_session_examples() -> Result<(), ShellError> {
     let sandbox = Sandbox::new();
-    plugin_test(&sandbox)?.test_command_examples(&ExitSession)
+    plugin_test(&sandbox)?.test_command_examples(&Command(ExitSession))
 }

@@ -1,15 +1,14 @@
-use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
 use nu_protocol::{Example, LabeledError, PipelineData, Signature, Type, Value};
 
-use super::category;
-use crate::select::{Need, select, selection_signature};
-use crate::{SessionPlugin, flags, operations};
+use super::SessionCommand;
+use crate::select::{ASK_A_HOST, Need, select, selection_signature};
+use crate::{Cx, flags, operations};
 
 pub struct ConnectSession;
 
-impl PluginCommand for ConnectSession {
-    type Plugin = SessionPlugin;
+const NEED: Need = Need::sessions("no sessions to connect", ASK_A_HOST).discovering();
 
+impl SessionCommand for ConnectSession {
     fn name(&self) -> &str {
         "connect-session"
     }
@@ -25,13 +24,9 @@ impl PluginCommand for ConnectSession {
          error. Output produced while disconnected stays on the host for receive-session."
     }
 
-    fn signature(&self) -> Signature {
-        flags::declare_throttle(
-            flags::declare_ssh(selection_signature(Signature::build(self.name()))),
-            "connect",
-        )
-        .input_output_types(vec![(Type::Any, Type::list(Type::Any))])
-        .category(category())
+    fn signature(&self, base: Signature) -> Signature {
+        flags::declare_throttle(flags::declare_ssh(selection_signature(base)), "connect")
+            .input_output_types(vec![(Type::Any, Type::list(Type::Any))])
     }
 
     fn search_terms(&self) -> Vec<&str> {
@@ -58,26 +53,11 @@ impl PluginCommand for ConnectSession {
         ]
     }
 
-    fn run(
-        &self,
-        plugin: &SessionPlugin,
-        engine: &EngineInterface,
-        call: &EvaluatedCall,
-        input: PipelineData,
-    ) -> Result<PipelineData, LabeledError> {
-        let span = call.head;
-        let selected = select(
-            plugin,
-            engine,
-            call,
-            input,
-            true,
-            Need::Sessions {
-                nothing: "no sessions to connect",
-                help: "`get-session --computer-name <host>` lists a host's sessions",
-            },
-        )?
-        .or_lone_failure()?;
+    fn run(&self, cx: &Cx, input: PipelineData) -> Result<PipelineData, LabeledError> {
+        let Cx {
+            plugin, call, span, ..
+        } = *cx;
+        let selected = select(cx, input, NEED)?.or_lone_failure()?;
         crate::fanout::session_records(
             plugin,
             selected,

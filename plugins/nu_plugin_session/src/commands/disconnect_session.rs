@@ -1,15 +1,17 @@
-use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
 use nu_protocol::{Example, LabeledError, PipelineData, Signature, Type, Value};
 
-use super::category;
+use super::SessionCommand;
 use crate::select::{Need, select, selection_signature};
-use crate::{SessionPlugin, flags, operations};
+use crate::{Cx, flags, operations};
 
 pub struct DisconnectSession;
 
-impl PluginCommand for DisconnectSession {
-    type Plugin = SessionPlugin;
+const NEED: Need = Need::sessions(
+    "no sessions to disconnect",
+    "`get-session | disconnect-session` disconnects them all",
+);
 
+impl SessionCommand for DisconnectSession {
     fn name(&self) -> &str {
         "disconnect-session"
     }
@@ -24,17 +26,13 @@ impl PluginCommand for DisconnectSession {
          a session nobody connects to within its idle timeout."
     }
 
-    fn signature(&self) -> Signature {
-        let signature = flags::declare_session_settings(
-            selection_signature(Signature::build(self.name())),
-            false,
-        );
+    fn signature(&self, base: Signature) -> Signature {
+        let signature = flags::declare_session_settings(selection_signature(base), false);
         flags::declare_what_if(
             flags::declare_throttle(signature, "disconnect"),
             "disconnected",
         )
         .input_output_types(vec![(Type::Any, Type::list(Type::Any))])
-        .category(category())
     }
 
     fn search_terms(&self) -> Vec<&str> {
@@ -59,25 +57,11 @@ impl PluginCommand for DisconnectSession {
         ]
     }
 
-    fn run(
-        &self,
-        plugin: &SessionPlugin,
-        engine: &EngineInterface,
-        call: &EvaluatedCall,
-        input: PipelineData,
-    ) -> Result<PipelineData, LabeledError> {
-        let span = call.head;
-        let selected = select(
-            plugin,
-            engine,
-            call,
-            input,
-            false,
-            Need::Sessions {
-                nothing: "no sessions to disconnect",
-                help: "`get-session | disconnect-session` disconnects them all",
-            },
-        )?;
+    fn run(&self, cx: &Cx, input: PipelineData) -> Result<PipelineData, LabeledError> {
+        let Cx {
+            plugin, call, span, ..
+        } = *cx;
+        let selected = select(cx, input, NEED)?;
         let timeout = flags::idle_timeout(call)?;
         let timeout_span = call.get_flag_span("idle-timeout").unwrap_or(span);
         let buffering = flags::output_buffering(call)?;

@@ -1,29 +1,27 @@
+use nu_plugin::{EngineInterface, EvaluatedCall};
 use std::io::IsTerminal;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
 use nu_protocol::{
     Example, LabeledError, PipelineData, Signature, Span, Spanned, SyntaxShape, Type, Value,
 };
 use nu_session_client::SessionSettings;
 
-use super::category;
+use super::SessionCommand;
 use crate::errors::{Action, client_error, no_session, wrong_state};
 use crate::hosts::host_for;
 use crate::interactive::{self, Ending, PromptSession};
 use crate::select::{Criteria, Reported, naming_flags};
 use crate::sessions::SessionState;
-use crate::{SessionPlugin, flags, operations};
+use crate::{Cx, SessionPlugin, flags, operations};
 
 pub struct EnterSession;
 
 /// One prompt at a time: it holds the terminal.
 static ENTERED: AtomicBool = AtomicBool::new(false);
 
-impl PluginCommand for EnterSession {
-    type Plugin = SessionPlugin;
-
+impl SessionCommand for EnterSession {
     fn name(&self) -> &str {
         "enter-session"
     }
@@ -42,8 +40,8 @@ impl PluginCommand for EnterSession {
          $XDG_DATA_HOME/nu-session/history (else ~/.local/share/nu-session/history)."
     }
 
-    fn signature(&self) -> Signature {
-        let signature = flags::declare_ssh(Signature::build(self.name()))
+    fn signature(&self, base: Signature) -> Signature {
+        let signature = flags::declare_ssh(base)
             .input_output_types(vec![(Type::Any, Type::Nothing)])
             .optional(
                 "target",
@@ -54,7 +52,6 @@ impl PluginCommand for EnterSession {
             signature,
             "The session with this name (a case-insensitive glob that must match one session).",
         )
-        .category(category())
     }
 
     fn search_terms(&self) -> Vec<&str> {
@@ -94,14 +91,8 @@ impl PluginCommand for EnterSession {
         ]
     }
 
-    fn run(
-        &self,
-        plugin: &SessionPlugin,
-        engine: &EngineInterface,
-        call: &EvaluatedCall,
-        input: PipelineData,
-    ) -> Result<PipelineData, LabeledError> {
-        let head = call.head;
+    fn run(&self, cx: &Cx, input: PipelineData) -> Result<PipelineData, LabeledError> {
+        let (plugin, engine, call, head) = (cx.plugin, cx.engine, cx.call, cx.span);
         let entry = match what_to_enter(plugin, call, input)? {
             What::Session(id) => {
                 check_enterable(plugin, id, head)?;

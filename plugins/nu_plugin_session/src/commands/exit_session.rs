@@ -1,17 +1,14 @@
-use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
 use nu_protocol::{Example, LabeledError, PipelineData, Signature, Type, Value};
 
-use super::category;
-use crate::SessionPlugin;
+use super::SessionCommand;
+use crate::Cx;
 
 pub struct ExitSession;
 
 /// What exit-session says outside enter-session's prompt.
 pub const OUTSIDE: &str = "exit-session only works inside enter-session";
 
-impl PluginCommand for ExitSession {
-    type Plugin = SessionPlugin;
-
+impl SessionCommand for ExitSession {
     fn name(&self) -> &str {
         "exit-session"
     }
@@ -26,10 +23,8 @@ impl PluginCommand for ExitSession {
          Anywhere else it is an error."
     }
 
-    fn signature(&self) -> Signature {
-        Signature::build(self.name())
-            .input_output_types(vec![(Type::Nothing, Type::Nothing)])
-            .category(category())
+    fn signature(&self, base: Signature) -> Signature {
+        base.input_output_types(vec![(Type::Nothing, Type::Nothing)])
     }
 
     fn search_terms(&self) -> Vec<&str> {
@@ -51,13 +46,8 @@ impl PluginCommand for ExitSession {
         ]
     }
 
-    fn run(
-        &self,
-        _plugin: &SessionPlugin,
-        _engine: &EngineInterface,
-        call: &EvaluatedCall,
-        _input: PipelineData,
-    ) -> Result<PipelineData, LabeledError> {
+    fn run(&self, cx: &Cx, _input: PipelineData) -> Result<PipelineData, LabeledError> {
+        let Cx { call, .. } = *cx;
         // enter-session reads `exit-session` itself; a call that reaches here came from
         // elsewhere.
         Err(LabeledError::new(OUTSIDE)

@@ -1,18 +1,16 @@
-use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
+use nu_plugin::EvaluatedCall;
 use nu_protocol::{
     Example, LabeledError, PipelineData, Signature, Spanned, SyntaxShape, Type, Value,
 };
 
-use super::category;
+use super::SessionCommand;
 use crate::select::{Need, select, selection_signature};
 use crate::sessions::SessionState;
-use crate::{SessionPlugin, flags};
+use crate::{Cx, flags};
 
 pub struct GetSession;
 
-impl PluginCommand for GetSession {
-    type Plugin = SessionPlugin;
-
+impl SessionCommand for GetSession {
     fn name(&self) -> &str {
         "get-session"
     }
@@ -28,8 +26,8 @@ impl PluginCommand for GetSession {
          made by other nu processes or machines, and adds the new ones to this process's table."
     }
 
-    fn signature(&self) -> Signature {
-        flags::declare_ssh(selection_signature(Signature::build(self.name())))
+    fn signature(&self, base: Signature) -> Signature {
+        flags::declare_ssh(selection_signature(base))
             // A list, not a table: a computer that cannot be reached is an error row.
             .input_output_types(vec![(Type::Any, Type::list(Type::Any))])
             .named(
@@ -44,7 +42,6 @@ impl PluginCommand for GetSession {
                 "Only sessions of this configuration.",
                 None,
             )
-            .category(category())
     }
 
     fn search_terms(&self) -> Vec<&str> {
@@ -74,19 +71,14 @@ impl PluginCommand for GetSession {
         ]
     }
 
-    fn run(
-        &self,
-        plugin: &SessionPlugin,
-        engine: &EngineInterface,
-        call: &EvaluatedCall,
-        input: PipelineData,
-    ) -> Result<PipelineData, LabeledError> {
-        let span = call.head;
+    fn run(&self, cx: &Cx, input: PipelineData) -> Result<PipelineData, LabeledError> {
+        let Cx {
+            plugin, call, span, ..
+        } = *cx;
         let states = state_filter(call)?;
         let config = call.get_flag::<String>("config-name")?;
         plugin.refresh();
-        let selected =
-            select(plugin, engine, call, input, true, Need::Everything)?.or_lone_failure()?;
+        let selected = select(cx, input, Need::EVERYTHING)?.or_lone_failure()?;
         let failures = selected.failures();
         let mut ids = selected.ids;
         let mut rows = {

@@ -1,21 +1,18 @@
 use std::sync::Arc;
 
-use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
 use nu_protocol::{Example, LabeledError, PipelineData, Signature, Span, SyntaxShape, Type, Value};
 
-use super::category;
+use super::SessionCommand;
 use crate::code::Code;
 use crate::errors::{client_error, in_enter_session, no_session};
 use crate::invocation::output::OutputSink;
 use crate::invocation::{Interrupters, Starter, lookup, many};
 use crate::select::{Criteria, Reported};
-use crate::{SessionPlugin, flags};
+use crate::{Cx, SessionPlugin, flags};
 
 pub struct InvokeSession;
 
-impl PluginCommand for InvokeSession {
-    type Plugin = SessionPlugin;
-
+impl SessionCommand for InvokeSession {
     fn name(&self) -> &str {
         "invoke-session"
     }
@@ -31,8 +28,8 @@ impl PluginCommand for InvokeSession {
          has the shape it would have locally: a single value stays a value, a stream a stream."
     }
 
-    fn signature(&self) -> Signature {
-        let signature = Signature::build(self.name())
+    fn signature(&self, base: Signature) -> Signature {
+        let signature = base
             .input_output_types(vec![(Type::Any, Type::Any)])
             .required(
                 "session",
@@ -60,7 +57,7 @@ impl PluginCommand for InvokeSession {
                 "Return one record per session (id, name, computer_name, output, error, duration), with errors as data.",
                 None,
             );
-        flags::declare_throttle(signature, "run the code in").category(category())
+        flags::declare_throttle(signature, "run the code in")
     }
 
     fn search_terms(&self) -> Vec<&str> {
@@ -118,14 +115,8 @@ impl PluginCommand for InvokeSession {
         ]
     }
 
-    fn run(
-        &self,
-        plugin: &SessionPlugin,
-        engine: &EngineInterface,
-        call: &EvaluatedCall,
-        input: PipelineData,
-    ) -> Result<PipelineData, LabeledError> {
-        let head = call.head;
+    fn run(&self, cx: &Cx, input: PipelineData) -> Result<PipelineData, LabeledError> {
+        let (plugin, engine, call, head) = (cx.plugin, cx.engine, cx.call, cx.span);
         let target: Value = call.req(0)?;
         let code_value: Value = call.req(1)?;
         let args_span = call.get_flag_span("args").unwrap_or(head);

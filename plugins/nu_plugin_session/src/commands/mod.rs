@@ -1,4 +1,4 @@
-//! One command per file, each a `PluginCommand`: name, description, signature, examples, run.
+//! One command per file, each a [`SessionCommand`]: name, description, signature, examples, run.
 //! They are thin: selection is [`crate::select`], what they do to sessions
 //! [`crate::operations`], running code [`crate::invocation`], flags [`crate::flags`].
 
@@ -26,7 +26,7 @@ use nu_plugin::{DynamicCompletionCall, EngineInterface, EvaluatedCall, PluginCom
 use nu_protocol::engine::ArgType;
 use nu_protocol::{Category, DynamicSuggestion, Example, LabeledError, PipelineData, Signature};
 
-use crate::SessionPlugin;
+use crate::{Cx, SessionPlugin};
 
 /// Every command, each wrapped so that the plugin's garbage collection follows the session table
 /// after it runs, and its arguments complete from [`crate::completion`].
@@ -49,10 +49,24 @@ pub fn category() -> Category {
     Category::Custom("session".into())
 }
 
-/// A command as the plugin serves it.
-struct Command<C>(C);
+/// One session command. The plugin serves it through [`Command`], which builds its signature
+/// in the session category, keeps the plugin alive while sessions exist after each run, and
+/// completes its arguments.
+pub trait SessionCommand: Send + Sync {
+    fn name(&self) -> &str;
+    fn description(&self) -> &str;
+    fn extra_description(&self) -> &str;
+    /// The flags and types, added to `base` (the name, in the session category).
+    fn signature(&self, base: Signature) -> Signature;
+    fn search_terms(&self) -> Vec<&str>;
+    fn examples(&self) -> Vec<Example<'_>>;
+    fn run(&self, cx: &Cx, input: PipelineData) -> Result<PipelineData, LabeledError>;
+}
 
-impl<C: PluginCommand<Plugin = SessionPlugin>> PluginCommand for Command<C> {
+/// A command as the plugin serves it.
+pub struct Command<C>(pub C);
+
+impl<C: SessionCommand> PluginCommand for Command<C> {
     type Plugin = SessionPlugin;
 
     fn name(&self) -> &str {
@@ -68,7 +82,8 @@ impl<C: PluginCommand<Plugin = SessionPlugin>> PluginCommand for Command<C> {
     }
 
     fn signature(&self) -> Signature {
-        self.0.signature()
+        self.0
+            .signature(Signature::build(self.0.name()).category(category()))
     }
 
     fn search_terms(&self) -> Vec<&str> {
@@ -86,7 +101,13 @@ impl<C: PluginCommand<Plugin = SessionPlugin>> PluginCommand for Command<C> {
         call: &EvaluatedCall,
         input: PipelineData,
     ) -> Result<PipelineData, LabeledError> {
-        let result = self.0.run(plugin, engine, call, input);
+        let cx = Cx {
+            plugin,
+            engine,
+            call,
+            span: call.head,
+        };
+        let result = self.0.run(&cx, input);
         plugin.keep_alive(engine);
         result
     }

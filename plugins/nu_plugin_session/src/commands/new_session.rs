@@ -1,4 +1,3 @@
-use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
 use nu_protocol::{
     Example, LabeledError, PipelineData, Record, Signature, Span, Spanned, SyntaxShape, Type, Value,
 };
@@ -6,17 +5,15 @@ use nu_session_client::SessionSettings;
 use nu_session_client::computer::validate_user;
 use nu_session_client::ssh::SshOptions;
 
-use super::category;
+use super::SessionCommand;
 use crate::errors::client_error;
 use crate::hosts::{local_host, parse_computer_name};
 use crate::sessions::{Session, TransportKind};
-use crate::{SessionPlugin, flags, operations};
+use crate::{Cx, flags, operations};
 
 pub struct NewSession;
 
-impl PluginCommand for NewSession {
-    type Plugin = SessionPlugin;
-
+impl SessionCommand for NewSession {
     fn name(&self) -> &str {
         "new-session"
     }
@@ -30,8 +27,8 @@ impl PluginCommand for NewSession {
          invocations, and lives on its host until it is removed or its idle timeout expires."
     }
 
-    fn signature(&self) -> Signature {
-        let signature = Signature::build(self.name())
+    fn signature(&self, base: Signature) -> Signature {
+        let signature = base
             // A list, not a table: a computer that cannot be reached is an error row.
             .input_output_types(vec![
                 (Type::Nothing, Type::list(Type::Any)),
@@ -51,7 +48,6 @@ impl PluginCommand for NewSession {
             flags::declare_session_settings(flags::declare_ssh(signature), true),
             "open",
         )
-        .category(category())
     }
 
     fn search_terms(&self) -> Vec<&str> {
@@ -90,14 +86,14 @@ impl PluginCommand for NewSession {
         ]
     }
 
-    fn run(
-        &self,
-        plugin: &SessionPlugin,
-        engine: &EngineInterface,
-        call: &EvaluatedCall,
-        input: PipelineData,
-    ) -> Result<PipelineData, LabeledError> {
-        let span = call.head;
+    fn run(&self, cx: &Cx, input: PipelineData) -> Result<PipelineData, LabeledError> {
+        let Cx {
+            plugin,
+            engine,
+            call,
+            span,
+            ..
+        } = *cx;
         let mut computers: Vec<Computer> = call
             .rest::<Spanned<String>>(0)?
             .into_iter()

@@ -1,24 +1,23 @@
 use std::collections::VecDeque;
 
-use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
 use nu_protocol::{
     Example, LabeledError, ListStream, PipelineData, ShellError, Signature, Span, Type, Value,
 };
 use nu_session_client::{CallEvent, Receive};
 
-use super::category;
+use super::SessionCommand;
 use crate::errors::{client_error, many_failed, named, remote_error};
 use crate::fanout::who;
 use crate::invocation::local_value;
 use crate::invocation::output::OutputSink;
-use crate::select::{Need, select, selection_signature};
-use crate::{SessionPlugin, flags, operations};
+use crate::select::{ASK_A_HOST, Need, select, selection_signature};
+use crate::{Cx, SessionPlugin, flags, operations};
 
 pub struct ReceiveSession;
 
-impl PluginCommand for ReceiveSession {
-    type Plugin = SessionPlugin;
+const NEED: Need = Need::sessions("no sessions to receive from", ASK_A_HOST).discovering();
 
+impl SessionCommand for ReceiveSession {
     fn name(&self) -> &str {
         "receive-session"
     }
@@ -33,10 +32,9 @@ impl PluginCommand for ReceiveSession {
          Each value is delivered once across all clients: what one receive got, no other will."
     }
 
-    fn signature(&self) -> Signature {
-        flags::declare_ssh(selection_signature(Signature::build(self.name())))
+    fn signature(&self, base: Signature) -> Signature {
+        flags::declare_ssh(selection_signature(base))
             .input_output_types(vec![(Type::Any, Type::Any)])
-            .category(category())
     }
 
     fn search_terms(&self) -> Vec<&str> {
@@ -62,26 +60,14 @@ impl PluginCommand for ReceiveSession {
         ]
     }
 
-    fn run(
-        &self,
-        plugin: &SessionPlugin,
-        engine: &EngineInterface,
-        call: &EvaluatedCall,
-        input: PipelineData,
-    ) -> Result<PipelineData, LabeledError> {
-        let span = call.head;
-        let selected = select(
+    fn run(&self, cx: &Cx, input: PipelineData) -> Result<PipelineData, LabeledError> {
+        let Cx {
             plugin,
             engine,
-            call,
-            input,
-            true,
-            Need::Sessions {
-                nothing: "no sessions to receive from",
-                help: "`get-session --computer-name <host>` lists a host's sessions",
-            },
-        )?
-        .or_lone_failure()?;
+            span,
+            ..
+        } = *cx;
+        let selected = select(cx, input, NEED)?.or_lone_failure()?;
         let lone = selected.ids.len() == 1 && selected.unreachable.is_empty();
         let mut receives = VecDeque::new();
         for id in &selected.ids {

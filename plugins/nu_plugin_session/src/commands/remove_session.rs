@@ -1,16 +1,18 @@
-use nu_plugin::{EngineInterface, EvaluatedCall, PluginCommand};
 use nu_protocol::{Example, LabeledError, PipelineData, Signature, Type, Value};
 
-use super::category;
+use super::SessionCommand;
 use crate::errors::client_error;
 use crate::select::{Need, select, selection_signature};
-use crate::{SessionPlugin, flags, operations};
+use crate::{Cx, flags, operations};
 
 pub struct RemoveSession;
 
-impl PluginCommand for RemoveSession {
-    type Plugin = SessionPlugin;
+const NEED: Need = Need::sessions(
+    "no sessions to remove",
+    "`get-session | remove-session` removes them all",
+);
 
+impl SessionCommand for RemoveSession {
     fn name(&self) -> &str {
         "remove-session"
     }
@@ -24,13 +26,9 @@ impl PluginCommand for RemoveSession {
          removed session shows state Closed when fetched again."
     }
 
-    fn signature(&self) -> Signature {
-        flags::declare_what_if(
-            selection_signature(Signature::build(self.name())),
-            "removed",
-        )
-        .input_output_types(vec![(Type::Any, Type::Nothing)])
-        .category(category())
+    fn signature(&self, base: Signature) -> Signature {
+        flags::declare_what_if(selection_signature(base), "removed")
+            .input_output_types(vec![(Type::Any, Type::Nothing)])
     }
 
     fn search_terms(&self) -> Vec<&str> {
@@ -57,25 +55,11 @@ impl PluginCommand for RemoveSession {
         ]
     }
 
-    fn run(
-        &self,
-        plugin: &SessionPlugin,
-        engine: &EngineInterface,
-        call: &EvaluatedCall,
-        input: PipelineData,
-    ) -> Result<PipelineData, LabeledError> {
-        let span = call.head;
-        let selected = select(
-            plugin,
-            engine,
-            call,
-            input,
-            false,
-            Need::Sessions {
-                nothing: "no sessions to remove",
-                help: "`get-session | remove-session` removes them all",
-            },
-        )?;
+    fn run(&self, cx: &Cx, input: PipelineData) -> Result<PipelineData, LabeledError> {
+        let Cx {
+            plugin, call, span, ..
+        } = *cx;
+        let selected = select(cx, input, NEED)?;
         if flags::what_if(call)? {
             plugin.what_if(&selected.ids, "Remove");
             return Ok(PipelineData::empty());

@@ -161,7 +161,7 @@ fn a_single_value_stays_a_value_and_a_stream_stays_a_stream() {
     );
     assert_eq!(
         out,
-        json!(["list<int>", "list<int> (stream)", "nothing", "string"])
+        json!(["list<int>", "list<int> (stream)", "nothing", "byte stream"])
     );
 }
 

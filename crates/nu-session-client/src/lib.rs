@@ -30,8 +30,8 @@ pub use error::ClientError;
 pub use host::Host;
 pub use nu_session_protocol::layout::Layout;
 pub use nu_session_protocol::{
-    Attachment, Binding, ErrorKind, OutputBuffering, RemoteError, RemoteLabel, SessionInfo,
-    SessionSettings,
+    Attachment, Binding, BytesKind, ErrorKind, OutputBuffering, RemoteError, RemoteLabel,
+    SessionInfo, SessionSettings,
 };
 pub use session::{
     BacklogEvent, Call, CallEvent, Link, LinkState, LinkWatch, Notice, Receive, SessionHandle,
@@ -50,8 +50,18 @@ pub struct Client {
 /// disconnected on their hosts (PowerShell's robust connections: 4 minutes).
 pub const DEFAULT_RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(240);
 
+/// The largest message this client sends (an invocation with its pipeline input and captured
+/// variables), in bytes; 1 GiB by default.
+pub const MAX_MESSAGE_ENV: &str = "NU_SESSION_MAX_MESSAGE_BYTES";
+
 impl Client {
     pub fn new() -> Result<Client, ClientError> {
+        if let Some(len) = std::env::var(MAX_MESSAGE_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            nu_session_protocol::set_max_message_len(len);
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("nu-session-io")

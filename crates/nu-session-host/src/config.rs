@@ -1,18 +1,20 @@
 //! The host's own settings, chosen by whoever runs the host (not by clients): the longest idle
-//! timeout a client may ask for, how much unread output a session keeps, and how often an
-//! attached client must be heard from.
+//! timeout a client may ask for, how much unread output a session keeps, how often an
+//! attached client must be heard from, and the largest message (a value with its event, an
+//! invocation with its input) a session sends or accepts.
 //!
 //! Read from `$NU_SESSION_HOST_CONFIG`, else `$XDG_CONFIG_HOME/nu-session/host.json`, else
 //! `~/.config/nu-session/host.json`; a missing file means the defaults. Example:
 //!
 //! ```json
-//! { "max_idle_timeout_secs": 604800, "output_buffer_bytes": 16777216, "client_heartbeat_secs": 10 }
+//! { "max_idle_timeout_secs": 604800, "output_buffer_bytes": 16777216, "client_heartbeat_secs": 10,
+//!   "max_message_bytes": 1073741824 }
 //! ```
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nu_session_protocol::{ErrorKind, RemoteError};
+use nu_session_protocol::{DEFAULT_MAX_MESSAGE_LEN, ErrorKind, MAX_FRAME_LEN, RemoteError};
 use serde::Deserialize;
 
 /// The shortest idle timeout, as PowerShell's (60 seconds).
@@ -30,6 +32,7 @@ pub struct HostConfig {
     pub max_idle_timeout: Duration,
     pub output_buffer_bytes: usize,
     pub client_heartbeat: Duration,
+    pub max_message_bytes: usize,
 }
 
 impl Default for HostConfig {
@@ -38,6 +41,7 @@ impl Default for HostConfig {
             max_idle_timeout: DEFAULT_MAX_IDLE_TIMEOUT,
             output_buffer_bytes: DEFAULT_OUTPUT_BUFFER_BYTES,
             client_heartbeat: DEFAULT_CLIENT_HEARTBEAT,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_LEN,
         }
     }
 }
@@ -48,6 +52,7 @@ struct File {
     max_idle_timeout_secs: Option<u64>,
     output_buffer_bytes: Option<usize>,
     client_heartbeat_secs: Option<u64>,
+    max_message_bytes: Option<usize>,
 }
 
 impl HostConfig {
@@ -87,7 +92,14 @@ impl HostConfig {
             client_heartbeat: file
                 .client_heartbeat_secs
                 .map_or(DEFAULT_CLIENT_HEARTBEAT, Duration::from_secs),
+            max_message_bytes: file.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_LEN),
         };
+        if config.max_message_bytes < MAX_FRAME_LEN {
+            return Err(format!(
+                "{}: max_message_bytes must be at least {MAX_FRAME_LEN} (one frame)",
+                path.display()
+            ));
+        }
         if config.max_idle_timeout < MIN_IDLE_TIMEOUT {
             return Err(format!(
                 "{}: max_idle_timeout_secs must be at least {}",

@@ -39,6 +39,14 @@ impl Writer {
         write_frame(&mut *stream, message)
     }
 
+    /// Writes a message framed already (a batch of events) and flushes.
+    pub fn send_frame(&self, frame: &[u8]) -> Result<(), ProtocolError> {
+        let mut stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+        stream.write_all(frame)?;
+        stream.flush()?;
+        Ok(())
+    }
+
     /// Closes the connection at once, both ways: a send blocked on it fails, and its reader
     /// sees the end. Never waits (for a send in progress, or anything else).
     pub fn shutdown(&self) {

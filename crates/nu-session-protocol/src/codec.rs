@@ -1,33 +1,81 @@
 //! Frames: a 4-byte big-endian length, then that many bytes of MessagePack (named fields).
 //!
+//! A message longer than [`MAX_FRAME_LEN`] is sent as several frames, each but the last with
+//! the length's top bit ([`MORE`]) set; the reader joins them. A sender refuses to write a
+//! message longer than [`max_message_len`] (1 GiB unless [`set_max_message_len`] says
+//! otherwise, from the host's config or the client's `NU_SESSION_MAX_MESSAGE_BYTES`), with an
+//! error naming both sizes; a reader refuses one longer than [`READ_LIMIT`] before reading it.
+//! The reader's bound is fixed, not configured: a message one side may send, the other always
+//! takes (two configurations must never make a session resend what its client refuses).
+//!
 //! One encoding, two faces: [`FrameCodec`] for `tokio_util::codec::Framed` (the client) and
 //! [`read_frame`]/[`write_frame`] for blocking sockets (the host). A frame longer than
-//! [`MAX_FRAME_LEN`], or one that does not decode as the expected message, is an error; callers
-//! close that connection and carry on.
+//! [`MAX_FRAME_LEN`], a message over the limit, or one that does not decode as the expected
+//! message, is an error; callers close that connection and carry on.
 
 use std::io::{self, Read, Write};
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Buf, BufMut, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio_util::codec::{Decoder, Encoder};
 
-/// The largest frame either side accepts or sends: 64 MiB. Single values larger than this
-/// (a huge binary, say) are refused with an error rather than exhausting memory.
-pub const MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
+/// The longest frame either side accepts or sends: 16 MiB. Longer messages go in pieces.
+pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
+
+/// Set in a frame's length when more pieces of the same message follow.
+pub const MORE: u32 = 1 << 31;
+
+/// The default limit of one message (a value, an invocation with its input): 1 GiB.
+pub const DEFAULT_MAX_MESSAGE_LEN: usize = 1 << 30;
+
+/// The longest message a reader takes: 4 GiB, the most [`set_max_message_len`] allows.
+pub const READ_LIMIT: usize = 4 << 30;
+
+static MAX_MESSAGE_LEN: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_MESSAGE_LEN);
+
+/// The longest message this process sends or accepts.
+pub fn max_message_len() -> usize {
+    MAX_MESSAGE_LEN.load(Ordering::Relaxed)
+}
+
+/// Sets [`max_message_len`] (at least one frame, at most [`READ_LIMIT`]).
+pub fn set_max_message_len(len: usize) {
+    MAX_MESSAGE_LEN.store(len.clamp(MAX_FRAME_LEN, READ_LIMIT), Ordering::Relaxed);
+}
 
 const HEADER_LEN: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
-    #[error("frame of {len} bytes exceeds the limit of {MAX_FRAME_LEN} bytes")]
-    Oversize { len: usize },
+    #[error(
+        "a message of {} exceeds the limit of {}",
+        human_bytes(*len),
+        human_bytes(*limit)
+    )]
+    Oversize { len: usize, limit: usize },
     #[error("malformed message: {0}")]
     Malformed(String),
     #[error("could not encode message: {0}")]
     Encode(String),
     #[error(transparent)]
     Io(#[from] io::Error),
+}
+
+/// `1.5 GiB`, `80.0 MiB`, `512 bytes`.
+pub fn human_bytes(len: usize) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if len < 1024 {
+        return format!("{len} bytes");
+    }
+    let mut size = len as f64 / 1024.0;
+    let mut unit = 0;
+    while size >= 1024.0 && unit < UNITS.len() - 1 {
+        size /= 1024.0;
+        unit += 1;
+    }
+    format!("{size:.1} {}", UNITS[unit])
 }
 
 impl From<ProtocolError> for io::Error {
@@ -39,49 +87,97 @@ impl From<ProtocolError> for io::Error {
     }
 }
 
-/// Encodes one message as a complete frame (header included).
+/// Encodes one message as complete frames (headers included): one frame, or several pieces
+/// when it is longer than [`MAX_FRAME_LEN`].
 pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>, ProtocolError> {
     let mut buf = vec![0u8; HEADER_LEN];
     rmp_serde::encode::write_named(&mut buf, message)
         .map_err(|e| ProtocolError::Encode(e.to_string()))?;
-    let len = buf.len() - HEADER_LEN;
-    if len > MAX_FRAME_LEN {
-        return Err(ProtocolError::Oversize { len });
-    }
-    buf[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(buf)
+    frame_payload(buf)
 }
 
-/// Decodes a frame's payload (header removed).
+/// Frames a payload written after [`HEADER_LEN`] bytes of room at the start of `buf`.
+pub fn frame_payload(mut buf: Vec<u8>) -> Result<Vec<u8>, ProtocolError> {
+    let len = buf.len() - HEADER_LEN;
+    let limit = max_message_len();
+    if len > limit {
+        return Err(ProtocolError::Oversize { len, limit });
+    }
+    if len <= MAX_FRAME_LEN {
+        buf[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+        return Ok(buf);
+    }
+    let payload = &buf[HEADER_LEN..];
+    let pieces = len.div_ceil(MAX_FRAME_LEN);
+    let mut out = Vec::with_capacity(len + pieces * HEADER_LEN);
+    for (n, piece) in payload.chunks(MAX_FRAME_LEN).enumerate() {
+        let more = if n + 1 < pieces { MORE } else { 0 };
+        out.extend_from_slice(&(piece.len() as u32 | more).to_be_bytes());
+        out.extend_from_slice(piece);
+    }
+    Ok(out)
+}
+
+/// Decodes a message's payload (headers removed, pieces joined).
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ProtocolError> {
     rmp_serde::from_slice(payload).map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
-fn checked_len(header: [u8; HEADER_LEN]) -> Result<usize, ProtocolError> {
-    let len = u32::from_be_bytes(header) as usize;
+/// A frame's length and whether more pieces follow; an error past the limits (`so_far`: the
+/// message's bytes before this piece; `limit`: [`READ_LIMIT`] but in tests).
+fn checked_len(
+    header: [u8; HEADER_LEN],
+    so_far: usize,
+    limit: usize,
+) -> Result<(usize, bool), ProtocolError> {
+    let raw = u32::from_be_bytes(header);
+    let more = raw & MORE != 0;
+    let len = (raw & !MORE) as usize;
     if len > MAX_FRAME_LEN {
-        return Err(ProtocolError::Oversize { len });
+        return Err(ProtocolError::Oversize {
+            len,
+            limit: MAX_FRAME_LEN,
+        });
     }
-    Ok(len)
+    if so_far + len > limit {
+        return Err(ProtocolError::Oversize {
+            len: so_far + len,
+            limit,
+        });
+    }
+    Ok((len, more))
 }
 
-/// Reads one message. `Ok(None)` means the peer closed the connection between frames.
+/// Reads one message. `Ok(None)` means the peer closed the connection between messages.
 pub fn read_frame<T: DeserializeOwned>(reader: &mut impl Read) -> Result<Option<T>, ProtocolError> {
-    let mut header = [0u8; HEADER_LEN];
-    let mut filled = 0;
-    while filled < HEADER_LEN {
-        match reader.read(&mut header[filled..]) {
-            Ok(0) if filled == 0 => return Ok(None),
-            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
+    read_limited(reader, READ_LIMIT)
+}
+
+fn read_limited<T: DeserializeOwned>(
+    reader: &mut impl Read,
+    limit: usize,
+) -> Result<Option<T>, ProtocolError> {
+    let mut payload = Vec::new();
+    loop {
+        let mut header = [0u8; HEADER_LEN];
+        let mut filled = 0;
+        while filled < HEADER_LEN {
+            match reader.read(&mut header[filled..]) {
+                Ok(0) if filled == 0 && payload.is_empty() => return Ok(None),
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (len, more) = checked_len(header, payload.len(), limit)?;
+        let start = payload.len();
+        payload.resize(start + len, 0);
+        reader.read_exact(&mut payload[start..])?;
+        if !more {
+            return decode_payload(&payload).map(Some);
         }
     }
-    let len = checked_len(header)?;
-    let mut payload = vec![0u8; len];
-    reader.read_exact(&mut payload)?;
-    decode_payload(&payload).map(Some)
 }
 
 /// Writes one message and flushes.
@@ -94,14 +190,83 @@ pub fn write_frame<T: Serialize>(
     Ok(())
 }
 
+/// Room kept before an encoded body for its event's header (`{seq: u64, body: ...}`).
+const EVENT_HEAD: usize = 1 + 4 + 9 + 5;
+
+/// One [`crate::Event`] encoded once, by its producer: its body is encoded first (before it
+/// has a sequence number, outside any lock), its header written in front when it is numbered.
+/// Batches of them are laid end to end by [`events_frame`], replays send the same bytes again.
+pub struct EncodedEvent {
+    start: usize,
+    bytes: Vec<u8>,
+}
+
+impl EncodedEvent {
+    /// Encodes `body`; an error if the event could not fit in a message.
+    pub fn new(body: &crate::EventBody) -> Result<EncodedEvent, ProtocolError> {
+        let mut bytes = vec![0u8; EVENT_HEAD];
+        rmp_serde::encode::write_named(&mut bytes, body)
+            .map_err(|e| ProtocolError::Encode(e.to_string()))?;
+        // With its header and a batch's: well within 64 bytes.
+        let len = bytes.len() - EVENT_HEAD + 64;
+        let limit = max_message_len();
+        if len > limit {
+            return Err(ProtocolError::Oversize { len, limit });
+        }
+        Ok(EncodedEvent {
+            start: EVENT_HEAD,
+            bytes,
+        })
+    }
+
+    /// Numbers the event: writes `{"seq": seq, "body": ` in front of the body, as serde
+    /// encodes the struct with named fields.
+    pub fn set_seq(&mut self, seq: u64) {
+        let mut head = Vec::with_capacity(EVENT_HEAD);
+        head.push(0x82);
+        let _ = rmp::encode::write_str(&mut head, "seq");
+        let _ = rmp::encode::write_uint(&mut head, seq);
+        let _ = rmp::encode::write_str(&mut head, "body");
+        self.start = EVENT_HEAD - head.len();
+        self.bytes[self.start..EVENT_HEAD].copy_from_slice(&head);
+    }
+
+    /// The encoded event (after [`EncodedEvent::set_seq`]).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+}
+
+/// A whole `HostMessage::Events` message, framed, from `count` encoded events of `len` bytes
+/// in all.
+pub fn events_frame<'a>(
+    count: usize,
+    len: usize,
+    events: impl Iterator<Item = &'a EncodedEvent>,
+) -> Result<Vec<u8>, ProtocolError> {
+    let mut frame = Vec::with_capacity(HEADER_LEN + 16 + len);
+    frame.extend_from_slice(&[0; HEADER_LEN]);
+    // `{"Events": [event, ...]}`, as serde encodes the newtype variant.
+    frame.push(0x81);
+    let _ = rmp::encode::write_str(&mut frame, "Events");
+    let _ = rmp::encode::write_array_len(&mut frame, count as u32);
+    for event in events {
+        frame.extend_from_slice(event.as_bytes());
+    }
+    frame_payload(frame)
+}
+
 /// `tokio_util` codec decoding `In` and encoding `Out`.
 pub struct FrameCodec<In, Out> {
+    /// The pieces of a long message read so far.
+    partial: Vec<u8>,
     _types: PhantomData<fn(Out) -> In>,
 }
 
 impl<In, Out> FrameCodec<In, Out> {
     pub fn new() -> Self {
         FrameCodec {
+            partial: Vec::new(),
             _types: PhantomData,
         }
     }
@@ -118,19 +283,30 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
     type Error = ProtocolError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, ProtocolError> {
-        if src.len() < HEADER_LEN {
-            return Ok(None);
+        loop {
+            if src.len() < HEADER_LEN {
+                return Ok(None);
+            }
+            let mut header = [0u8; HEADER_LEN];
+            header.copy_from_slice(&src[..HEADER_LEN]);
+            let (len, more) = checked_len(header, self.partial.len(), READ_LIMIT)?;
+            if src.len() < HEADER_LEN + len {
+                src.reserve(HEADER_LEN + len - src.len());
+                return Ok(None);
+            }
+            src.advance(HEADER_LEN);
+            let piece = src.split_to(len);
+            if more {
+                self.partial.extend_from_slice(&piece);
+                continue;
+            }
+            if self.partial.is_empty() {
+                return decode_payload(&piece).map(Some);
+            }
+            self.partial.extend_from_slice(&piece);
+            let payload = std::mem::take(&mut self.partial);
+            return decode_payload(&payload).map(Some);
         }
-        let mut header = [0u8; HEADER_LEN];
-        header.copy_from_slice(&src[..HEADER_LEN]);
-        let len = checked_len(header)?;
-        if src.len() < HEADER_LEN + len {
-            src.reserve(HEADER_LEN + len - src.len());
-            return Ok(None);
-        }
-        src.advance(HEADER_LEN);
-        let payload = src.split_to(len);
-        decode_payload(&payload).map(Some)
     }
 }
 
@@ -207,6 +383,73 @@ mod tests {
             }
             assert_eq!(decoded, 3, "split at {split}");
         }
+    }
+
+    #[test]
+    fn a_message_longer_than_a_frame_goes_in_pieces_and_comes_back_whole() {
+        let big = Value::binary(vec![7u8; MAX_FRAME_LEN * 2 + 12345], Span::unknown());
+        let message = HostMessage::Events(vec![crate::Event {
+            seq: 1,
+            body: crate::EventBody::Value {
+                call_id: 1,
+                value: big.clone(),
+            },
+        }]);
+        let frames = encode_frame(&message).unwrap();
+        let first = u32::from_be_bytes(frames[..4].try_into().unwrap());
+        assert_ne!(first & MORE, 0, "the first piece says more follow");
+        assert_eq!((first & !MORE) as usize, MAX_FRAME_LEN);
+        let check = |got: HostMessage| match got {
+            HostMessage::Events(events) => match &events[0].body {
+                crate::EventBody::Value { value, .. } => assert_eq!(value, &big),
+                other => panic!("unexpected {other:?}"),
+            },
+            other => panic!("unexpected {other:?}"),
+        };
+        check(read_frame(&mut &frames[..]).unwrap().unwrap());
+        // The async codec, fed in uneven slices, with a small message after it.
+        let mut codec = FrameCodec::<HostMessage, HostMessage>::new();
+        let mut all = frames.clone();
+        all.extend(
+            encode_frame(&HostMessage::Removed {
+                instance_id: uuid::Uuid::nil(),
+            })
+            .unwrap(),
+        );
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for piece in all.chunks(5_000_001) {
+            buf.extend_from_slice(piece);
+            while let Some(message) = codec.decode(&mut buf).unwrap() {
+                got.push(message);
+            }
+        }
+        assert_eq!(got.len(), 2);
+        check(got.remove(0));
+        assert!(matches!(got[0], HostMessage::Removed { .. }));
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_refused_by_the_writer_and_the_reader() {
+        // The limit is global: this test keeps it (tests run in threads of one process).
+        let limit = max_message_len();
+        let too_big = vec![0u8; HEADER_LEN + limit + 1];
+        let err = frame_payload(too_big).unwrap_err();
+        assert!(
+            err.to_string().contains("exceeds the limit of 1.0 GiB"),
+            "{err}"
+        );
+        // Pieces that add up to more than the reader's limit: refused before the one that
+        // passes it is read (here a limit of two frames).
+        let mut frames = Vec::new();
+        let piece = ((MAX_FRAME_LEN as u32) | MORE).to_be_bytes();
+        for _ in 0..2 {
+            frames.extend_from_slice(&piece);
+            frames.resize(frames.len() + MAX_FRAME_LEN, 0);
+        }
+        frames.extend_from_slice(&piece);
+        let err = read_limited::<HostMessage>(&mut &frames[..], 2 * MAX_FRAME_LEN).unwrap_err();
+        assert!(matches!(err, ProtocolError::Oversize { .. }), "{err}");
     }
 
     #[test]

@@ -13,14 +13,17 @@
 pub mod codec;
 pub mod layout;
 pub mod message;
+pub mod value;
 
 pub use codec::{
-    FrameCodec, MAX_FRAME_LEN, ProtocolError, decode_payload, encode_frame, read_frame, write_frame,
+    DEFAULT_MAX_MESSAGE_LEN, EncodedEvent, FrameCodec, MAX_FRAME_LEN, MORE, ProtocolError,
+    READ_LIMIT, decode_payload, encode_frame, events_frame, frame_payload, human_bytes,
+    max_message_len, read_frame, set_max_message_len, write_frame,
 };
 pub use message::*;
 
 /// Bumped on any incompatible change to [`message`]; the hello exchange refuses a mismatch.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Written by `nu-session-host connect` before relaying: clients skip whatever a login shell
 /// printed up to this marker.

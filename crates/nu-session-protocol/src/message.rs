@@ -218,6 +218,7 @@ pub struct Invocation {
     /// Variables set before `source` runs: closure parameters and captured variables.
     pub bindings: Vec<Binding>,
     /// The pipeline input, seen by `source` as `$in`.
+    #[serde(with = "crate::value::option")]
     pub input: Option<Value>,
 }
 
@@ -225,6 +226,7 @@ pub struct Invocation {
 pub struct Binding {
     /// Without the `$`.
     pub name: String,
+    #[serde(with = "crate::value")]
     pub value: Value,
 }
 
@@ -238,13 +240,16 @@ pub struct Event {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum EventBody {
     /// The invocation started. `stream` is false when it produces exactly one value (a single
-    /// value stays a value, as it would locally).
+    /// value stays a value, as it would locally). `bytes` is set when its result is a byte
+    /// stream (an external command's stdout, a file), which follows as [`EventBody::Bytes`].
     Started {
         call_id: u64,
         stream: bool,
+        bytes: Option<BytesKind>,
     },
     Value {
         call_id: u64,
+        #[serde(with = "crate::value")]
         value: Value,
     },
     /// Bytes the session wrote to its stdout or stderr (`print`, external commands that are not
@@ -252,6 +257,13 @@ pub enum EventBody {
     Output {
         call_id: Option<u64>,
         stderr: bool,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// A piece of the invocation's byte stream result, as the source produced it.
+    Bytes {
+        call_id: u64,
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// The invocation finished, with its error if it failed.
@@ -267,13 +279,14 @@ impl EventBody {
         const BASE: usize = 32;
         match self {
             EventBody::Value { value, .. } => BASE + value_weight(value),
-            EventBody::Output { bytes, .. } => BASE + bytes.len(),
+            EventBody::Output { bytes, .. } | EventBody::Bytes { bytes, .. } => BASE + bytes.len(),
             EventBody::Started { .. } | EventBody::Finished { .. } => BASE,
         }
     }
 }
 
-fn value_weight(value: &Value) -> usize {
+/// Bytes a value holds, roughly (its encoding is about as long).
+pub fn value_weight(value: &Value) -> usize {
     match value {
         Value::String { val, .. } => 24 + val.len(),
         Value::Glob { val, .. } => 24 + val.len(),
@@ -286,6 +299,35 @@ fn value_weight(value: &Value) -> usize {
                 .sum::<usize>()
         }
         _ => 24,
+    }
+}
+
+/// What a byte stream holds, as Nushell's `ByteStreamType`: text, binary, or either (an
+/// external command's output: text when it is valid UTF-8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BytesKind {
+    Unknown,
+    String,
+    Binary,
+}
+
+impl From<nu_protocol::ByteStreamType> for BytesKind {
+    fn from(kind: nu_protocol::ByteStreamType) -> Self {
+        match kind {
+            nu_protocol::ByteStreamType::Unknown => BytesKind::Unknown,
+            nu_protocol::ByteStreamType::String => BytesKind::String,
+            nu_protocol::ByteStreamType::Binary => BytesKind::Binary,
+        }
+    }
+}
+
+impl From<BytesKind> for nu_protocol::ByteStreamType {
+    fn from(kind: BytesKind) -> Self {
+        match kind {
+            BytesKind::Unknown => nu_protocol::ByteStreamType::Unknown,
+            BytesKind::String => nu_protocol::ByteStreamType::String,
+            BytesKind::Binary => nu_protocol::ByteStreamType::Binary,
+        }
     }
 }
 

@@ -139,26 +139,45 @@ impl Call {
     /// The next event, waiting for it. An error means the connection was lost.
     pub fn next_event(&mut self) -> Result<CallEvent, ClientError> {
         loop {
+            if let Some(event) = self.next_event_within(Duration::from_secs(3600))? {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// The next event if one comes within `wait`; `None` if none did.
+    pub fn next_event_within(&mut self, wait: Duration) -> Result<Option<CallEvent>, ClientError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
             if let Some(event) = self.consumer.next_taken() {
                 if matches!(event, CallEvent::Finished(_)) {
                     self.finished = true;
                 }
-                return Ok(event);
+                return Ok(Some(event));
             }
             let next = match self.rx.try_recv() {
                 Ok(batch) => Some(batch),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     let rx = &mut self.rx;
-                    let waited =
-                        self.consumer.session.runtime.block_on(async {
-                            tokio::time::timeout(RELEASE_AFTER, rx.recv()).await
-                        });
+                    let release = (tokio::time::Instant::now() + RELEASE_AFTER).min(deadline);
+                    let waited = self
+                        .consumer
+                        .session
+                        .runtime
+                        .block_on(async { tokio::time::timeout_at(release, rx.recv()).await });
                     match waited {
                         Ok(next) => next,
                         Err(_) => {
                             self.consumer.waiting();
-                            self.rx.blocking_recv()
+                            let rx = &mut self.rx;
+                            let waited = self.consumer.session.runtime.block_on(async {
+                                tokio::time::timeout_at(deadline, rx.recv()).await
+                            });
+                            match waited {
+                                Ok(next) => next,
+                                Err(_) => return Ok(None),
+                            }
                         }
                     }
                 }

@@ -35,8 +35,8 @@ use std::time::Duration;
 
 use nu_protocol::Value;
 use nu_session_protocol::{
-    Attachment, Binding, ClientMessage, ErrorKind, HostMessage, Invocation, OutputBuffering,
-    RemoteError, SessionInfo,
+    Attachment, Binding, BytesKind, ClientMessage, ErrorKind, HostMessage, Invocation,
+    OutputBuffering, RemoteError, SessionInfo, value_weight,
 };
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -51,11 +51,15 @@ use crate::{ClientError, Host};
 /// One event of an invocation, in order: `Started`, then values and output, then `Finished`.
 #[derive(Debug, Clone)]
 pub enum CallEvent {
-    /// `stream` is false when the code produced a single value (or nothing).
+    /// `stream` is false when the code produced a single value (or nothing); `bytes` is set
+    /// when its result is a byte stream, whose pieces follow as [`CallEvent::Bytes`].
     Started {
         stream: bool,
+        bytes: Option<BytesKind>,
     },
     Value(Value),
+    /// A piece of a byte stream result.
+    Bytes(Vec<u8>),
     /// Bytes the session printed while this invocation ran.
     Output {
         stderr: bool,
@@ -554,8 +558,14 @@ impl SessionHandle {
             bindings,
             input,
         };
-        let message = Outgoing::Message(ClientMessage::Invoke(invocation.clone()));
-        if self.inner.outgoing.send(message).is_err() {
+        let message = ClientMessage::Invoke(invocation.clone());
+        check_size(&message, &invocation)?;
+        if self
+            .inner
+            .outgoing
+            .send(Outgoing::Message(message))
+            .is_err()
+        {
             return Err(ClientError::lost());
         }
         state.unconfirmed.insert(call_id, invocation);
@@ -620,4 +630,32 @@ impl SessionHandle {
 /// What a call learns when its session ended on its host.
 fn ended_error(reason: &str) -> RemoteError {
     RemoteError::new(ErrorKind::Ended, format!("the session has ended: {reason}"))
+}
+
+/// Refuses an invocation whose message would be over the limit, before it is queued: the
+/// writer would otherwise fail to send it and the call wait forever. Measured exactly only when
+/// its values are large enough to matter.
+fn check_size(message: &ClientMessage, invocation: &Invocation) -> Result<(), ClientError> {
+    let weight = invocation.input.as_ref().map_or(0, value_weight)
+        + invocation
+            .bindings
+            .iter()
+            .map(|b| value_weight(&b.value))
+            .sum::<usize>()
+        + invocation.source.len();
+    if weight < nu_session_protocol::max_message_len() / 4 {
+        return Ok(());
+    }
+    match nu_session_protocol::encode_frame(message) {
+        Ok(_) => Ok(()),
+        Err(error) => Err(RemoteError::new(
+            ErrorKind::BadRequest,
+            format!("cannot send the code and its input: {error}"),
+        )
+        .with_help(format!(
+            "the limit is {} here (bytes; default 1 GiB)",
+            crate::MAX_MESSAGE_ENV
+        ))
+        .into()),
+    }
 }

@@ -99,7 +99,12 @@ async fn deliver(inner: &Inner, events: Vec<Event>) {
 
 fn split(inner: &Inner, body: EventBody) -> (Option<u64>, CallEvent) {
     match body {
-        EventBody::Started { call_id, stream } => (Some(call_id), CallEvent::Started { stream }),
+        EventBody::Started {
+            call_id,
+            stream,
+            bytes,
+        } => (Some(call_id), CallEvent::Started { stream, bytes }),
+        EventBody::Bytes { call_id, bytes } => (Some(call_id), CallEvent::Bytes(bytes)),
         EventBody::Value { call_id, value } => (Some(call_id), CallEvent::Value(value)),
         EventBody::Output {
             call_id,

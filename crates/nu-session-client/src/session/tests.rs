@@ -169,6 +169,7 @@ fn run_of(call_id: u64, count: i64) -> Vec<EventBody> {
     let mut bodies = vec![EventBody::Started {
         call_id,
         stream: true,
+        bytes: None,
     }];
     bodies.extend((1..=count).map(|i| EventBody::Value {
         call_id,
@@ -228,7 +229,7 @@ fn events_reach_their_call_and_others_go_to_the_backlog() {
     bodies.extend(run_of(id, 3));
     fx.send(&mut end, events(1, bodies));
     let ours = drain(&mut call);
-    assert!(matches!(ours[0], CallEvent::Started { stream: true }));
+    assert!(matches!(ours[0], CallEvent::Started { stream: true, .. }));
     assert_eq!(ints(&ours), [1, 2, 3]);
     assert!(matches!(ours.last(), Some(CallEvent::Finished(None))));
     // The other invocation's events wait for receive, with its id, and then it is done.
@@ -299,6 +300,7 @@ fn a_broken_connection_resumes_after_the_last_event_and_sends_again_what_was_mis
                 EventBody::Started {
                     call_id: id,
                     stream: true,
+                    bytes: None,
                 },
                 EventBody::Value {
                     call_id: id,
@@ -420,6 +422,7 @@ fn repeated_zero_and_backward_sequence_numbers_are_delivered_once_and_never_pani
         body: EventBody::Started {
             call_id: id,
             stream: true,
+            bytes: None,
         },
     };
     // A broken host: a 0, a repeat in one message, a repeat of an earlier message, a step back.

@@ -14,6 +14,9 @@ use nu_protocol::{
 };
 use nu_session_protocol::{ErrorKind, EventBody, Invocation, RemoteError};
 
+/// Where an invocation's events go (the outbox); an error when one cannot be sent.
+pub type Emit<'a> = dyn FnMut(EventBody) -> Result<(), ShellError> + 'a;
+
 pub struct Engine {
     state: EngineState,
     stack: Stack,
@@ -74,7 +77,7 @@ impl Engine {
 
     /// Runs one invocation, emitting `Started`, the values, and `Finished`. Returns the exit
     /// code when the code called `exit`: the session ends, as a shell does.
-    pub fn run(&mut self, invocation: Invocation, emit: &mut dyn FnMut(EventBody)) -> Option<i32> {
+    pub fn run(&mut self, invocation: Invocation, emit: &mut Emit<'_>) -> Option<i32> {
         let call_id = invocation.call_id;
         self.state.reset_signals();
         let (error, exit) = match self.eval(invocation, emit) {
@@ -88,14 +91,15 @@ impl Engine {
             ),
             Err((error, source)) => (Some(RemoteError::from_shell_error(&error, source)), None),
         };
-        emit(EventBody::Finished { call_id, error });
+        // A `Finished` is small: it always fits.
+        let _ = emit(EventBody::Finished { call_id, error });
         exit
     }
 
     fn eval(
         &mut self,
         invocation: Invocation,
-        emit: &mut dyn FnMut(EventBody),
+        emit: &mut Emit<'_>,
     ) -> Result<(), (ShellError, Span)> {
         let call_id = invocation.call_id;
         self.invocations += 1;
@@ -152,27 +156,28 @@ impl Engine {
         let result =
             nu_engine::eval_block::<WithoutDebug>(&self.state, &mut self.stack, &block, input);
         self.forget_deleted_variables();
-        let started = |stream| EventBody::Started { call_id, stream };
+        let started = |stream, bytes| EventBody::Started {
+            call_id,
+            stream,
+            bytes,
+        };
         match result.map_err(with_span)?.body {
-            PipelineData::Empty => emit(started(false)),
+            PipelineData::Empty => emit(started(false, None)).map_err(with_span)?,
             PipelineData::Value(value, _) => {
                 let value = self.portable(value).map_err(with_span)?;
-                emit(started(false));
-                emit(EventBody::Value { call_id, value });
+                emit(started(false, None)).map_err(with_span)?;
+                emit(EventBody::Value { call_id, value }).map_err(with_span)?;
             }
             PipelineData::ListStream(stream, _) => {
-                emit(started(true));
+                emit(started(true, None)).map_err(with_span)?;
                 for value in stream {
                     let value = self.portable(value).map_err(with_span)?;
-                    emit(EventBody::Value { call_id, value });
+                    emit(EventBody::Value { call_id, value }).map_err(with_span)?;
                 }
             }
             PipelineData::ByteStream(stream, _) => {
-                let value = self
-                    .portable(stream.into_value().map_err(with_span)?)
-                    .map_err(with_span)?;
-                emit(started(false));
-                emit(EventBody::Value { call_id, value });
+                emit(started(false, Some(stream.type_().into()))).map_err(with_span)?;
+                super::bytes::forward(stream, call_id, emit).map_err(with_span)?;
             }
         }
         Ok(())

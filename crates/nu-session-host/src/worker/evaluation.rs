@@ -4,6 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use nu_protocol::ShellError;
+use nu_protocol::shell_error::generic::GenericError;
 use nu_session_protocol::{ErrorKind, EventBody, RemoteError};
 
 use super::Worker;
@@ -40,7 +42,7 @@ pub(super) fn evaluate(worker: &Worker, engine: &mut Engine, capture: &OutputCap
                 capture.drain();
                 last_drain = Some(Instant::now());
             }
-            worker.outbox.push(event);
+            worker.outbox.push(event).map_err(|e| too_large(&e))
         };
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             engine.run(invocation, &mut emit)
@@ -51,7 +53,7 @@ pub(super) fn evaluate(worker: &Worker, engine: &mut Engine, capture: &OutputCap
             worker.terminate(&format!("its code called `exit {code}`"));
         }
         if outcome.is_err() {
-            emit(EventBody::Finished {
+            let _ = emit(EventBody::Finished {
                 call_id,
                 error: Some(RemoteError::new(
                     ErrorKind::Failed,
@@ -62,4 +64,14 @@ pub(super) fn evaluate(worker: &Worker, engine: &mut Engine, capture: &OutputCap
         let _state = worker.lock();
         worker.running_call.store(0, Ordering::SeqCst);
     }
+}
+
+/// The error of an invocation whose value could not be sent (over the message limit).
+fn too_large(error: &nu_session_protocol::ProtocolError) -> ShellError {
+    ShellError::Generic(
+        GenericError::new_internal("cannot send a value of this invocation", error.to_string())
+            .with_help(
+                "the limit is max_message_bytes in the host's settings (docs/configuration.md)",
+            ),
+    )
 }

@@ -10,6 +10,7 @@
 //! numbered output kept until acknowledged, [`engine`] the Nushell engine, [`output`] what the
 //! session prints.
 
+mod bytes;
 mod engine;
 mod evaluation;
 mod outbox;
@@ -101,7 +102,8 @@ impl Worker {
         } else if let Some(pos) = state.queue.iter().position(|i| i.call_id == call_id) {
             state.queue.remove(pos);
             drop(state);
-            self.outbox.push(EventBody::Finished {
+            // Small: always within the message limit.
+            let _ = self.outbox.push(EventBody::Finished {
                 call_id,
                 error: Some(RemoteError::new(
                     ErrorKind::Interrupted,
@@ -128,6 +130,7 @@ extern "C" fn end_session_at_exit() {
 pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()> {
     crate::conn::init_log();
     let config = HostConfig::load().map_err(io::Error::other)?;
+    nu_session_protocol::set_max_message_len(config.max_message_bytes);
     let interrupt = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(libc::SIGINT, interrupt.clone())?;
     let home = home_dir();

@@ -5,12 +5,17 @@
 //! ([`Outbox::next_batch`]) and the client [`Outbox::ack`]s what it has processed. The buffer is
 //! bounded in bytes: in `Block` mode a full buffer pauses the producer (nothing is lost); in `Drop`
 //! mode the oldest unacknowledged events make room and are counted.
+//!
+//! Each event is encoded once, by its producer and outside the lock, and kept as bytes: a batch
+//! is those bytes laid end to end behind a `HostMessage::Events` header, and a replay after a
+//! reconnect sends them again as they are. Events are kept in sequence order, so finding where
+//! a batch starts is a binary search.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use nu_session_protocol::{Event, EventBody, OutputBuffering};
+use nu_session_protocol::{EncodedEvent, EventBody, OutputBuffering, ProtocolError, events_frame};
 
 /// Most events and bytes sent in one frame.
 const BATCH_EVENTS: usize = 4096;
@@ -21,8 +26,16 @@ pub struct Outbox {
     changed: Condvar,
 }
 
+/// One event as it goes on the wire.
+struct Kept {
+    seq: u64,
+    droppable: bool,
+    weight: usize,
+    encoded: EncodedEvent,
+}
+
 struct Inner {
-    events: VecDeque<(Event, usize)>,
+    events: VecDeque<Kept>,
     next_seq: u64,
     bytes: usize,
     limit: usize,
@@ -35,10 +48,20 @@ struct Inner {
     waiting: usize,
 }
 
-/// Whether output buffering `Drop` may discard the event: values and printed output, never an
-/// invocation's `Started` or `Finished`.
+/// Whether output buffering `Drop` may discard the event: values, printed output and byte
+/// stream pieces, never an invocation's `Started` or `Finished`.
 fn droppable(body: &EventBody) -> bool {
-    matches!(body, EventBody::Value { .. } | EventBody::Output { .. })
+    matches!(
+        body,
+        EventBody::Value { .. } | EventBody::Output { .. } | EventBody::Bytes { .. }
+    )
+}
+
+/// A batch of events ready to send: `frame` is a whole `HostMessage::Events` message, framed.
+pub struct Batch {
+    /// The newest event in it.
+    pub last: u64,
+    pub frame: Vec<u8>,
 }
 
 impl Outbox {
@@ -64,14 +87,17 @@ impl Outbox {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends an event; in `Block` mode waits while the buffer is full.
-    pub fn push(&self, body: EventBody) {
+    /// Appends an event; in `Block` mode waits while the buffer is full. An event too large to
+    /// send (over the message limit) is refused, and nothing is queued.
+    pub fn push(&self, body: EventBody) -> Result<(), ProtocolError> {
         let weight = body.weight();
         // An invocation's start and end always go in at once, over the limit if need be (they
         // are small): they are pushed by threads that must not wait for room, such as a
         // connection's reader answering an interrupt while the acknowledgements that would
         // make room arrive on that same connection.
         let control = !droppable(&body);
+        let mut encoded = EncodedEvent::new(&body)?;
+        drop(body);
         let mut inner = self.lock();
         loop {
             let fits = control || inner.events.is_empty() || inner.bytes + weight <= inner.limit;
@@ -88,12 +114,11 @@ impl Outbox {
                     // The oldest value or output goes; an invocation's start and end never do
                     // (without them a call or a receive would wait forever). Only those left:
                     // they are small, the buffer may hold more than its limit for them.
-                    let Some(oldest) = inner.events.iter().position(|(e, _)| droppable(&e.body))
-                    else {
+                    let Some(oldest) = inner.events.iter().position(|e| e.droppable) else {
                         break;
                     };
-                    if let Some((_, w)) = inner.events.remove(oldest) {
-                        inner.bytes -= w;
+                    if let Some(gone) = inner.events.remove(oldest) {
+                        inner.bytes -= gone.weight;
                         inner.dropped += 1;
                         inner.unreported += 1;
                     }
@@ -103,8 +128,15 @@ impl Outbox {
         let seq = inner.next_seq;
         inner.next_seq += 1;
         inner.bytes += weight;
-        inner.events.push_back((Event { seq, body }, weight));
+        encoded.set_seq(seq);
+        inner.events.push_back(Kept {
+            seq,
+            droppable: !control,
+            weight,
+            encoded,
+        });
         self.notify(inner);
+        Ok(())
     }
 
     fn notify(&self, inner: MutexGuard<'_, Inner>) {
@@ -118,9 +150,9 @@ impl Outbox {
     /// Forgets every event up to and including `seq`.
     pub fn ack(&self, seq: u64) {
         let mut inner = self.lock();
-        while inner.events.front().is_some_and(|(e, _)| e.seq <= seq) {
-            if let Some((_, w)) = inner.events.pop_front() {
-                inner.bytes -= w;
+        while inner.events.front().is_some_and(|e| e.seq <= seq) {
+            if let Some(gone) = inner.events.pop_front() {
+                inner.bytes -= gone.weight;
             }
         }
         self.notify(inner);
@@ -130,20 +162,17 @@ impl Outbox {
     /// received yet).
     pub fn ack_range(&self, first: u64, last: u64) {
         let mut inner = self.lock();
-        let mut freed = 0;
-        inner.events.retain(|(event, weight)| {
-            let acked = (first..=last).contains(&event.seq);
-            if acked {
-                freed += weight;
-            }
-            !acked
-        });
-        inner.bytes -= freed;
+        let from = inner.events.partition_point(|e| e.seq < first);
+        let to = inner.events.partition_point(|e| e.seq <= last);
+        if from < to {
+            let freed: usize = inner.events.drain(from..to).map(|e| e.weight).sum();
+            inner.bytes -= freed;
+        }
         self.notify(inner);
     }
 
-    /// The events after `after`, waiting up to `wait` for one to arrive. Empty on timeout.
-    pub fn next_batch(&self, after: u64, wait: Duration) -> Vec<Event> {
+    /// The events after `after`, waiting up to `wait` for one to arrive; `None` on timeout.
+    pub fn next_batch(&self, after: u64, wait: Duration) -> Option<Batch> {
         let mut inner = self.lock();
         if inner.next_seq <= after + 1 {
             inner.waiting += 1;
@@ -154,16 +183,25 @@ impl Outbox {
                 .unwrap_or_else(|e| e.into_inner().0);
             inner.waiting -= 1;
         }
-        let mut batch = Vec::new();
+        let from = inner.events.partition_point(|e| e.seq <= after);
+        let mut count = 0;
         let mut bytes = 0;
-        for (event, weight) in inner.events.iter().filter(|(e, _)| e.seq > after) {
-            if batch.len() >= BATCH_EVENTS || (bytes > 0 && bytes + weight > BATCH_BYTES) {
+        for event in inner.events.range(from..) {
+            let len = event.encoded.as_bytes().len();
+            if count >= BATCH_EVENTS || (count > 0 && bytes + len > BATCH_BYTES) {
                 break;
             }
-            bytes += weight;
-            batch.push(event.clone());
+            count += 1;
+            bytes += len;
         }
-        batch
+        if count == 0 {
+            return None;
+        }
+        let last = inner.events[from + count - 1].seq;
+        let events = inner.events.range(from..from + count).map(|e| &e.encoded);
+        let frame = events_frame(count, bytes, events).ok()?;
+        drop(inner);
+        Some(Batch { last, frame })
     }
 
     /// Waits up to `wait` until every event has been acknowledged.
@@ -198,21 +236,18 @@ impl Outbox {
     pub fn acked(&self) -> u64 {
         let inner = self.lock();
         match inner.events.front() {
-            Some((event, _)) => event.seq - 1,
+            Some(event) => event.seq - 1,
             None => inner.next_seq - 1,
         }
     }
 
-    /// The sequence number the next event will get.
     /// The newest event kept, or the acknowledged mark when none is.
     pub fn kept_until(&self) -> u64 {
         let inner = self.lock();
-        inner
-            .events
-            .back()
-            .map_or(inner.next_seq - 1, |(event, _)| event.seq)
+        inner.events.back().map_or(inner.next_seq - 1, |e| e.seq)
     }
 
+    /// The sequence number the next event will get.
     pub fn next_seq(&self) -> u64 {
         self.lock().next_seq
     }
@@ -229,6 +264,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nu_session_protocol::{Event, HostMessage};
     use std::sync::Arc;
 
     fn output(n: u8) -> EventBody {
@@ -239,8 +275,22 @@ mod tests {
         }
     }
 
-    fn seqs(events: &[Event]) -> Vec<u64> {
-        events.iter().map(|e| e.seq).collect()
+    /// The events of a batch, decoded as the client decodes them.
+    fn events(batch: &Option<Batch>) -> Vec<Event> {
+        let Some(batch) = batch else {
+            return Vec::new();
+        };
+        match nu_session_protocol::read_frame::<HostMessage>(&mut &batch.frame[..]) {
+            Ok(Some(HostMessage::Events(events))) => {
+                assert_eq!(events.last().map(|e| e.seq), Some(batch.last));
+                events
+            }
+            other => panic!("not a batch of events: {other:?}"),
+        }
+    }
+
+    fn seqs(batch: &Option<Batch>) -> Vec<u64> {
+        events(batch).iter().map(|e| e.seq).collect()
     }
 
     #[test]
@@ -250,13 +300,13 @@ mod tests {
             OutputBuffering::Block,
         );
         for n in 0..5 {
-            outbox.push(output(n));
+            outbox.push(output(n)).unwrap();
         }
         assert_eq!(seqs(&outbox.next_batch(0, Duration::ZERO)), [1, 2, 3, 4, 5]);
         assert_eq!(seqs(&outbox.next_batch(3, Duration::ZERO)), [4, 5]);
         outbox.ack(2);
         assert_eq!(seqs(&outbox.next_batch(0, Duration::ZERO)), [3, 4, 5]);
-        assert!(outbox.next_batch(5, Duration::from_millis(10)).is_empty());
+        assert!(outbox.next_batch(5, Duration::from_millis(10)).is_none());
     }
 
     #[test]
@@ -266,17 +316,18 @@ mod tests {
             let outbox = outbox.clone();
             std::thread::spawn(move || {
                 for n in 0..50 {
-                    outbox.push(output(n));
+                    outbox.push(output(n)).unwrap();
                 }
             })
         };
         let mut received = Vec::new();
         while received.len() < 50 {
             let batch = outbox.next_batch(received.len() as u64, Duration::from_secs(5));
-            assert!(!batch.is_empty(), "producer stalled");
+            assert!(batch.is_some(), "producer stalled");
+            let batch = seqs(&batch);
             // Never more than the limit allows is held at once.
             assert!(batch.len() <= 1000 / 132 + 1, "{}", batch.len());
-            received.extend(seqs(&batch));
+            received.extend(batch);
             outbox.ack(*received.last().unwrap());
         }
         producer.join().unwrap();
@@ -287,18 +338,23 @@ mod tests {
     #[test]
     fn drop_mode_never_drops_the_start_or_end_of_an_invocation() {
         let outbox = Outbox::new(1000, OutputBuffering::Drop);
-        outbox.push(EventBody::Started {
-            call_id: 7,
-            stream: true,
-        });
+        outbox
+            .push(EventBody::Started {
+                call_id: 7,
+                stream: true,
+                bytes: None,
+            })
+            .unwrap();
         for n in 0..50 {
-            outbox.push(output(n));
+            outbox.push(output(n)).unwrap();
         }
-        outbox.push(EventBody::Finished {
-            call_id: 7,
-            error: None,
-        });
-        let kept = outbox.next_batch(0, Duration::ZERO);
+        outbox
+            .push(EventBody::Finished {
+                call_id: 7,
+                error: None,
+            })
+            .unwrap();
+        let kept = events(&outbox.next_batch(0, Duration::ZERO));
         assert!(matches!(
             kept[0].body,
             EventBody::Started { call_id: 7, .. }
@@ -308,7 +364,7 @@ mod tests {
             EventBody::Finished { call_id: 7, .. }
         ));
         // Between them, the newest output, contiguous.
-        let values = seqs(&kept[1..kept.len() - 1]);
+        let values: Vec<u64> = kept[1..kept.len() - 1].iter().map(|e| e.seq).collect();
         assert!(values.windows(2).all(|w| w[1] == w[0] + 1), "{values:?}");
         assert_eq!(*values.last().unwrap(), 51);
         assert_eq!(outbox.dropped(), 50 - values.len() as u64);
@@ -318,7 +374,7 @@ mod tests {
     fn block_mode_never_makes_the_end_of_an_invocation_wait() {
         let outbox = Arc::new(Outbox::new(1000, OutputBuffering::Block));
         while outbox.lock().bytes + 132 <= 1000 {
-            outbox.push(output(0));
+            outbox.push(output(0)).unwrap();
         }
         // Full: a value would wait for acknowledgements; a `Finished` (an interrupted queued
         // call, pushed by the thread that reads those acknowledgements) goes in at once.
@@ -339,7 +395,7 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        let batch = outbox.next_batch(0, Duration::ZERO);
+        let batch = events(&outbox.next_batch(0, Duration::ZERO));
         assert!(matches!(
             batch.last().unwrap().body,
             EventBody::Finished { call_id: 9, .. }
@@ -350,7 +406,7 @@ mod tests {
     fn a_range_is_forgotten_while_older_events_stay() {
         let outbox = Outbox::new(1000, OutputBuffering::Block);
         for n in 0..6 {
-            outbox.push(output(n));
+            outbox.push(output(n)).unwrap();
         }
         outbox.ack_range(3, 5);
         assert_eq!(seqs(&outbox.next_batch(0, Duration::ZERO)), [1, 2, 6]);
@@ -364,7 +420,7 @@ mod tests {
     fn drop_mode_keeps_a_contiguous_newest_tail() {
         let outbox = Outbox::new(1000, OutputBuffering::Drop);
         for n in 0..50 {
-            outbox.push(output(n));
+            outbox.push(output(n)).unwrap();
         }
         let kept = seqs(&outbox.next_batch(0, Duration::ZERO));
         assert_eq!(*kept.last().unwrap(), 50);
@@ -413,6 +469,7 @@ mod tests {
                             0 => EventBody::Started {
                                 call_id: rng.below(5),
                                 stream: true,
+                                bytes: None,
                             },
                             1 => EventBody::Finished {
                                 call_id: rng.below(5),
@@ -445,7 +502,7 @@ mod tests {
                             model.remove(oldest);
                             dropped += 1;
                         }
-                        outbox.push(body);
+                        outbox.push(body).unwrap();
                         model.push((next_seq, control, weight));
                         next_seq += 1;
                     }

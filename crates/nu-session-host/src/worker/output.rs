@@ -94,7 +94,8 @@ fn forward(
             Ok(n) => {
                 in_flight.fetch_add(1, Ordering::SeqCst);
                 let call_id = Some(running.load(Ordering::SeqCst)).filter(|id| *id != 0);
-                outbox.push(EventBody::Output {
+                // At most 64 KiB: always within the message limit.
+                let _ = outbox.push(EventBody::Output {
                     call_id,
                     stderr,
                     bytes: buf[..n].to_vec(),

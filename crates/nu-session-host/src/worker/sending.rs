@@ -16,8 +16,7 @@ pub(super) fn send_output(worker: &Worker, writer: &Writer, closed: &AtomicBool,
         if closed.load(Ordering::SeqCst) {
             return;
         }
-        let Some(last) = batch.last() else { continue };
-        let last = last.seq;
+        let Some(batch) = batch else { continue };
         let dropped = worker.outbox.take_dropped();
         if dropped > 0
             && writer
@@ -27,10 +26,10 @@ pub(super) fn send_output(worker: &Worker, writer: &Writer, closed: &AtomicBool,
             writer.shutdown();
             return;
         }
-        if writer.send(&HostMessage::Events(batch)).is_err() {
+        if writer.send_frame(&batch.frame).is_err() {
             writer.shutdown();
             return;
         }
-        sent = last;
+        sent = batch.last;
     }
 }

@@ -2,8 +2,9 @@ use std::collections::VecDeque;
 
 use nu_protocol::{
     Example, LabeledError, ListStream, PipelineData, ShellError, Signature, Span, Type, Value,
+    value_from_bytes,
 };
-use nu_session_client::{CallEvent, Receive};
+use nu_session_client::{BytesKind, CallEvent, Receive};
 
 use super::SessionCommand;
 use crate::errors::{client_error, many_failed, named, remote_error};
@@ -87,6 +88,7 @@ impl SessionCommand for ReceiveSession {
             lone,
             output: OutputSink::new(engine),
             span,
+            bytes: None,
         };
         Ok(PipelineData::list_stream(
             ListStream::new(
@@ -120,6 +122,8 @@ struct Values {
     lone: bool,
     output: OutputSink,
     span: Span,
+    /// The byte stream result being received, whole.
+    bytes: Option<(BytesKind, Vec<u8>)>,
 }
 
 impl Values {
@@ -168,6 +172,7 @@ impl Values {
                     CallEvent::Output { stderr, bytes } => self.output.write(stderr, &bytes),
                     CallEvent::Dropped(count) => self.output.dropped(count),
                     CallEvent::Finished(Some(remote)) => {
+                        self.bytes = None;
                         if self.lone {
                             return Some(Value::error(
                                 ShellError::LabeledError(Box::new(remote_error(
@@ -182,7 +187,21 @@ impl Values {
                             who.as_deref().unwrap_or("a session"),
                         ));
                     }
-                    CallEvent::Started { .. } | CallEvent::Finished(None) => {}
+                    CallEvent::Started {
+                        bytes: Some(kind), ..
+                    } => self.bytes = Some((kind, Vec::new())),
+                    CallEvent::Bytes(bytes) => {
+                        if let Some((_, held)) = &mut self.bytes {
+                            held.extend_from_slice(&bytes);
+                        }
+                    }
+                    CallEvent::Finished(None) => {
+                        // A byte stream result is received as one value, as `collect` makes it.
+                        if let Some((kind, bytes)) = self.bytes.take() {
+                            return Some(value_from_bytes(bytes, span, kind.into(), false));
+                        }
+                    }
+                    CallEvent::Started { .. } => {}
                 },
                 Err(e) => {
                     if let Some(value) = self.fail(client_error(&e, span)) {

@@ -1,12 +1,13 @@
 //! Running code in sessions, for `invoke-session`, `enter-session` and `receive-session`:
 //!
 //! - here: one invocation in one session ([`Run`]), its result shaped as it would be locally
-//!   (nothing, one value, or a stream), errors pointing into the user's code, Ctrl-C forwarded
+//!   (nothing, one value, a list stream, or a byte stream), errors pointing into the user's code, Ctrl-C forwarded
 //!   ([`Interrupters`]), the session marked busy meanwhile;
 //! - [`many`]: the same code in several sessions (a fan-out): streamed session by session with
 //!   the failures raised at the end, or one record per session (`--by-session`);
 //! - [`output`]: where what the session prints goes.
 
+mod bytes;
 pub mod many;
 pub mod output;
 
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use nu_plugin::EngineInterface;
 use nu_protocol::{HandlerGuard, LabeledError, ListStream, PipelineData, ShellError, Span, Value};
-use nu_session_client::{Call, CallEvent, ClientError, RemoteError, SessionHandle};
+use nu_session_client::{BytesKind, Call, CallEvent, ClientError, RemoteError, SessionHandle};
 
 use crate::SessionPlugin;
 use crate::code::Code;
@@ -221,7 +222,10 @@ impl Run {
         match self.next_event(output).map_err(lost)? {
             CallEvent::Finished(Some(error)) => Err(self.error(&error)),
             CallEvent::Finished(None) => Ok(PipelineData::empty()),
-            CallEvent::Started { stream: true } => {
+            CallEvent::Started {
+                bytes: Some(kind), ..
+            } => bytes::result(self, *output, engine, kind),
+            CallEvent::Started { stream: true, .. } => {
                 let output = *output;
                 let stream = std::iter::from_fn(move || self.next_value(&output));
                 Ok(PipelineData::list_stream(
@@ -229,12 +233,44 @@ impl Run {
                     None,
                 ))
             }
-            CallEvent::Started { stream: false } => match self.single(output)? {
+            CallEvent::Started { stream: false, .. } => match self.single(output)? {
                 Value::Nothing { .. } => Ok(PipelineData::empty()),
                 value => Ok(PipelineData::value(value, None)),
             },
             CallEvent::Value(value) => Ok(PipelineData::value(local_value(value, head), None)),
-            CallEvent::Output { .. } | CallEvent::Dropped(_) => Ok(PipelineData::empty()),
+            CallEvent::Output { .. } | CallEvent::Dropped(_) | CallEvent::Bytes(_) => {
+                Ok(PipelineData::empty())
+            }
+        }
+    }
+
+    /// A byte stream result taken whole, as Nushell collects one: text when it is (or may be)
+    /// text and valid UTF-8, else binary.
+    fn gather_bytes(&mut self, output: &OutputSink, kind: BytesKind) -> Result<Value, ShellError> {
+        let mut bytes = Vec::new();
+        loop {
+            match self.next_event(output) {
+                Ok(CallEvent::Bytes(piece)) => bytes.extend_from_slice(&piece),
+                Ok(CallEvent::Finished(error)) => {
+                    self.done = true;
+                    if let Some(error) = error {
+                        return Err(ShellError::LabeledError(Box::new(self.error(&error))));
+                    }
+                    return Ok(nu_protocol::value_from_bytes(
+                        bytes,
+                        self.head,
+                        kind.into(),
+                        false,
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Err(ShellError::LabeledError(Box::new(client_error(
+                        &e, self.head,
+                    ))));
+                }
+            }
         }
     }
 
@@ -256,7 +292,10 @@ impl Run {
                     self.done = true;
                     return Err(self.error(&error));
                 }
-                CallEvent::Started { .. } | CallEvent::Output { .. } | CallEvent::Dropped(_) => {}
+                CallEvent::Started { .. }
+                | CallEvent::Output { .. }
+                | CallEvent::Dropped(_)
+                | CallEvent::Bytes(_) => {}
             }
         }
     }
@@ -269,9 +308,19 @@ impl Run {
         loop {
             match self.next_event(output) {
                 Ok(CallEvent::Value(value)) => return Some(local_value(value, self.head)),
+                Ok(CallEvent::Started {
+                    bytes: Some(kind), ..
+                }) => {
+                    // Among other values (several sessions), a byte stream is one value.
+                    return Some(
+                        self.gather_bytes(output, kind)
+                            .unwrap_or_else(|e| Value::error(e, self.head)),
+                    );
+                }
                 Ok(
                     CallEvent::Started { .. } | CallEvent::Output { .. } | CallEvent::Dropped(_),
                 ) => {}
+                Ok(CallEvent::Bytes(_)) => {}
                 Ok(CallEvent::Finished(None)) => {
                     self.done = true;
                     return None;
@@ -307,7 +356,19 @@ impl Run {
             }
         };
         match first {
-            CallEvent::Started { stream: true } => {
+            CallEvent::Started {
+                bytes: Some(kind), ..
+            } => match self.gather_bytes(output, kind) {
+                Ok(value) => Collected {
+                    output: value,
+                    error: None,
+                },
+                Err(e) => Collected {
+                    output: Value::nothing(head),
+                    error: Some(LabeledError::from_diagnostic(&e)),
+                },
+            },
+            CallEvent::Started { stream: true, .. } => {
                 let mut values = Vec::new();
                 let mut error = None;
                 while let Some(value) = self.next_value(output) {

@@ -154,14 +154,22 @@ fn a_single_value_stays_a_value_and_a_stream_stays_a_stream() {
         "let s = new-session
          [
            (invoke-session $s { [1 2 3] } | describe)
+           (invoke-session $s { 1..3 | each { sleep 50ms; $in } } | describe)
            (invoke-session $s { 1..3 | each { $in } } | describe)
            (invoke-session $s { let y = 1 } | describe)
            (invoke-session $s { ^echo hi } | describe)
          ]",
     );
+    // A stream that comes whole at once is delivered as a list (one message to the engine).
     assert_eq!(
         out,
-        json!(["list<int>", "list<int> (stream)", "nothing", "byte stream"])
+        json!([
+            "list<int>",
+            "list<int> (stream)",
+            "list<int>",
+            "nothing",
+            "byte stream"
+        ])
     );
 }
 

@@ -31,7 +31,7 @@ pub use host::Host;
 pub use nu_session_protocol::layout::Layout;
 pub use nu_session_protocol::{
     Attachment, Binding, BytesKind, ErrorKind, OutputBuffering, RemoteError, RemoteLabel,
-    SessionInfo, SessionSettings,
+    SessionInfo, SessionSettings, value_weight,
 };
 pub use session::{
     BacklogEvent, Call, CallEvent, Link, LinkState, LinkWatch, Notice, Receive, SessionHandle,

@@ -39,11 +39,7 @@ pub fn forward(stream: ByteStream, call_id: u64, emit: &mut Emit<'_>) -> Result<
                     ChildPipe::Pipe(pipe) => Some(pipe.as_raw_fd()),
                     ChildPipe::Tee(_) => None,
                 };
-                let mut chunks = Chunks {
-                    reader: stdout,
-                    fd: fd.filter(|_| trim),
-                    held: Vec::new(),
-                };
+                let mut chunks = Chunks::new(stdout, fd.filter(|_| trim));
                 send_all(&mut chunks, call_id, emit, &signals, span)?;
             }
             child.wait()
@@ -52,11 +48,7 @@ pub fn forward(stream: ByteStream, call_id: u64, emit: &mut Emit<'_>) -> Result<
             let Some(reader) = stream.reader() else {
                 return Ok(());
             };
-            let mut chunks = Chunks {
-                reader,
-                fd: None,
-                held: Vec::new(),
-            };
+            let mut chunks = Chunks::new(reader, None);
             send_all(&mut chunks, call_id, emit, &signals, span)
         }
     }
@@ -91,6 +83,19 @@ struct Chunks<R> {
     reader: R,
     fd: Option<RawFd>,
     held: Vec<u8>,
+    /// Read into, then copied out at the size read (a piece holds no more than it carries).
+    buffer: Box<[u8]>,
+}
+
+impl<R> Chunks<R> {
+    fn new(reader: R, fd: Option<RawFd>) -> Chunks<R> {
+        Chunks {
+            reader,
+            fd,
+            held: Vec::new(),
+            buffer: vec![0; CHUNK].into_boxed_slice(),
+        }
+    }
 }
 
 impl<R: Read> Chunks<R> {
@@ -103,15 +108,13 @@ impl<R: Read> Chunks<R> {
             {
                 return Ok(Some(std::mem::take(&mut self.held)));
             }
-            let mut chunk = std::mem::take(&mut self.held);
-            let start = chunk.len();
-            chunk.resize(start + CHUNK, 0);
-            let n = self.reader.read(&mut chunk[start..])?;
+            let n = self.reader.read(&mut self.buffer)?;
             if n == 0 {
                 // The end: a held newline goes with it.
                 return Ok(None);
             }
-            chunk.truncate(start + n);
+            let mut chunk = std::mem::take(&mut self.held);
+            chunk.extend_from_slice(&self.buffer[..n]);
             if self.fd.is_some() && chunk.ends_with(b"\n") {
                 let keep = if chunk.ends_with(b"\r\n") { 2 } else { 1 };
                 self.held = chunk.split_off(chunk.len() - keep);
@@ -152,11 +155,7 @@ mod tests {
 
     fn pieces(input: &[&[u8]], fd: Option<RawFd>) -> Vec<Vec<u8>> {
         let data: Vec<u8> = input.concat();
-        let mut chunks = Chunks {
-            reader: io::Cursor::new(data),
-            fd,
-            held: Vec::new(),
-        };
+        let mut chunks = Chunks::new(io::Cursor::new(data), fd);
         std::iter::from_fn(|| chunks.next().unwrap()).collect()
     }
 
@@ -181,11 +180,7 @@ mod tests {
     fn a_held_newline_is_sent_when_the_command_waits() {
         // Nothing more to read and the writer still open: the newline goes after HOLD.
         let (read, _write) = std::io::pipe().unwrap();
-        let mut chunks = Chunks {
-            reader: io::Cursor::new(b"line\n".to_vec()),
-            fd: Some(read.as_raw_fd()),
-            held: Vec::new(),
-        };
+        let mut chunks = Chunks::new(io::Cursor::new(b"line\n".to_vec()), Some(read.as_raw_fd()));
         assert_eq!(chunks.next().unwrap().unwrap(), b"line");
         let started = std::time::Instant::now();
         assert_eq!(chunks.next().unwrap().unwrap(), b"\n");

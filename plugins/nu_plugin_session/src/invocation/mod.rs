@@ -8,6 +8,7 @@
 //! - [`output`]: where what the session prints goes.
 
 mod bytes;
+mod list;
 pub mod many;
 pub mod output;
 
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nu_plugin::EngineInterface;
-use nu_protocol::{HandlerGuard, LabeledError, ListStream, PipelineData, ShellError, Span, Value};
+use nu_protocol::{HandlerGuard, LabeledError, PipelineData, ShellError, Span, Value};
 use nu_session_client::{BytesKind, Call, CallEvent, ClientError, RemoteError, SessionHandle};
 
 use crate::SessionPlugin;
@@ -225,14 +226,7 @@ impl Run {
             CallEvent::Started {
                 bytes: Some(kind), ..
             } => bytes::result(self, *output, engine, kind),
-            CallEvent::Started { stream: true, .. } => {
-                let output = *output;
-                let stream = std::iter::from_fn(move || self.next_value(&output));
-                Ok(PipelineData::list_stream(
-                    ListStream::new(stream, head, engine.signals().clone()),
-                    None,
-                ))
-            }
+            CallEvent::Started { stream: true, .. } => Ok(list::result(self, *output, engine)),
             CallEvent::Started { stream: false, .. } => match self.single(output)? {
                 Value::Nothing { .. } => Ok(PipelineData::empty()),
                 value => Ok(PipelineData::value(value, None)),

@@ -5,9 +5,18 @@ def median_of [n: int, f: closure] {
     1..$n | each {|_| null | timeit $f } | math median
 }
 
-def rss_of [pid: int] {
-    open $"/proc/($pid)/status" | lines | where $it starts-with 'VmRSS' | first | split row -r '\s+' | get 1 | into int | $in * 1024 | into filesize
+def rss_of [pid: int, field = 'VmRSS'] {
+    open $"/proc/($pid)/status" | lines | where $it starts-with $field | first | split row -r '\s+' | get 1 | into int | $in * 1024 | into filesize
 }
+
+# The peak RSS of a session's worker (its code runs there: /proc/self is the worker).
+def worker_peak [s] {
+    invoke-session $s { open /proc/self/status | lines | where $it starts-with VmHWM | first | split row -r '\s+' | get 1 | into int | $in * 1024 | into filesize }
+}
+
+# 1 GB of an external command's output, read locally as a byte stream (written to /dev/null).
+let gb = 'head -c 1000000000 /dev/zero'
+
 
 let first_open = timeit { new-session --name first }
 let s = new-session --name bench
@@ -33,7 +42,7 @@ def buffered [s, n: int, marker: string] {
     loop { if ($marker | path exists) { break }; sleep 50ms }
 }
 let rx_marker = $"($env.NU_SESSION_DIR)/received.marker"
-let rx_n = 200000
+let rx_n = 1000000
 let rx = new-session --name rx
 buffered $rx $rx_n $rx_marker
 let rx_ours = timeit { receive-session --name rx | length | if $in != $rx_n { error make {msg: $"received ($in)"} } }
@@ -43,6 +52,11 @@ let idle = new-session --name idle
 sleep 500ms
 let pid = glob $"($env.NU_SESSION_DIR)/p*/sessions/($idle.0.instance_id).json" | first | open $in | get pid
 let rss = rss_of $pid
+
+let bytes_s = new-session --name bytes
+let bytes_ours = median_of 3 { invoke-session $bytes_s $"^($gb)" | save -f /dev/null }
+let bytes_local = median_of 3 { ^sh -c $gb | save -f /dev/null }
+let bytes_peak = worker_peak $bytes_s
 
 def rate [n: int, d: duration] { $n / ($d / 1sec) | math round | into int }
 
@@ -65,6 +79,9 @@ let ssh_rows = if ($env.NU_SESSION_SSH_CONFIG | is-empty) { [] } else {
     let cm_ints = median_of 3 { ^ssh -F $cfg bench nu -n -c "'seq 1 1000000 | to json -r'" | from json | length }
     let ssh_recs = median_of 3 { invoke-session $r $recs | length }
     let cm_recs = median_of 3 { ^ssh -F $cfg bench nu -n -c $"'($recs) | to json -r'" | from json | length }
+    let ssh_bytes = median_of 3 { invoke-session $r $"^($gb)" | save -f /dev/null }
+    let cm_bytes = median_of 3 { ^ssh -F $cfg bench $gb | save -f /dev/null }
+    let ssh_bytes_peak = worker_peak $r
     # Three hosts with our host program and nothing running: 4 + 3 + 3 sessions, in parallel.
     let fan = [fan1 fan1 fan1 fan1 fan2 fan2 fan2 fan3 fan3 fan3]
     let fan_ours = timeit { new-session ...$fan | where state == Opened | length | if $in != 10 { error make {msg: $"only ($in) of 10 opened"} } }
@@ -104,8 +121,11 @@ let ssh_rows = if ($env.NU_SESSION_SSH_CONFIG | is-empty) { [] } else {
         ["SSH: invoke round trip '1 + 1' (median of 500)", $ssh_rtt, $cm_rtt, "ssh ControlMaster + nu -n -c '1 + 1' (median of 20)"]
         ["SSH: 1,000,000 ints streamed (median of 3)", $ssh_ints, $cm_ints, "ssh ControlMaster + nu -c '... | to json -r' | from json"]
         ["SSH: 200,000 records streamed (median of 3)", $ssh_recs, $cm_recs, "same"]
+        ["SSH: 1 GB of external output (median of 3)", $ssh_bytes, $cm_bytes, "ssh ControlMaster host 'head -c ...' | save -f /dev/null"]
+        ["  MB per second", (rate 1000 $ssh_bytes), (rate 1000 $cm_bytes), ""]
+        ["  the worker's peak RSS (its whole life)", $ssh_bytes_peak, null, null]
         ["SSH: 10 sessions across 3 hosts (nothing running there)", $fan_ours, $fan_ssh, "10 fresh `ssh host true` in parallel"]
-        ["SSH: receive 200,000 buffered ints", $ssh_rx, $cm_rx, "ssh ControlMaster + nu -c 'seq ... | to json -r' | from json (median of 3)"]
+        ["SSH: receive 1,000,000 buffered ints", $ssh_rx, $cm_rx, "ssh ControlMaster + nu -c 'seq ... | to json -r' | from json (median of 3)"]
         ["  values per second", (rate $rx_n $ssh_rx), (rate $rx_n $cm_rx), ""]
     ] | append $reattach_rows
 }
@@ -120,8 +140,11 @@ let ssh_rows = if ($env.NU_SESSION_SSH_CONFIG | is-empty) { [] } else {
     ["  ints per second", (rate 1000000 $ints_ours), (rate 1000000 $ints_json), ""]
     ["200,000 records streamed (median of 3)", $recs_ours, $recs_json, "nu -c '... | to json -r' | from json"]
     ["  records per second", (rate 200000 $recs_ours), (rate 200000 $recs_json), ""]
-    ["receive 200,000 buffered ints", $rx_ours, $rx_json, "nu -c 'seq ... | to json -r' | from json (median of 3)"]
+    ["receive 1,000,000 buffered ints", $rx_ours, $rx_json, "nu -c 'seq ... | to json -r' | from json (median of 3)"]
     ["  values per second", (rate $rx_n $rx_ours), (rate $rx_n $rx_json), ""]
+    ["1 GB of external output (median of 3)", $bytes_ours, $bytes_local, "the same command run locally | save -f /dev/null"]
+    ["  MB per second", (rate 1000 $bytes_ours), (rate 1000 $bytes_local), ""]
+    ["  the worker's peak RSS (its whole life)", $bytes_peak, null, null]
     ["RSS of an idle worker", $rss, null, null]
 ] | append $ssh_rows | table --width 200 | print
 print $"reference: the same 1,000,000 ints computed in this nu: ($ints_local)"

@@ -34,7 +34,7 @@ pub use nu_session_protocol::{
     SessionInfo, SessionSettings, value_weight,
 };
 pub use session::{
-    BacklogEvent, Call, CallEvent, Link, LinkState, LinkWatch, Notice, Receive, SessionHandle,
+    BacklogEvent, Call, CallEvent, Link, LinkState, LinkWatch, Next, Notice, Receive, SessionHandle,
 };
 pub use transport::Transport;
 

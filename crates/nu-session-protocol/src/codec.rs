@@ -190,8 +190,8 @@ pub fn write_frame<T: Serialize>(
     Ok(())
 }
 
-/// Room kept before an encoded body for its event's header (`{seq: u64, body: ...}`).
-const EVENT_HEAD: usize = 1 + 4 + 9 + 5;
+/// Room kept before an encoded body for its event's header (`[seq, body]`).
+const EVENT_HEAD: usize = 1 + 9;
 
 /// One [`crate::Event`] encoded once, by its producer: its body is encoded first (before it
 /// has a sequence number, outside any lock), its header written in front when it is numbered.
@@ -205,7 +205,9 @@ impl EncodedEvent {
     /// Encodes `body`; an error if the event could not fit in a message.
     pub fn new(body: &crate::EventBody) -> Result<EncodedEvent, ProtocolError> {
         let mut bytes = vec![0u8; EVENT_HEAD];
-        rmp_serde::encode::write_named(&mut bytes, body)
+        // Compact (structs as arrays): an event is mostly its envelope when its value is small,
+        // and field names are the most of it to write and to read.
+        rmp_serde::encode::write(&mut bytes, body)
             .map_err(|e| ProtocolError::Encode(e.to_string()))?;
         // With its header and a batch's: well within 64 bytes.
         let len = bytes.len() - EVENT_HEAD + 64;
@@ -219,14 +221,32 @@ impl EncodedEvent {
         })
     }
 
-    /// Numbers the event: writes `{"seq": seq, "body": ` in front of the body, as serde
-    /// encodes the struct with named fields.
+    /// A [`crate::EventBody::Values`] event of `count` values encoded one after the other
+    /// (each by [`crate::value::encode`]) in `values`, numbered `seq`.
+    pub fn values(seq: u64, call_id: u64, count: usize, values: &[u8]) -> EncodedEvent {
+        let mut bytes = Vec::with_capacity(EVENT_HEAD + 24 + values.len());
+        bytes.resize(EVENT_HEAD, 0);
+        // As serde writes the struct variant compact: {"Values": [call_id, [value, ...]]}.
+        bytes.push(0x81);
+        let _ = rmp::encode::write_str(&mut bytes, "Values");
+        bytes.push(0x92);
+        let _ = rmp::encode::write_uint(&mut bytes, call_id);
+        let _ = rmp::encode::write_array_len(&mut bytes, count as u32);
+        bytes.extend_from_slice(values);
+        let mut event = EncodedEvent {
+            start: EVENT_HEAD,
+            bytes,
+        };
+        event.set_seq(seq);
+        event
+    }
+
+    /// Numbers the event: writes `[seq, ` in front of the body, as serde encodes the struct
+    /// compact (every decoder of the protocol reads both forms).
     pub fn set_seq(&mut self, seq: u64) {
         let mut head = Vec::with_capacity(EVENT_HEAD);
-        head.push(0x82);
-        let _ = rmp::encode::write_str(&mut head, "seq");
+        head.push(0x92);
         let _ = rmp::encode::write_uint(&mut head, seq);
-        let _ = rmp::encode::write_str(&mut head, "body");
         self.start = EVENT_HEAD - head.len();
         self.bytes[self.start..EVENT_HEAD].copy_from_slice(&head);
     }
@@ -427,6 +447,38 @@ mod tests {
         assert_eq!(got.len(), 2);
         check(got.remove(0));
         assert!(matches!(got[0], HostMessage::Removed { .. }));
+    }
+
+    #[test]
+    fn grouped_values_decode_as_serde_encodes_them() {
+        let span = Span::unknown();
+        let values = vec![
+            Value::int(1, span),
+            Value::string("two", span),
+            Value::record(record! { "n" => Value::filesize(3, span) }, span),
+        ];
+        let mut bytes = Vec::new();
+        for value in &values {
+            bytes.extend(crate::value::encode(value).unwrap());
+        }
+        let event = EncodedEvent::values(77, 5, values.len(), &bytes);
+        let frame = events_frame(1, event.as_bytes().len(), std::iter::once(&event)).unwrap();
+        match read_frame::<HostMessage>(&mut &frame[..]).unwrap().unwrap() {
+            HostMessage::Events(events) => {
+                assert_eq!(events[0].seq, 77);
+                match &events[0].body {
+                    crate::EventBody::Values {
+                        call_id,
+                        values: got,
+                    } => {
+                        assert_eq!(*call_id, 5);
+                        assert_eq!(got, &values);
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -252,6 +252,14 @@ pub enum EventBody {
         #[serde(with = "crate::value")]
         value: Value,
     },
+    /// Several values of a stream, in order: what a fast producer made while the connection
+    /// was busy sending (the worker adds a stream's values to its newest event until that is
+    /// sent, so a slow producer's values still go one by one, at once).
+    Values {
+        call_id: u64,
+        #[serde(with = "crate::value::many")]
+        values: Vec<Value>,
+    },
     /// Bytes the session wrote to its stdout or stderr (`print`, external commands that are not
     /// the last in their pipeline), with the invocation that was running when they were written.
     Output {
@@ -279,6 +287,9 @@ impl EventBody {
         const BASE: usize = 32;
         match self {
             EventBody::Value { value, .. } => BASE + value_weight(value),
+            EventBody::Values { values, .. } => {
+                values.iter().map(|v| BASE + value_weight(v)).sum::<usize>()
+            }
             EventBody::Output { bytes, .. } | EventBody::Bytes { bytes, .. } => BASE + bytes.len(),
             EventBody::Started { .. } | EventBody::Finished { .. } => BASE,
         }

@@ -43,6 +43,33 @@ pub mod option {
     }
 }
 
+/// For `Vec<Value>` fields.
+pub mod many {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(values: &[Value], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(values.len()))?;
+        for value in values {
+            seq.serialize_element(&Compact(value))?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Value>, D::Error> {
+        Vec::<Owned>::deserialize(deserializer).map(|v| v.into_iter().map(|v| v.0).collect())
+    }
+}
+
+/// One value encoded alone, compact (a piece of [`crate::EventBody::Values`]).
+pub fn encode(value: &Value) -> Result<Vec<u8>, crate::ProtocolError> {
+    let mut bytes = Vec::new();
+    let mut serializer = rmp_serde::Serializer::new(&mut bytes);
+    Compact(value)
+        .serialize(&mut serializer)
+        .map_err(|e| crate::ProtocolError::Encode(e.to_string()))?;
+    Ok(bytes)
+}
+
 /// A value as this module encodes it.
 pub struct Compact<'a>(pub &'a Value);
 

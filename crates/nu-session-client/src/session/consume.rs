@@ -25,9 +25,13 @@ struct Lag {
 }
 
 impl Lag {
-    /// `first`'s batch is consumed; acknowledges the batches far enough behind.
-    fn batch_done(&mut self, session: &Inner, first: u64) {
+    /// `first`'s batch is consumed; acknowledges the batches far enough behind (none while
+    /// `defer`).
+    fn batch_done(&mut self, session: &Inner, first: u64, defer: bool) {
         self.held.push_back((first, self.consumed));
+        if defer {
+            return;
+        }
         while let Some(&(first, at)) = self.held.front() {
             if at + ACK_LAG > self.consumed {
                 break;
@@ -52,6 +56,9 @@ struct Consumer<T> {
     batch: Option<u64>,
     lag: Lag,
     session: Arc<Inner>,
+    /// Nothing is acknowledged (but at the end): what was taken is held by the user, not
+    /// handed on yet (see [`Call::defer_acks`]).
+    defer: bool,
 }
 
 impl<T> Consumer<T> {
@@ -61,6 +68,7 @@ impl<T> Consumer<T> {
             batch: None,
             lag: Lag::default(),
             session,
+            defer: false,
         }
     }
 
@@ -71,7 +79,7 @@ impl<T> Consumer<T> {
             return Some(event);
         }
         if let Some(first) = self.batch.take() {
-            self.lag.batch_done(&self.session, first);
+            self.lag.batch_done(&self.session, first, self.defer);
         }
         None
     }
@@ -84,7 +92,7 @@ impl<T> Consumer<T> {
     /// The user waits for more: whatever they took has had time to reach the engine, and the
     /// host may be waiting for these acknowledgements to make room (output buffering `Block`).
     fn waiting(&mut self) {
-        if self.lag.held.is_empty() {
+        if self.lag.held.is_empty() || self.defer {
             return;
         }
         let mut state = self.session.state();
@@ -136,6 +144,13 @@ impl Call {
         &self.consumer.session
     }
 
+    /// While `defer`, nothing taken is acknowledged (until it is turned off and more is
+    /// taken, or the call ends): for a user that holds events before handing them on, so that
+    /// what it held is not lost if it is killed.
+    pub fn defer_acks(&mut self, defer: bool) {
+        self.consumer.defer = defer;
+    }
+
     /// The next event, waiting for it. An error means the connection was lost.
     pub fn next_event(&mut self) -> Result<CallEvent, ClientError> {
         loop {
@@ -147,7 +162,8 @@ impl Call {
 
     /// The next event if one comes within `wait`; `None` if none did.
     pub fn next_event_within(&mut self, wait: Duration) -> Result<Option<CallEvent>, ClientError> {
-        let deadline = tokio::time::Instant::now() + wait;
+        // Read the clock only when there is a wait (a bulk stream mostly has its next event).
+        let mut deadline = None;
         loop {
             if let Some(event) = self.consumer.next_taken() {
                 if matches!(event, CallEvent::Finished(_)) {
@@ -159,8 +175,10 @@ impl Call {
                 Ok(batch) => Some(batch),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
                 Err(mpsc::error::TryRecvError::Empty) => {
+                    let now = tokio::time::Instant::now();
+                    let deadline = *deadline.get_or_insert(now + wait);
                     let rx = &mut self.rx;
-                    let release = (tokio::time::Instant::now() + RELEASE_AFTER).min(deadline);
+                    let release = (now + RELEASE_AFTER).min(deadline);
                     let waited = self
                         .consumer
                         .session
@@ -240,6 +258,15 @@ impl Drop for Call {
     }
 }
 
+/// What [`Receive::next_event_within`] found.
+pub enum Next<T> {
+    Event(T),
+    /// Everything is received.
+    End,
+    /// Nothing came within the wait.
+    Waiting,
+}
+
 /// The backlog, read with [`Receive::next_event`]: output of invocations started elsewhere.
 pub struct Receive {
     rx: Option<std::sync::mpsc::Receiver<Batch<BacklogEvent>>>,
@@ -261,14 +288,33 @@ impl Receive {
         }
     }
 
+    /// See [`Call::defer_acks`].
+    pub fn defer_acks(&mut self, defer: bool) {
+        self.consumer.defer = defer;
+    }
+
     /// The next event with its invocation id; `Ok(None)` when everything is received.
     pub fn next_event(&mut self) -> Result<Option<BacklogEvent>, ClientError> {
         loop {
+            match self.next_event_within(Duration::from_secs(3600))? {
+                Next::Event(event) => return Ok(Some(event)),
+                Next::End => return Ok(None),
+                Next::Waiting => {}
+            }
+        }
+    }
+
+    /// Like [`Receive::next_event`], waiting at most about `wait` (then [`Next::Waiting`]).
+    pub fn next_event_within(&mut self, wait: Duration) -> Result<Next<BacklogEvent>, ClientError> {
+        let mut deadline = None;
+        loop {
             if let Some(event) = self.consumer.next_taken() {
-                return Ok(Some(event));
+                return Ok(Next::Event(event));
             }
             let session = self.consumer.session.clone();
-            let Some(rx) = &self.rx else { return Ok(None) };
+            let Some(rx) = &self.rx else {
+                return Ok(Next::End);
+            };
             match rx.try_recv() {
                 Ok(batch) => {
                     self.consumer.take(batch);
@@ -293,15 +339,22 @@ impl Receive {
                         self.consumer.take(batch);
                         continue;
                     }
-                    Err(_) => return Ok(None),
+                    Err(_) => return Ok(Next::End),
                 }
             }
             if !session.usable() {
                 return Err(session.lost_error());
             }
-            match rx.recv_timeout(Duration::from_millis(20)) {
+            let deadline = *deadline.get_or_insert_with(|| std::time::Instant::now() + wait);
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left.min(Duration::from_millis(20))) {
                 Ok(batch) => self.consumer.take(batch),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => self.consumer.waiting(),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    self.consumer.waiting();
+                    if std::time::Instant::now() >= deadline {
+                        return Ok(Next::Waiting);
+                    }
+                }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     return Err(session.lost_error());
                 }

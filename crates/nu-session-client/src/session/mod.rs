@@ -43,7 +43,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use consume::Batch;
-pub use consume::{Call, Receive};
+pub use consume::{Call, Next, Receive};
 
 use crate::transport::Wire;
 use crate::{ClientError, Host};

@@ -76,8 +76,11 @@ pub(super) async fn finish_calls(inner: &Inner, error: &RemoteError) {
 async fn deliver(inner: &Inner, events: Vec<Event>) {
     let mut run: Vec<(u64, Option<u64>, CallEvent)> = Vec::new();
     let mut run_to = Destination::Discard;
+    let mut expanded = Vec::with_capacity(events.len());
     for event in events {
-        let (call_id, call_event) = split(inner, event.body);
+        split(inner, event.seq, event.body, &mut expanded);
+    }
+    for (seq, call_id, call_event) in expanded {
         let finished = matches!(call_event, CallEvent::Finished(_));
         let to = destination(inner, call_id, finished);
         if to != run_to && !run.is_empty() {
@@ -87,18 +90,28 @@ async fn deliver(inner: &Inner, events: Vec<Event>) {
         if to != Destination::Discard {
             let dropped = std::mem::take(&mut inner.state().dropped);
             if dropped > 0 {
-                run.push((event.seq, call_id, CallEvent::Dropped(dropped)));
+                run.push((seq, call_id, CallEvent::Dropped(dropped)));
             }
         }
-        run.push((event.seq, call_id, call_event));
+        run.push((seq, call_id, call_event));
     }
     if !run.is_empty() {
         hand_over(inner, run_to, run).await;
     }
 }
 
-fn split(inner: &Inner, body: EventBody) -> (Option<u64>, CallEvent) {
-    match body {
+/// The event as what its invocation's consumer gets, added to `out` with its sequence number
+/// and invocation: a group of values (one event) is several.
+fn split(inner: &Inner, seq: u64, body: EventBody, out: &mut Vec<(u64, Option<u64>, CallEvent)>) {
+    let (call_id, event) = match body {
+        EventBody::Values { call_id, values } => {
+            out.extend(
+                values
+                    .into_iter()
+                    .map(|value| (seq, Some(call_id), CallEvent::Value(value))),
+            );
+            return;
+        }
         EventBody::Started {
             call_id,
             stream,
@@ -118,7 +131,8 @@ fn split(inner: &Inner, body: EventBody) -> (Option<u64>, CallEvent) {
             }
             (Some(call_id), CallEvent::Finished(error))
         }
-    }
+    };
+    out.push((seq, call_id, event));
 }
 
 fn destination(inner: &Inner, call_id: Option<u64>, finished: bool) -> Destination {

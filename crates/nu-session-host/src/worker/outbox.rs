@@ -10,28 +10,73 @@
 //! is those bytes laid end to end behind a `HostMessage::Events` header, and a replay after a
 //! reconnect sends them again as they are. Events are kept in sequence order, so finding where
 //! a batch starts is a binary search.
+//!
+//! A stream's values join the newest event while it is a group of the same invocation that no
+//! connection has taken yet (up to [`GROUP_VALUES`] values or [`GROUP_BYTES`]): a producer
+//! faster than the connection fills groups of thousands, which cost one event each on the
+//! wire and in the client; a slow one's value is taken alone, at once. Taking a group for a
+//! batch closes it.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use nu_session_protocol::{EncodedEvent, EventBody, OutputBuffering, ProtocolError, events_frame};
+use nu_session_protocol::{
+    EncodedEvent, EventBody, OutputBuffering, ProtocolError, events_frame, max_message_len,
+};
 
 /// Most events and bytes sent in one frame.
 const BATCH_EVENTS: usize = 4096;
-const BATCH_BYTES: usize = 1024 * 1024;
+const BATCH_BYTES: usize = 128 * 1024;
 
 pub struct Outbox {
     inner: Mutex<Inner>,
     changed: Condvar,
 }
 
+/// What a value in a group weighs beyond its encoding.
+const VALUE_OVERHEAD: usize = 8;
+
+/// Most values and bytes of values in one [`EventBody::Values`] event.
+const GROUP_VALUES: usize = 4096;
+const GROUP_BYTES: usize = 256 * 1024;
+
 /// One event as it goes on the wire.
 struct Kept {
     seq: u64,
     droppable: bool,
     weight: usize,
-    encoded: EncodedEvent,
+    /// How many values it holds (a group's count, else 1): what dropping it drops.
+    values: usize,
+    /// The event encoded; for a group still open (not sent yet), `Encoded::Open`.
+    encoded: Encoded,
+}
+
+enum Encoded {
+    Done(EncodedEvent),
+    /// Values of one invocation that more may join: their encodings end to end.
+    Open {
+        call_id: u64,
+        bytes: Vec<u8>,
+    },
+}
+
+impl Kept {
+    /// The event as it goes on the wire, closing an open group (nothing joins it after).
+    fn close(&mut self) -> &EncodedEvent {
+        if let Encoded::Open { call_id, bytes } = &self.encoded {
+            let done = EncodedEvent::values(self.seq, *call_id, self.values, bytes);
+            self.encoded = Encoded::Done(done);
+        }
+        match &self.encoded {
+            Encoded::Done(done) => done,
+            Encoded::Open { .. } => unreachable!("closed above"),
+        }
+    }
+
+    fn len(&mut self) -> usize {
+        self.close().as_bytes().len()
+    }
 }
 
 struct Inner {
@@ -53,7 +98,10 @@ struct Inner {
 fn droppable(body: &EventBody) -> bool {
     matches!(
         body,
-        EventBody::Value { .. } | EventBody::Output { .. } | EventBody::Bytes { .. }
+        EventBody::Value { .. }
+            | EventBody::Values { .. }
+            | EventBody::Output { .. }
+            | EventBody::Bytes { .. }
     )
 }
 
@@ -90,13 +138,27 @@ impl Outbox {
     /// Appends an event; in `Block` mode waits while the buffer is full. An event too large to
     /// send (over the message limit) is refused, and nothing is queued.
     pub fn push(&self, body: EventBody) -> Result<(), ProtocolError> {
-        let weight = body.weight();
+        let mut weight = body.weight();
         // An invocation's start and end always go in at once, over the limit if need be (they
         // are small): they are pushed by threads that must not wait for room, such as a
         // connection's reader answering an interrupt while the acknowledgements that would
         // make room arrive on that same connection.
         let control = !droppable(&body);
-        let mut encoded = EncodedEvent::new(&body)?;
+        // A stream's value is encoded alone, to join the open group of its invocation.
+        let (encoded, value_of) = match &body {
+            EventBody::Value { call_id, value } => {
+                let bytes = nu_session_protocol::value::encode(value)?;
+                // Kept as its encoding, in a group: that is what it holds (an int, a few bytes).
+                weight = bytes.len() + VALUE_OVERHEAD;
+                let len = bytes.len() + 64;
+                let limit = max_message_len();
+                if len > limit {
+                    return Err(ProtocolError::Oversize { len, limit });
+                }
+                (None, Some((*call_id, bytes)))
+            }
+            _ => (Some(EncodedEvent::new(&body)?), None),
+        };
         drop(body);
         let mut inner = self.lock();
         loop {
@@ -119,21 +181,54 @@ impl Outbox {
                     };
                     if let Some(gone) = inner.events.remove(oldest) {
                         inner.bytes -= gone.weight;
-                        inner.dropped += 1;
-                        inner.unreported += 1;
+                        inner.dropped += gone.values as u64;
+                        inner.unreported += gone.values as u64;
                     }
                 }
             }
         }
+        inner.bytes += weight;
+        if let Some((call_id, bytes)) = value_of {
+            // Joins the newest event when it is an open group of the same invocation.
+            if let Some(tail) = inner.events.back_mut()
+                && let Encoded::Open {
+                    call_id: open,
+                    bytes: group,
+                } = &mut tail.encoded
+                && *open == call_id
+                && tail.values < GROUP_VALUES
+                && group.len() + bytes.len() <= GROUP_BYTES
+            {
+                group.extend_from_slice(&bytes);
+                tail.values += 1;
+                tail.weight += weight;
+                self.notify(inner);
+                return Ok(());
+            }
+            let seq = inner.next_seq;
+            inner.next_seq += 1;
+            inner.events.push_back(Kept {
+                seq,
+                droppable: true,
+                weight,
+                values: 1,
+                encoded: Encoded::Open { call_id, bytes },
+            });
+            self.notify(inner);
+            return Ok(());
+        }
+        let Some(mut encoded) = encoded else {
+            return Ok(());
+        };
         let seq = inner.next_seq;
         inner.next_seq += 1;
-        inner.bytes += weight;
         encoded.set_seq(seq);
         inner.events.push_back(Kept {
             seq,
             droppable: !control,
             weight,
-            encoded,
+            values: 1,
+            encoded: Encoded::Done(encoded),
         });
         self.notify(inner);
         Ok(())
@@ -186,8 +281,8 @@ impl Outbox {
         let from = inner.events.partition_point(|e| e.seq <= after);
         let mut count = 0;
         let mut bytes = 0;
-        for event in inner.events.range(from..) {
-            let len = event.encoded.as_bytes().len();
+        for event in inner.events.range_mut(from..) {
+            let len = event.len();
             if count >= BATCH_EVENTS || (count > 0 && bytes + len > BATCH_BYTES) {
                 break;
             }
@@ -198,7 +293,13 @@ impl Outbox {
             return None;
         }
         let last = inner.events[from + count - 1].seq;
-        let events = inner.events.range(from..from + count).map(|e| &e.encoded);
+        let events = inner
+            .events
+            .range(from..from + count)
+            .filter_map(|e| match &e.encoded {
+                Encoded::Done(done) => Some(done),
+                Encoded::Open { .. } => None,
+            });
         let frame = events_frame(count, bytes, events).ok()?;
         drop(inner);
         Some(Batch { last, frame })
@@ -307,6 +408,64 @@ mod tests {
         outbox.ack(2);
         assert_eq!(seqs(&outbox.next_batch(0, Duration::ZERO)), [3, 4, 5]);
         assert!(outbox.next_batch(5, Duration::from_millis(10)).is_none());
+    }
+
+    fn value(call_id: u64, n: i64) -> EventBody {
+        EventBody::Value {
+            call_id,
+            value: nu_protocol::Value::test_int(n),
+        }
+    }
+
+    /// The values of a batch, in order, with the sequence number of the event each came in.
+    fn values(batch: &Option<Batch>) -> Vec<(u64, i64)> {
+        let mut out = Vec::new();
+        for event in events(batch) {
+            match event.body {
+                EventBody::Values { values, .. } => {
+                    out.extend(values.iter().map(|v| (event.seq, v.as_int().unwrap())))
+                }
+                other => panic!("not values: {other:?}"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn values_join_the_newest_group_until_it_is_taken() {
+        let outbox = Outbox::new(
+            crate::config::DEFAULT_OUTPUT_BUFFER_BYTES,
+            OutputBuffering::Block,
+        );
+        for n in 1..=3 {
+            outbox.push(value(7, n)).unwrap();
+        }
+        // Another invocation's value starts a group of its own.
+        outbox.push(value(8, 10)).unwrap();
+        let first = outbox.next_batch(0, Duration::ZERO);
+        assert_eq!(values(&first), [(1, 1), (1, 2), (1, 3), (2, 10)]);
+        // Taken: closed. What comes now is a new event, and a replay sends the same groups.
+        outbox.push(value(8, 11)).unwrap();
+        assert_eq!(
+            values(&outbox.next_batch(0, Duration::ZERO)),
+            [(1, 1), (1, 2), (1, 3), (2, 10), (3, 11)]
+        );
+        assert_eq!(values(&outbox.next_batch(2, Duration::ZERO)), [(3, 11)]);
+    }
+
+    #[test]
+    fn dropping_a_group_counts_its_values() {
+        // Room for the ten values (9 each by weight) and one output (132), not two.
+        let outbox = Outbox::new(270, OutputBuffering::Drop);
+        for n in 0..10 {
+            outbox.push(value(1, n)).unwrap();
+        }
+        // Taken, so the next values make a new group; then output that needs the room.
+        assert_eq!(values(&outbox.next_batch(0, Duration::ZERO)).len(), 10);
+        outbox.push(output(1)).unwrap();
+        outbox.push(output(2)).unwrap();
+        assert_eq!(outbox.dropped(), 10, "the group of 10 values went");
+        assert_eq!(seqs(&outbox.next_batch(0, Duration::ZERO)), [2, 3]);
     }
 
     #[test]

@@ -1,14 +1,15 @@
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use nu_protocol::{
-    Example, LabeledError, ListStream, PipelineData, ShellError, Signature, Span, Type, Value,
-    value_from_bytes,
+    Example, LabeledError, PipelineData, ShellError, Signature, Span, Type, Value, value_from_bytes,
 };
-use nu_session_client::{BytesKind, CallEvent, Receive};
+use nu_session_client::{BytesKind, CallEvent, Next, Receive};
 
 use super::SessionCommand;
 use crate::errors::{client_error, many_failed, named, remote_error};
 use crate::fanout::who;
+use crate::invocation::list::{self, Polled};
 use crate::invocation::local_value;
 use crate::invocation::output::OutputSink;
 use crate::select::{ASK_A_HOST, Need, select, selection_signature};
@@ -81,7 +82,7 @@ impl SessionCommand for ReceiveSession {
             }
         }
         let failures = selected.failures();
-        let mut values = Values {
+        let values = Values {
             total: receives.len() + failures.len(),
             receives,
             failures,
@@ -90,14 +91,8 @@ impl SessionCommand for ReceiveSession {
             span,
             bytes: None,
         };
-        Ok(PipelineData::list_stream(
-            ListStream::new(
-                std::iter::from_fn(move || values.next()),
-                span,
-                engine.signals().clone(),
-            ),
-            None,
-        ))
+        let signals = engine.signals().clone();
+        Ok(list::deliver(values, span, signals))
     }
 }
 
@@ -126,6 +121,20 @@ struct Values {
     bytes: Option<(BytesKind, Vec<u8>)>,
 }
 
+impl list::Source for Values {
+    fn poll(&mut self, wait: Duration) -> Polled {
+        Values::poll(self, wait)
+    }
+
+    fn defer_acks(&mut self, defer: bool) {
+        for (_, receive) in self.receives.iter_mut() {
+            if let Ok(receive) = receive {
+                receive.defer_acks(defer);
+            }
+        }
+    }
+}
+
 impl Values {
     fn fail(&mut self, error: LabeledError) -> Option<Value> {
         let who = self.receives.pop_front().map(|(who, _)| who);
@@ -140,15 +149,16 @@ impl Values {
         None
     }
 
-    fn next(&mut self) -> Option<Value> {
+    /// The next value if one comes within `wait`.
+    fn poll(&mut self, wait: Duration) -> Polled {
         let span = self.span;
         loop {
             let Some((_, receive)) = self.receives.front_mut() else {
                 if self.failures.is_empty() {
-                    return None;
+                    return Polled::Done;
                 }
                 let error = many_failed(std::mem::take(&mut self.failures), self.total, "sessions");
-                return Some(Value::error(
+                return Polled::Value(Value::error(
                     ShellError::LabeledError(Box::new(error)),
                     span,
                 ));
@@ -158,23 +168,24 @@ impl Values {
                 Err(error) => {
                     let error = error.clone();
                     if let Some(value) = self.fail(error) {
-                        return Some(value);
+                        return Polled::Value(value);
                     }
                     continue;
                 }
             };
-            match receive.next_event() {
-                Ok(None) => {
+            match receive.next_event_within(wait) {
+                Ok(Next::Waiting) => return Polled::Waiting,
+                Ok(Next::End) => {
                     self.receives.pop_front();
                 }
-                Ok(Some((_, event))) => match event {
-                    CallEvent::Value(value) => return Some(local_value(value, span)),
+                Ok(Next::Event((_, event))) => match event {
+                    CallEvent::Value(value) => return Polled::Value(local_value(value, span)),
                     CallEvent::Output { stderr, bytes } => self.output.write(stderr, &bytes),
                     CallEvent::Dropped(count) => self.output.dropped(count),
                     CallEvent::Finished(Some(remote)) => {
                         self.bytes = None;
                         if self.lone {
-                            return Some(Value::error(
+                            return Polled::Value(Value::error(
                                 ShellError::LabeledError(Box::new(remote_error(
                                     &remote, None, span,
                                 ))),
@@ -198,14 +209,19 @@ impl Values {
                     CallEvent::Finished(None) => {
                         // A byte stream result is received as one value, as `collect` makes it.
                         if let Some((kind, bytes)) = self.bytes.take() {
-                            return Some(value_from_bytes(bytes, span, kind.into(), false));
+                            return Polled::Value(value_from_bytes(
+                                bytes,
+                                span,
+                                kind.into(),
+                                false,
+                            ));
                         }
                     }
                     CallEvent::Started { .. } => {}
                 },
                 Err(e) => {
                     if let Some(value) = self.fail(client_error(&e, span)) {
-                        return Some(value);
+                        return Polled::Value(value);
                     }
                 }
             }

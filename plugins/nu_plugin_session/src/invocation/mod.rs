@@ -8,12 +8,13 @@
 //! - [`output`]: where what the session prints goes.
 
 mod bytes;
-mod list;
+pub mod list;
 pub mod many;
 pub mod output;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nu_plugin::EngineInterface;
 use nu_protocol::{HandlerGuard, LabeledError, PipelineData, ShellError, Span, Value};
@@ -167,6 +168,24 @@ impl Drop for Run {
     }
 }
 
+/// A run whose result streams, as [`list::deliver`] reads it.
+struct Streaming {
+    run: Run,
+    output: OutputSink,
+}
+
+impl list::Source for Streaming {
+    fn poll(&mut self, wait: Duration) -> list::Polled {
+        self.run.poll(&self.output, wait)
+    }
+
+    fn defer_acks(&mut self, defer: bool) {
+        if let Some(call) = self.run.call.as_mut() {
+            call.defer_acks(defer);
+        }
+    }
+}
+
 /// Marks a session busy while an invocation runs in it.
 struct Busy(Arc<AtomicUsize>);
 
@@ -226,7 +245,14 @@ impl Run {
             CallEvent::Started {
                 bytes: Some(kind), ..
             } => bytes::result(self, *output, engine, kind),
-            CallEvent::Started { stream: true, .. } => Ok(list::result(self, *output, engine)),
+            CallEvent::Started { stream: true, .. } => {
+                let signals = engine.signals().clone();
+                let source = Streaming {
+                    run: self,
+                    output: *output,
+                };
+                Ok(list::deliver(source, head, signals))
+            }
             CallEvent::Started { stream: false, .. } => match self.single(output)? {
                 Value::Nothing { .. } => Ok(PipelineData::empty()),
                 value => Ok(PipelineData::value(value, None)),
@@ -290,6 +316,47 @@ impl Run {
                 | CallEvent::Output { .. }
                 | CallEvent::Dropped(_)
                 | CallEvent::Bytes(_) => {}
+            }
+        }
+    }
+
+    /// The next value of a streaming result if it comes within `wait`; errors become error
+    /// values.
+    fn poll(&mut self, output: &OutputSink, wait: Duration) -> list::Polled {
+        let head = self.head;
+        let failed = |error: LabeledError| {
+            list::Polled::Value(Value::error(
+                ShellError::LabeledError(Box::new(error)),
+                head,
+            ))
+        };
+        loop {
+            if self.done {
+                return list::Polled::Done;
+            }
+            let Some(call) = self.call.as_mut() else {
+                return list::Polled::Done;
+            };
+            match call.next_event_within(wait) {
+                Ok(None) => return list::Polled::Waiting,
+                Ok(Some(CallEvent::Value(value))) => {
+                    return list::Polled::Value(local_value(value, head));
+                }
+                Ok(Some(CallEvent::Finished(None))) => {
+                    self.done = true;
+                    return list::Polled::Done;
+                }
+                Ok(Some(CallEvent::Finished(Some(error)))) => {
+                    self.done = true;
+                    return failed(self.error(&error));
+                }
+                Ok(Some(CallEvent::Output { stderr, bytes })) => output.write(stderr, &bytes),
+                Ok(Some(CallEvent::Dropped(count))) => output.dropped(count),
+                Ok(Some(CallEvent::Started { .. } | CallEvent::Bytes(_))) => {}
+                Err(e) => {
+                    self.done = true;
+                    return failed(client_error(&e, head));
+                }
             }
         }
     }

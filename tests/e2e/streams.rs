@@ -8,17 +8,12 @@ use serde_json::json;
 
 #[test]
 fn an_external_streams_its_output_as_a_byte_stream_as_it_would_locally() {
-    let sb = Sandbox::new();
-    let server = sb.sshd("127.0.0.70");
-    let config = sb.ssh_config(&[&server], "");
-    let computer = server.computer();
-    let out = sb.ssh_json(
-        &config,
-        &format!(
-            r#"let s = new-session {computer}
+    let out = over_ssh(
+        "127.0.0.70",
+        r#"let s = new-session @computer
              let t = date now
-             let lines = invoke-session $s '^sh -c "echo first; sleep 2; echo second"' | lines | each {{|l| {{line: $l, ms: (((date now) - $t) / 1ms | math round)}} }}
-             {{
+             let lines = invoke-session $s '^sh -c "echo first; sleep 2; echo second"' | lines | each {|l| {line: $l, ms: (((date now) - $t) / 1ms | math round)} }
+             {
                lines: $lines
                remote: (invoke-session $s '^echo hi' | describe)
                local: (^echo hi | describe)
@@ -26,12 +21,11 @@ fn an_external_streams_its_output_as_a_byte_stream_as_it_would_locally() {
                lines_of_three: (invoke-session $s '^printf "a\nb\nc\n"' | lines)
                file: (invoke-session $s 'open --raw /etc/hostname' | describe)
                string: (invoke-session $s '"text"' | describe)
-               failed: (try {{ invoke-session $s '^sh -c "echo out; exit 3"'; 'no error' }} catch {{|e| $e.msg }})
-               late: (try {{ invoke-session $s '^sh -c "echo a; sleep 1; exit 4"' | collect; 'no error' }} catch {{|e| 'an error' }})
+               failed: (try { invoke-session $s '^sh -c "echo out; exit 3"'; 'no error' } catch {|e| $e.msg })
+               late: (try { invoke-session $s '^sh -c "echo a; sleep 1; exit 4"' | collect; 'no error' } catch {|e| 'an error' })
                by_session: (invoke-session $s --by-session '^echo hi' | get 0.output)
                state: (get-session | get 0.state)
-             }}"#
-        ),
+             }"#,
     );
     let lines = out["lines"].as_array().expect("lines");
     assert_eq!(lines.len(), 2, "{out}");
@@ -61,22 +55,16 @@ fn an_external_streams_its_output_as_a_byte_stream_as_it_would_locally() {
 
 #[test]
 fn a_hundred_megabytes_of_external_output_cross_in_bounded_worker_memory() {
-    let sb = Sandbox::new();
-    let server = sb.sshd("127.0.0.71");
-    let config = sb.ssh_config(&[&server], "");
-    let computer = server.computer();
     // The session's code runs in its worker: /proc/self is the worker.
-    let out = sb.ssh_json(
-        &config,
-        &format!(
-            "let s = new-session {computer}
-             let peak = {{|| invoke-session $s {{ open /proc/self/status | lines | where $it starts-with VmHWM | first | split words | get 1 | into int }} }}
+    let out = over_ssh(
+        "127.0.0.71",
+        r#"let s = new-session @computer
+             let peak = {|| invoke-session $s { open /proc/self/status | lines | where $it starts-with VmHWM | first | split words | get 1 | into int } }
              let before = do $peak
              let got = invoke-session $s '^head -c 100000000 /dev/urandom' | into binary | bytes length
              let after = do $peak
-             let sum = invoke-session $s '^sh -c \"head -c 1000000 /dev/zero; echo; seq 1 100000\"' | lines | skip 1 | into int | math sum
-             {{got: $got, grew_kib: ($after - $before), sum: $sum}}"
-        ),
+             let sum = invoke-session $s '^sh -c "head -c 1000000 /dev/zero; echo; seq 1 100000"' | lines | skip 1 | into int | math sum
+             {got: $got, grew_kib: ($after - $before), sum: $sum}"#,
     );
     assert_eq!(out["got"], 100_000_000, "{out}");
     assert_eq!(out["sum"], 5_000_050_000i64, "{out}");
@@ -89,27 +77,21 @@ fn a_hundred_megabytes_of_external_output_cross_in_bounded_worker_memory() {
 
 #[test]
 fn an_eighty_mebibyte_binary_crosses_both_ways() {
-    let sb = Sandbox::new();
-    let server = sb.sshd("127.0.0.72");
-    let config = sb.ssh_config(&[&server], "");
-    let computer = server.computer();
-    let out = sb.ssh_json(
-        &config,
-        &format!(
-            "let s = new-session {computer}
+    let out = over_ssh(
+        "127.0.0.72",
+        r#"let s = new-session @computer
              let b = random binary 80MiB
-             let up = $b | invoke-session $s {{ {{len: ($in | bytes length), hash: ($in | hash sha256)}} }}
-             invoke-session $s {{ let kept = random binary 80MiB; $kept | save -f ~/kept.bin }}
-             let down = invoke-session $s {{ open --raw ~/kept.bin | collect }}
-             let remote_hash = invoke-session $s {{ open --raw ~/kept.bin | hash sha256 }}
-             invoke-session $s {{ rm ~/kept.bin }}
-             {{
+             let up = $b | invoke-session $s { {len: ($in | bytes length), hash: ($in | hash sha256)} }
+             invoke-session $s { let kept = random binary 80MiB; $kept | save -f ~/kept.bin }
+             let down = invoke-session $s { open --raw ~/kept.bin | collect }
+             let remote_hash = invoke-session $s { open --raw ~/kept.bin | hash sha256 }
+             invoke-session $s { rm ~/kept.bin }
+             {
                up_len: $up.len, up_same: ($up.hash == ($b | hash sha256)),
                down_len: ($down | bytes length), down_same: (($down | hash sha256) == $remote_hash),
                down_type: ($down | describe),
                state: (get-session | get 0.state)
-             }}"
-        ),
+             }"#,
     );
     assert_eq!(
         out,
@@ -165,6 +147,15 @@ fn a_value_over_the_message_limit_is_a_clear_error_and_the_session_goes_on() {
     );
     assert_eq!(out["after"], 42);
     assert_eq!(out["state"], "Opened");
+}
+
+/// Runs `script` against a loopback sshd of its own, as a remote user with nothing preset;
+/// `@computer` in it is that host.
+fn over_ssh(address: &str, script: &str) -> serde_json::Value {
+    let sb = Sandbox::new();
+    let server = sb.sshd(address);
+    let config = sb.ssh_config(&[&server], "");
+    sb.ssh_json(&config, &script.replace("@computer", &server.computer()))
 }
 
 /// A remote user's host settings (`~/.config/nu-session/host.json`), removed when dropped (the

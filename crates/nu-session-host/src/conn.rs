@@ -160,3 +160,47 @@ pub fn init_log() {
 macro_rules! log {
     ($($arg:tt)*) => { $crate::conn::log(format_args!($($arg)*)) };
 }
+
+/// What an accept loop does when `accept` fails: log it, and when the process is out of a
+/// resource (file descriptors, memory) wait a moment before trying again — the pending
+/// connection stays pending, and accepting again at once would fail again at once, spinning a
+/// core and filling the log.
+pub fn accept_failed(error: &io::Error) {
+    let pause = accept_pause(error);
+    log!(
+        "accept failed: {error}{}",
+        if pause.is_some() {
+            " (waiting 100 ms)"
+        } else {
+            ""
+        }
+    );
+    if let Some(pause) = pause {
+        std::thread::sleep(pause);
+    }
+}
+
+fn accept_pause(error: &io::Error) -> Option<std::time::Duration> {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+    .then_some(std::time::Duration::from_millis(100))
+}
+
+#[cfg(test)]
+mod accept_tests {
+    use super::*;
+
+    #[test]
+    fn out_of_descriptors_waits_and_a_failed_handshake_does_not() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(
+                accept_pause(&io::Error::from_raw_os_error(errno)).is_some(),
+                "{errno}"
+            );
+        }
+        assert!(accept_pause(&io::Error::from_raw_os_error(libc::ECONNABORTED)).is_none());
+        assert!(accept_pause(&io::Error::from(io::ErrorKind::Interrupted)).is_none());
+    }
+}

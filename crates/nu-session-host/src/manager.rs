@@ -69,12 +69,20 @@ pub fn run(layout: Layout, daemon: bool) -> io::Result<()> {
             Ok(stream) => {
                 let manager = manager.clone();
                 manager.clients.fetch_add(1, Ordering::SeqCst);
-                std::thread::spawn(move || {
-                    serve(&manager, stream);
-                    manager.clients.fetch_sub(1, Ordering::SeqCst);
+                let spawned = std::thread::Builder::new().name("client".into()).spawn({
+                    let manager = manager.clone();
+                    move || {
+                        serve(&manager, stream);
+                        manager.clients.fetch_sub(1, Ordering::SeqCst);
+                    }
                 });
+                // No thread (out of memory or threads): the connection closes, the manager goes on.
+                if let Err(e) = spawned {
+                    manager.clients.fetch_sub(1, Ordering::SeqCst);
+                    log!("cannot serve a connection: {e}");
+                }
             }
-            Err(e) => log!("accept failed: {e}"),
+            Err(e) => crate::conn::accept_failed(&e),
         }
     }
     Ok(())

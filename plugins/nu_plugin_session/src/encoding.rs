@@ -32,39 +32,30 @@ fn encode<T: serde::Serialize>(
         })
 }
 
-impl Encoder<PluginOutput> for CompactMsgPack {
-    fn encode(
-        &self,
-        data: &PluginOutput,
-        writer: &mut impl std::io::Write,
-    ) -> Result<(), ShellError> {
-        encode(data, writer)
-    }
+/// Writes compact, reads with `nu`'s own decoder.
+macro_rules! compact_encoder {
+    ($message:ty) => {
+        impl Encoder<$message> for CompactMsgPack {
+            fn encode(
+                &self,
+                data: &$message,
+                writer: &mut impl std::io::Write,
+            ) -> Result<(), ShellError> {
+                encode(data, writer)
+            }
 
-    fn decode(
-        &self,
-        reader: &mut impl std::io::BufRead,
-    ) -> Result<Option<PluginOutput>, ShellError> {
-        Encoder::<PluginOutput>::decode(&MsgPackSerializer, reader)
-    }
+            fn decode(
+                &self,
+                reader: &mut impl std::io::BufRead,
+            ) -> Result<Option<$message>, ShellError> {
+                Encoder::<$message>::decode(&MsgPackSerializer, reader)
+            }
+        }
+    };
 }
 
-impl Encoder<PluginInput> for CompactMsgPack {
-    fn encode(
-        &self,
-        data: &PluginInput,
-        writer: &mut impl std::io::Write,
-    ) -> Result<(), ShellError> {
-        encode(data, writer)
-    }
-
-    fn decode(
-        &self,
-        reader: &mut impl std::io::BufRead,
-    ) -> Result<Option<PluginInput>, ShellError> {
-        Encoder::<PluginInput>::decode(&MsgPackSerializer, reader)
-    }
-}
+compact_encoder!(PluginOutput);
+compact_encoder!(PluginInput);
 
 #[cfg(test)]
 mod tests {

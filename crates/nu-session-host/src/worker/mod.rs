@@ -206,11 +206,14 @@ pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()
         match stream {
             Ok(stream) => {
                 let worker = worker.clone();
-                let _ = std::thread::Builder::new()
+                if let Err(e) = std::thread::Builder::new()
                     .name("conn".into())
-                    .spawn(move || serving::serve(&worker, stream));
+                    .spawn(move || serving::serve(&worker, stream))
+                {
+                    log!("cannot serve a connection: {e}");
+                }
             }
-            Err(e) => log!("accept failed: {e}"),
+            Err(e) => crate::conn::accept_failed(&e),
         }
     }
     Ok(())

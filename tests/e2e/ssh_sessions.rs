@@ -515,3 +515,56 @@ fn over_ssh_another_process_finds_the_session_connects_and_receives_its_output()
         })
     );
 }
+
+#[test]
+fn host_keys_are_read_as_openssh_reads_them_hashed_rotated_revoked_aliased_global() {
+    let sb = Sandbox::new();
+    let server = sb.sshd("127.0.0.74");
+    let computer = server.computer();
+    let line = server.known_hosts_line();
+    let (name, key) = line.trim().split_once(' ').expect("a known_hosts line");
+    let known = sb.path().join("known_hosts");
+    let global = sb.path().join("global_known_hosts");
+    let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMBsk2H1/n51Tn+LN2n83pZgj/WEQcRNDVnAyF8bFBRq";
+    let open = |config: &std::path::Path, known_hosts: &str| {
+        std::fs::write(&known, known_hosts).expect("known_hosts");
+        sb.ssh_run(config, &format!("new-session {computer} | get 0.state"))
+    };
+    let opened = |out: std::process::Output| {
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Opened"),
+            "did not open: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let config = sb.ssh_config(&[&server], "");
+    // Hashed, as `HashKnownHosts yes` (Debian's default) writes it.
+    std::fs::write(&known, format!("{line}\n")).expect("known_hosts");
+    let hashed = std::process::Command::new("ssh-keygen")
+        .args(["-H", "-f"])
+        .arg(&known)
+        .output()
+        .expect("ssh-keygen -H");
+    assert!(hashed.status.success());
+    let hashed = std::fs::read_to_string(&known).expect("hashed");
+    assert!(hashed.starts_with("|1|"), "{hashed}");
+    opened(open(&config, &hashed));
+    // A key rotated in: the old one first.
+    opened(open(&config, &format!("{name} {other}\n{line}\n")));
+    // Revoked, though also known: refused, saying so.
+    let out = open(&config, &format!("{line}\n@revoked * {key}\n"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a revoked key was accepted");
+    assert!(stderr.contains("REVOKED"), "{stderr}");
+    // Only in the global file, under the host's alias.
+    std::fs::write(&global, format!("fleet-web {key}\n")).expect("global");
+    let aliased = sb.ssh_config(
+        &[&server],
+        &format!(
+            "Host {}\n  HostKeyAlias fleet-web\n  GlobalKnownHostsFile {}\n",
+            server.address,
+            global.display()
+        ),
+    );
+    opened(open(&aliased, ""));
+}

@@ -45,6 +45,10 @@ pub struct SshTarget {
     pub port: u16,
     pub identity_files: Vec<PathBuf>,
     pub known_hosts: Vec<PathBuf>,
+    /// `GlobalKnownHostsFile`: read, never written.
+    pub global_known_hosts: Vec<PathBuf>,
+    /// `HostKeyAlias`: the name host keys are looked up and recorded under.
+    pub host_key_alias: Option<String>,
     pub strict: StrictHostKeyChecking,
     pub connect_timeout: Option<Duration>,
     /// `ProxyJump` hops, first to last (`user@host:port` or config aliases).
@@ -153,6 +157,8 @@ impl SshTarget {
             port: 22,
             identity_files: Vec::new(),
             known_hosts: Vec::new(),
+            global_known_hosts: Vec::new(),
+            host_key_alias: None,
             strict: StrictHostKeyChecking::Yes,
             connect_timeout: None,
             proxy_jump: Vec::new(),
@@ -171,6 +177,12 @@ impl SshTarget {
                 "identityfile" => target.identity_files.push(expand(value)),
                 "userknownhostsfile" => {
                     target.known_hosts = value.split_whitespace().map(expand).collect();
+                }
+                "globalknownhostsfile" => {
+                    target.global_known_hosts = value.split_whitespace().map(expand).collect();
+                }
+                "hostkeyalias" if value != "none" => {
+                    target.host_key_alias = Some(value.to_string());
                 }
                 "stricthostkeychecking" => {
                     target.strict =
@@ -275,6 +287,14 @@ mod tests {
                 .all(|f| f.starts_with("/home/alice/.ssh"))
         );
         assert_eq!(target.known_hosts.len(), 2);
+        assert_eq!(
+            target.global_known_hosts,
+            [
+                PathBuf::from("/etc/ssh/ssh_known_hosts"),
+                PathBuf::from("/etc/ssh/ssh_known_hosts2")
+            ]
+        );
+        assert_eq!(target.host_key_alias, None);
     }
 
     #[test]

@@ -66,7 +66,7 @@ fn a_stalled_connection_under_a_high_volume_stream_reattaches_and_loses_nothing(
         &config,
         &format!(
             "let s = new-session {}
-             let out = invoke-session $s {{ seq 1 {n} }} | collect
+             let out = invoke-session $s {{ seq 1 {n} | each {{|i| if $i mod 200000 == 0 {{ sleep 1sec }}; $i }} }} | collect
              {{ n: ($out | length), sum: ($out | math sum), last: ($out | last), state: (get-session | get 0.state) }} | to json -r",
             server.computer()
         ),
@@ -76,7 +76,8 @@ fn a_stalled_connection_under_a_high_volume_stream_reattaches_and_loses_nothing(
         "no session: {}",
         nu.stderr()
     );
-    // The stream is going: the server's side of the connection freezes (reads and sends
+    // The stream is going (bursts of 200,000 values with a second between: it lasts seconds
+    // however fast the wire is): the server's side of the connection freezes (reads and sends
     // nothing, closes nothing). The session's worker is left blocked writing to it.
     std::thread::sleep(Duration::from_millis(1500));
     let _stopped = server.stop_connections();

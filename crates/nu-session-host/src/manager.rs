@@ -88,7 +88,20 @@ pub fn run(layout: Layout, daemon: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// `manager.log` grows past this, and the next manager starts a new one (the old one is kept as
+/// `manager.log.1`, replacing the one before).
+const LOG_LIMIT: u64 = 1024 * 1024;
+
+/// Moves a `manager.log` over [`LOG_LIMIT`] aside, so the log never holds more than two of them.
+fn rotate_log(layout: &Layout) {
+    let log = layout.manager_log();
+    if std::fs::metadata(&log).is_ok_and(|m| m.len() > LOG_LIMIT) {
+        let _ = std::fs::rename(&log, log.with_extension("log.1"));
+    }
+}
+
 fn daemonize(layout: &Layout) -> io::Result<()> {
+    rotate_log(layout);
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -426,5 +439,26 @@ fn remove(layout: &Layout, id: Uuid) -> HostMessage {
             ErrorKind::Failed,
             format!("cannot reach session {id}: {e}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_over_its_limit_is_moved_aside_and_a_small_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::under(dir.path().to_path_buf());
+        std::fs::create_dir_all(layout.root()).unwrap();
+        let log = layout.manager_log();
+        std::fs::write(&log, "small\n").unwrap();
+        rotate_log(&layout);
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "small\n");
+        std::fs::write(&log, vec![b'x'; LOG_LIMIT as usize + 1]).unwrap();
+        rotate_log(&layout);
+        assert!(!log.exists());
+        let old = log.with_extension("log.1");
+        assert_eq!(std::fs::metadata(&old).unwrap().len(), LOG_LIMIT + 1);
     }
 }

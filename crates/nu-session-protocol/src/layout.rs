@@ -9,7 +9,8 @@
 //!     manager.sock               the manager's socket
 //!     manager.lock               held (flock) by the running manager
 //!     manager.pid                the running manager's pid
-//!     manager.log                the manager's diagnostics
+//!     manager.log                the manager's diagnostics (over 1 MiB, the next manager
+//!                                moves it to manager.log.1)
 //!     sessions/<instance id>.sock   a session's worker socket
 //!     sessions/<instance id>.json   the session's settings, pid and version, written by its worker
 //!     sessions/<instance id>.log    the worker's own diagnostics

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use nu_session_protocol::layout::Layout;
-use nu_session_protocol::{ClientMessage, FrameCodec, Hello, HostMessage};
+use nu_session_protocol::{
+    ClientMessage, ErrorKind, FrameCodec, Hello, HostMessage, PROTOCOL_VERSION, RemoteError,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
@@ -101,12 +103,27 @@ pub(crate) async fn hello(stream: Pin<Box<dyn Stream>>) -> Result<(Wire, Hello),
         .await
         .map_err(|e| ClientError::transport("cannot greet the host", e))?;
     match conn.next().await {
-        Some(Ok(HostMessage::Hello(hello))) => Ok((conn, hello)),
+        Some(Ok(HostMessage::Hello(hello))) if hello.protocol_version == PROTOCOL_VERSION => {
+            Ok((conn, hello))
+        }
+        // A host must refuse another protocol; one that answers with its own is refused here.
+        Some(Ok(HostMessage::Hello(hello))) => Err(RemoteError::new(
+            ErrorKind::Version,
+            format!(
+                "the host speaks protocol {} (nu-session-host {}), this client protocol {PROTOCOL_VERSION} ({})",
+                hello.protocol_version,
+                crate::text::printable(&hello.software_version),
+                nu_session_protocol::SOFTWARE_VERSION
+            ),
+        )
+        .with_help("install the same version of nu_plugin_session and nu-session-host")
+        .into()),
         Some(Ok(HostMessage::Error(e))) => Err(e.into()),
-        Some(Ok(other)) => Err(ClientError::transport(
-            "unexpected answer to hello",
-            format!("{other:?}"),
-        )),
+        Some(Ok(other)) => {
+            let shown = format!("{other:?}");
+            let shown: String = crate::text::printable(&shown).chars().take(200).collect();
+            Err(ClientError::transport("unexpected answer to hello", shown))
+        }
         Some(Err(e)) => Err(ClientError::transport("bad answer to hello", e)),
         None => Err(ClientError::transport(
             "the host closed the connection",
@@ -177,5 +194,50 @@ pub fn host_program() -> Option<PathBuf> {
 impl From<io::Error> for ClientError {
     fn from(e: io::Error) -> Self {
         ClientError::transport("I/O error", e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host that answers the hello with `answer`; what the client's hello gives.
+    fn greeted_by(answer: HostMessage) -> Result<Hello, ClientError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (client, host) = tokio::io::duplex(64 * 1024);
+            let host = tokio::spawn(async move {
+                let mut host = Framed::new(host, FrameCodec::<ClientMessage, HostMessage>::new());
+                let _ = host.next().await;
+                host.send(answer).await.unwrap();
+                host
+            });
+            let greeted = hello(Box::pin(client)).await.map(|(_, hello)| hello);
+            drop(host.await);
+            greeted
+        })
+    }
+
+    #[test]
+    fn a_host_of_another_protocol_is_refused_naming_both() {
+        let mut theirs = Hello::current();
+        theirs.protocol_version = PROTOCOL_VERSION + 1;
+        theirs.software_version = "9.9.9\x1b[2J".into();
+        let error = greeted_by(HostMessage::Hello(theirs)).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains(&format!("protocol {}", PROTOCOL_VERSION + 1))
+                && text.contains(&format!("protocol {PROTOCOL_VERSION}")),
+            "{text}"
+        );
+        assert!(
+            !text.contains('\x1b'),
+            "the host's text is shown inert: {text:?}"
+        );
+        assert_eq!(error.kind(), ErrorKind::Version);
+        assert!(greeted_by(HostMessage::Hello(Hello::current())).is_ok());
     }
 }

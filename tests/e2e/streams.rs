@@ -149,6 +149,40 @@ fn a_value_over_the_message_limit_is_a_clear_error_and_the_session_goes_on() {
     assert_eq!(out["state"], "Opened");
 }
 
+#[test]
+fn external_output_from_several_hosts_is_one_value_per_session() {
+    let sb = Sandbox::new();
+    let servers = [sb.sshd("127.0.0.75"), sb.sshd("127.0.0.76")];
+    let config = sb.ssh_config(&[&servers[0], &servers[1]], "");
+    let [a, b] = [servers[0].computer(), servers[1].computer()];
+    // Each host writes 200,000 lines (about 1.3 MB) of its own.
+    let out = sb.ssh_json(
+        &config,
+        &format!(
+            r#"let s = new-session {a} {b}
+             let code = '^sh -c "seq 1 200000 | sed s/^/$(whoami):/"'
+             let streamed = invoke-session $s $code | each {{|v| {{type: ($v | describe), lines: ($v | lines | length), first: ($v | lines | first)}} }}
+             let rows = invoke-session $s --by-session $code | each {{|r| {{computer: $r.computer_name, lines: ($r.output | lines | length), last: ($r.output | lines | last), error: $r.error}} }}
+             {{streamed: $streamed, rows: $rows}}"#
+        ),
+    );
+    let (ua, ub) = (&servers[0].user.name, &servers[1].user.name);
+    assert_eq!(
+        out["streamed"],
+        json!([
+            {"type": "string", "lines": 200000, "first": format!("{ua}:1")},
+            {"type": "string", "lines": 200000, "first": format!("{ub}:1")},
+        ])
+    );
+    assert_eq!(
+        out["rows"],
+        json!([
+            {"computer": a, "lines": 200000, "last": format!("{ua}:200000"), "error": null},
+            {"computer": b, "lines": 200000, "last": format!("{ub}:200000"), "error": null},
+        ])
+    );
+}
+
 /// Runs `script` against a loopback sshd of its own, as a remote user with nothing preset;
 /// `@computer` in it is that host.
 fn over_ssh(address: &str, script: &str) -> serde_json::Value {

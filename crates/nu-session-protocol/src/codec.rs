@@ -193,6 +193,16 @@ pub fn write_frame<T: Serialize>(
 /// Room kept before an encoded body for its event's header (`[seq, body]`).
 const EVENT_HEAD: usize = 1 + 9;
 
+/// Refuses an event body (or a value in a group) of `len` bytes that could not be sent: with
+/// its event's header and a batch's (well within 64 bytes) it would be over the limit.
+pub fn fits_in_a_message(len: usize) -> Result<(), ProtocolError> {
+    let (len, limit) = (len + 64, max_message_len());
+    if len > limit {
+        return Err(ProtocolError::Oversize { len, limit });
+    }
+    Ok(())
+}
+
 /// One [`crate::Event`] encoded once, by its producer: its body is encoded first (before it
 /// has a sequence number, outside any lock), its header written in front when it is numbered.
 /// Batches of them are laid end to end by [`events_frame`], replays send the same bytes again.
@@ -209,12 +219,7 @@ impl EncodedEvent {
         // and field names are the most of it to write and to read.
         rmp_serde::encode::write(&mut bytes, body)
             .map_err(|e| ProtocolError::Encode(e.to_string()))?;
-        // With its header and a batch's: well within 64 bytes.
-        let len = bytes.len() - EVENT_HEAD + 64;
-        let limit = max_message_len();
-        if len > limit {
-            return Err(ProtocolError::Oversize { len, limit });
-        }
+        fits_in_a_message(bytes.len() - EVENT_HEAD)?;
         Ok(EncodedEvent {
             start: EVENT_HEAD,
             bytes,

@@ -60,13 +60,15 @@ pub mod many {
     }
 }
 
-/// One value encoded alone, compact (a piece of [`crate::EventBody::Values`]).
+/// One value encoded alone, compact (a piece of [`crate::EventBody::Values`]); refused when it
+/// could not be sent.
 pub fn encode(value: &Value) -> Result<Vec<u8>, crate::ProtocolError> {
     let mut bytes = Vec::new();
     let mut serializer = rmp_serde::Serializer::new(&mut bytes);
     Compact(value)
         .serialize(&mut serializer)
         .map_err(|e| crate::ProtocolError::Encode(e.to_string()))?;
+    crate::codec::fits_in_a_message(bytes.len())?;
     Ok(bytes)
 }
 

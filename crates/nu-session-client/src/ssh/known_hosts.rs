@@ -121,7 +121,8 @@ fn matches_hashed(entry: &str, host: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// `*` (any run) and `?` (any one character), as OpenSSH's patterns.
+/// `*` (any run) and `?` (any one character), as OpenSSH's patterns. (Not the plugin's name
+/// globs: those take `[a-z]` classes, where a known_hosts `[` is literal, as in `[host]:port`.)
 fn glob(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);

@@ -35,17 +35,14 @@ pub(super) fn evaluate(worker: &Worker, engine: &mut Engine, capture: &OutputCap
             // Output printed before a value or the end reaches the client before it. Checking
             // costs system calls, so within a fast stream it is done every few milliseconds
             // (the clock itself read every 64 events).
-            since_drain += 1;
             let due = match &event {
                 EventBody::Started { .. } => false,
                 EventBody::Finished { .. } => true,
                 _ => {
-                    last_drain.is_none()
-                        || (since_drain >= 64
-                            && last_drain.is_some_and(|at| {
-                                since_drain = 0;
-                                at.elapsed() >= Duration::from_millis(5)
-                            }))
+                    since_drain += 1;
+                    last_drain.is_none_or(|at| {
+                        since_drain.is_multiple_of(64) && at.elapsed() >= Duration::from_millis(5)
+                    })
                 }
             };
             if due {

@@ -21,9 +21,7 @@ use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use nu_session_protocol::{
-    EncodedEvent, EventBody, OutputBuffering, ProtocolError, events_frame, max_message_len,
-};
+use nu_session_protocol::{EncodedEvent, EventBody, OutputBuffering, ProtocolError, events_frame};
 
 /// Most events and bytes sent in one frame.
 const BATCH_EVENTS: usize = 4096;
@@ -144,20 +142,18 @@ impl Outbox {
         // connection's reader answering an interrupt while the acknowledgements that would
         // make room arrive on that same connection.
         let control = !droppable(&body);
-        // A stream's value is encoded alone, to join the open group of its invocation.
-        let (encoded, value_of) = match &body {
+        // A stream's value is encoded alone, to join the open group of its invocation; it is
+        // kept as its encoding, and weighs that (an int: a few bytes).
+        let mut encoded = match &body {
             EventBody::Value { call_id, value } => {
                 let bytes = nu_session_protocol::value::encode(value)?;
-                // Kept as its encoding, in a group: that is what it holds (an int, a few bytes).
                 weight = bytes.len() + VALUE_OVERHEAD;
-                let len = bytes.len() + 64;
-                let limit = max_message_len();
-                if len > limit {
-                    return Err(ProtocolError::Oversize { len, limit });
+                Encoded::Open {
+                    call_id: *call_id,
+                    bytes,
                 }
-                (None, Some((*call_id, bytes)))
             }
-            _ => (Some(EncodedEvent::new(&body)?), None),
+            _ => Encoded::Done(EncodedEvent::new(&body)?),
         };
         drop(body);
         let mut inner = self.lock();
@@ -188,47 +184,34 @@ impl Outbox {
             }
         }
         inner.bytes += weight;
-        if let Some((call_id, bytes)) = value_of {
-            // Joins the newest event when it is an open group of the same invocation.
-            if let Some(tail) = inner.events.back_mut()
-                && let Encoded::Open {
-                    call_id: open,
-                    bytes: group,
-                } = &mut tail.encoded
-                && *open == call_id
-                && tail.values < GROUP_VALUES
-                && group.len() + bytes.len() <= GROUP_BYTES
-            {
-                group.extend_from_slice(&bytes);
-                tail.values += 1;
-                tail.weight += weight;
-                self.notify(inner);
-                return Ok(());
-            }
-            let seq = inner.next_seq;
-            inner.next_seq += 1;
-            inner.events.push_back(Kept {
-                seq,
-                droppable: true,
-                weight,
-                values: 1,
-                encoded: Encoded::Open { call_id, bytes },
-            });
+        // A value joins the newest event when it is an open group of the same invocation.
+        if let Encoded::Open { call_id, bytes } = &encoded
+            && let Some(tail) = inner.events.back_mut()
+            && let Encoded::Open {
+                call_id: open,
+                bytes: group,
+            } = &mut tail.encoded
+            && open == call_id
+            && tail.values < GROUP_VALUES
+            && group.len() + bytes.len() <= GROUP_BYTES
+        {
+            group.extend_from_slice(bytes);
+            tail.values += 1;
+            tail.weight += weight;
             self.notify(inner);
             return Ok(());
         }
-        let Some(mut encoded) = encoded else {
-            return Ok(());
-        };
         let seq = inner.next_seq;
         inner.next_seq += 1;
-        encoded.set_seq(seq);
+        if let Encoded::Done(done) = &mut encoded {
+            done.set_seq(seq);
+        }
         inner.events.push_back(Kept {
             seq,
             droppable: !control,
             weight,
             values: 1,
-            encoded: Encoded::Done(encoded),
+            encoded,
         });
         self.notify(inner);
         Ok(())

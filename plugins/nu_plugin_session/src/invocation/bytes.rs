@@ -13,11 +13,10 @@ use std::time::{Duration, Instant};
 
 use nu_plugin::EngineInterface;
 use nu_protocol::{ByteStream, LabeledError, PipelineData};
-use nu_session_client::{BytesKind, CallEvent};
+use nu_session_client::BytesKind;
 
-use super::Run;
 use super::output::OutputSink;
-use crate::errors::client_error;
+use super::{FOREVER, Piece, Run};
 
 /// How long a byte stream result waits for its command to end before it streams.
 const SETTLE: Duration = Duration::from_millis(100);
@@ -40,24 +39,9 @@ pub(super) fn result(
         if left.is_zero() {
             break;
         }
-        let Some(call) = run.call.as_mut() else { break };
-        match call
-            .next_event_within(left)
-            .map_err(|e| client_error(&e, head))?
-        {
-            None => break,
-            Some(CallEvent::Bytes(bytes)) => held.extend_from_slice(&bytes),
-            Some(CallEvent::Finished(Some(error))) => {
-                run.done = true;
-                return Err(run.error(&error));
-            }
-            Some(CallEvent::Finished(None)) => {
-                run.done = true;
-                break;
-            }
-            Some(CallEvent::Output { stderr, bytes }) => output.write(stderr, &bytes),
-            Some(CallEvent::Dropped(count)) => output.dropped(count),
-            Some(CallEvent::Started { .. } | CallEvent::Value(_)) => {}
+        match run.next_piece(&output, left)? {
+            Piece::Bytes(bytes) => held.extend_from_slice(&bytes),
+            Piece::End | Piece::Waiting => break,
         }
     }
     let reader = Bytes {
@@ -85,33 +69,15 @@ impl Bytes {
     fn fill(&mut self) -> io::Result<bool> {
         self.held.clear();
         self.at = 0;
-        let run = &mut self.run;
-        if run.done {
-            return Ok(false);
-        }
         loop {
-            let event = match run.next_event(&self.output) {
-                Ok(event) => event,
-                Err(e) => {
-                    run.done = true;
-                    return Err(self.failed(client_error(&e, self.run.head)));
-                }
-            };
-            match event {
-                CallEvent::Bytes(bytes) => {
+            match self.run.next_piece(&self.output, FOREVER) {
+                Ok(Piece::Bytes(bytes)) => {
                     self.held = bytes;
                     return Ok(true);
                 }
-                CallEvent::Finished(None) => {
-                    run.done = true;
-                    return Ok(false);
-                }
-                CallEvent::Finished(Some(error)) => {
-                    run.done = true;
-                    let error = run.error(&error);
-                    return Err(self.failed(error));
-                }
-                _ => {}
+                Ok(Piece::End) => return Ok(false),
+                Ok(Piece::Waiting) => {}
+                Err(error) => return Err(self.failed(error)),
             }
         }
     }

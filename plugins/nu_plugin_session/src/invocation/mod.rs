@@ -168,6 +168,24 @@ impl Drop for Run {
     }
 }
 
+/// A wait with no end in practice (the call's own checks still run every few ms).
+const FOREVER: Duration = Duration::from_secs(3600);
+
+/// What [`Run::step`] found.
+enum Step {
+    Event(CallEvent),
+    Done,
+    Waiting,
+    Failed(LabeledError),
+}
+
+/// What [`Run::next_piece`] found.
+enum Piece {
+    Bytes(Vec<u8>),
+    End,
+    Waiting,
+}
+
 /// A run whose result streams, as [`list::deliver`] reads it.
 struct Streaming {
     run: Run,
@@ -269,13 +287,9 @@ impl Run {
     fn gather_bytes(&mut self, output: &OutputSink, kind: BytesKind) -> Result<Value, ShellError> {
         let mut bytes = Vec::new();
         loop {
-            match self.next_event(output) {
-                Ok(CallEvent::Bytes(piece)) => bytes.extend_from_slice(&piece),
-                Ok(CallEvent::Finished(error)) => {
-                    self.done = true;
-                    if let Some(error) = error {
-                        return Err(ShellError::LabeledError(Box::new(self.error(&error))));
-                    }
+            match self.next_piece(output, FOREVER) {
+                Ok(Piece::Bytes(piece)) => bytes.extend_from_slice(&piece),
+                Ok(Piece::End) => {
                     return Ok(nu_protocol::value_from_bytes(
                         bytes,
                         self.head,
@@ -283,13 +297,52 @@ impl Run {
                         false,
                     ));
                 }
-                Ok(_) => {}
+                Ok(Piece::Waiting) => {}
+                Err(error) => return Err(ShellError::LabeledError(Box::new(error))),
+            }
+        }
+    }
+
+    /// The next event of the result that is not printed output, if one comes within `wait`.
+    /// Its end is [`Step::Done`], its error (or a lost connection) [`Step::Failed`]; either way
+    /// the run is done.
+    fn step(&mut self, output: &OutputSink, wait: Duration) -> Step {
+        loop {
+            if self.done {
+                return Step::Done;
+            }
+            let Some(call) = self.call.as_mut() else {
+                return Step::Done;
+            };
+            match call.next_event_within(wait) {
+                Ok(None) => return Step::Waiting,
+                Ok(Some(CallEvent::Output { stderr, bytes })) => output.write(stderr, &bytes),
+                Ok(Some(CallEvent::Dropped(count))) => output.dropped(count),
+                Ok(Some(CallEvent::Finished(error))) => {
+                    self.done = true;
+                    return match error {
+                        None => Step::Done,
+                        Some(error) => Step::Failed(self.error(&error)),
+                    };
+                }
+                Ok(Some(event)) => return Step::Event(event),
                 Err(e) => {
                     self.done = true;
-                    return Err(ShellError::LabeledError(Box::new(client_error(
-                        &e, self.head,
-                    ))));
+                    return Step::Failed(client_error(&e, self.head));
                 }
+            }
+        }
+    }
+
+    /// The next piece of a byte stream result, if one comes within `wait`.
+    fn next_piece(&mut self, output: &OutputSink, wait: Duration) -> Result<Piece, LabeledError> {
+        loop {
+            match self.step(output, wait) {
+                Step::Event(CallEvent::Bytes(bytes)) => return Ok(Piece::Bytes(bytes)),
+                Step::Event(_) => {}
+                Step::Done => return Ok(Piece::End),
+                Step::Waiting => return Ok(Piece::Waiting),
+                Step::Failed(error) => return Err(error),
             }
         }
     }
@@ -321,41 +374,27 @@ impl Run {
     }
 
     /// The next value of a streaming result if it comes within `wait`; errors become error
-    /// values.
+    /// values. Among other values (several sessions), a byte stream result is one value.
     fn poll(&mut self, output: &OutputSink, wait: Duration) -> list::Polled {
-        let head = self.head;
-        let failed = |error: LabeledError| {
-            list::Polled::Value(Value::error(
-                ShellError::LabeledError(Box::new(error)),
-                head,
-            ))
-        };
+        let failed = |error: ShellError, head| list::Polled::Value(Value::error(error, head));
         loop {
-            if self.done {
-                return list::Polled::Done;
-            }
-            let Some(call) = self.call.as_mut() else {
-                return list::Polled::Done;
-            };
-            match call.next_event_within(wait) {
-                Ok(None) => return list::Polled::Waiting,
-                Ok(Some(CallEvent::Value(value))) => {
-                    return list::Polled::Value(local_value(value, head));
+            match self.step(output, wait) {
+                Step::Event(CallEvent::Value(value)) => {
+                    return list::Polled::Value(local_value(value, self.head));
                 }
-                Ok(Some(CallEvent::Finished(None))) => {
-                    self.done = true;
-                    return list::Polled::Done;
+                Step::Event(CallEvent::Started {
+                    bytes: Some(kind), ..
+                }) => {
+                    return match self.gather_bytes(output, kind) {
+                        Ok(value) => list::Polled::Value(value),
+                        Err(error) => failed(error, self.head),
+                    };
                 }
-                Ok(Some(CallEvent::Finished(Some(error)))) => {
-                    self.done = true;
-                    return failed(self.error(&error));
-                }
-                Ok(Some(CallEvent::Output { stderr, bytes })) => output.write(stderr, &bytes),
-                Ok(Some(CallEvent::Dropped(count))) => output.dropped(count),
-                Ok(Some(CallEvent::Started { .. } | CallEvent::Bytes(_))) => {}
-                Err(e) => {
-                    self.done = true;
-                    return failed(client_error(&e, head));
+                Step::Event(_) => {}
+                Step::Done => return list::Polled::Done,
+                Step::Waiting => return list::Polled::Waiting,
+                Step::Failed(error) => {
+                    return failed(ShellError::LabeledError(Box::new(error)), self.head);
                 }
             }
         }
@@ -363,43 +402,11 @@ impl Run {
 
     /// The next value of a streaming result; errors become error values.
     pub fn next_value(&mut self, output: &OutputSink) -> Option<Value> {
-        if self.done {
-            return None;
-        }
         loop {
-            match self.next_event(output) {
-                Ok(CallEvent::Value(value)) => return Some(local_value(value, self.head)),
-                Ok(CallEvent::Started {
-                    bytes: Some(kind), ..
-                }) => {
-                    // Among other values (several sessions), a byte stream is one value.
-                    return Some(
-                        self.gather_bytes(output, kind)
-                            .unwrap_or_else(|e| Value::error(e, self.head)),
-                    );
-                }
-                Ok(
-                    CallEvent::Started { .. } | CallEvent::Output { .. } | CallEvent::Dropped(_),
-                ) => {}
-                Ok(CallEvent::Bytes(_)) => {}
-                Ok(CallEvent::Finished(None)) => {
-                    self.done = true;
-                    return None;
-                }
-                Ok(CallEvent::Finished(Some(error))) => {
-                    self.done = true;
-                    return Some(Value::error(
-                        ShellError::LabeledError(Box::new(self.error(&error))),
-                        self.head,
-                    ));
-                }
-                Err(e) => {
-                    self.done = true;
-                    return Some(Value::error(
-                        ShellError::LabeledError(Box::new(client_error(&e, self.head))),
-                        self.head,
-                    ));
-                }
+            match self.poll(output, FOREVER) {
+                list::Polled::Value(value) => return Some(value),
+                list::Polled::Done => return None,
+                list::Polled::Waiting => {}
             }
         }
     }

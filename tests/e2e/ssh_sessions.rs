@@ -568,3 +568,104 @@ fn host_keys_are_read_as_openssh_reads_them_hashed_rotated_revoked_aliased_globa
     );
     opened(open(&aliased, ""));
 }
+
+#[test]
+fn host_certificates_signed_by_a_trusted_authority_are_accepted_and_bad_ones_refused() {
+    let sb = Sandbox::new();
+    let ca = sb.path().join("host_ca");
+    let keygen = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&ca)
+        .output()
+        .expect("ssh-keygen");
+    assert!(keygen.status.success());
+    let ca_key = std::fs::read_to_string(ca.with_extension("pub")).expect("CA key");
+    let ca_key = ca_key
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let good = sb.sshd_certified("127.0.0.77", &ca, &["-n", "127.0.0.77"]);
+    let expired = sb.sshd_certified(
+        "127.0.0.78",
+        &ca,
+        &["-n", "127.0.0.78", "-V", "20200101:20200102"],
+    );
+    let elsewhere = sb.sshd_certified("127.0.0.79", &ca, &["-n", "db.example.com"]);
+    let config = sb.ssh_config(&[], "");
+    let known = sb.path().join("known_hosts");
+    let open = |server: &nu_session_tests::Sshd, known_hosts: &str| {
+        std::fs::write(&known, known_hosts).expect("known_hosts");
+        sb.ssh_run(
+            &config,
+            &format!("new-session {} | get 0.state", server.computer()),
+        )
+    };
+    let opened = |out: std::process::Output| {
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Opened"),
+            "did not open: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let refused = |out: std::process::Output, said: &[&str]| {
+        // The message as one line (the renderer wraps it in a margin).
+        let stderr = String::from_utf8_lossy(&out.stderr).replace("\n  | ", " ");
+        let stderr = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(!out.status.success(), "accepted: {stderr}");
+        for words in said {
+            assert!(stderr.contains(words), "no {words:?} in: {stderr}");
+        }
+    };
+    let trusted = format!("@cert-authority * {ca_key}\n");
+    // OpenSSH agrees that the setup is sound: its ssh accepts the certificate.
+    std::fs::write(&known, &trusted).expect("known_hosts");
+    let ssh = std::process::Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args(["-o", "BatchMode=yes", "-p", &good.port.to_string()])
+        .arg(format!("{}@{}", good.user.name, good.address))
+        .arg("true")
+        .env_remove("SSH_AUTH_SOCK")
+        .output()
+        .expect("ssh");
+    assert!(
+        ssh.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ssh.stderr)
+    );
+    // No plain key is known: the certificate alone vouches for the host.
+    opened(open(&good, &trusted));
+    // An authority trusted for other hosts only, or another authority: not enough.
+    let other_ca =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMBsk2H1/n51Tn+LN2n83pZgj/WEQcRNDVnAyF8bFBRq";
+    refused(
+        open(&good, &format!("@cert-authority *.example.com {ca_key}\n")),
+        &["unknown"],
+    );
+    refused(
+        open(&good, &format!("@cert-authority * {other_ca}\n")),
+        &["host certificate", "not accepted", "trusts its signer"],
+    );
+    // A revoked authority is refused outright, even with the host's plain key known.
+    refused(
+        open(
+            &good,
+            &format!(
+                "{trusted}@revoked * {ca_key}\n{}\n",
+                good.known_hosts_line()
+            ),
+        ),
+        &["certificate authority", "REVOKED"],
+    );
+    refused(open(&expired, &trusted), &["not accepted", "expired"]);
+    refused(
+        open(&elsewhere, &trusted),
+        &["not accepted", "it is for db.example.com, not 127.0.0.79"],
+    );
+    // As OpenSSH: a certificate that is not accepted leaves its plain key, known here.
+    opened(open(
+        &elsewhere,
+        &format!("{trusted}{}\n", elsewhere.known_hosts_line()),
+    ));
+}

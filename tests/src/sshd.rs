@@ -112,6 +112,32 @@ impl Sandbox {
         self.sshd_for(RemoteUser::lease(), netns, address, extra)
     }
 
+    /// Like [`Sandbox::sshd`], presenting a host certificate (`HostCertificate`): its host key
+    /// signed by the CA key `ca` with `ssh-keygen -s ca -h` and `sign` (`-n`, `-V` ...).
+    pub fn sshd_certified(&self, address: &str, ca: &Path, sign: &[&str]) -> Sshd {
+        let dir = self.path().join(format!("sshd-{address}"));
+        std::fs::create_dir_all(&dir).expect("sshd dir");
+        let host_key = dir.join("host_ed25519");
+        run_quiet(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&host_key),
+        );
+        run_quiet(
+            Command::new("ssh-keygen")
+                .args(["-q", "-s"])
+                .arg(ca)
+                .args(["-I", address, "-h"])
+                .args(sign)
+                .arg(host_key.with_extension("pub")),
+        );
+        let certificate = dir.join("host_ed25519-cert.pub");
+        self.sshd_with(
+            address,
+            &format!("HostCertificate {}", certificate.display()),
+        )
+    }
+
     /// Like [`Sandbox::sshd_in`], for a user the test chose.
     pub fn sshd_for(
         &self,
@@ -131,11 +157,14 @@ impl Sandbox {
         let dir = self.path().join(format!("sshd-{address}"));
         std::fs::create_dir_all(&dir).expect("sshd dir");
         let host_key = dir.join("host_ed25519");
-        run_quiet(
-            Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(&host_key),
-        );
+        // Made before by a test that certifies it ([`Sandbox::sshd_certified`]).
+        if !host_key.exists() {
+            run_quiet(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(&host_key),
+            );
+        }
         let port = match netns {
             Some(_) => 22,
             None => {

@@ -63,17 +63,19 @@ impl SshConnection {
         target: SshTarget,
         prompter: Option<Prompter>,
     ) -> Result<SshConnection, ClientError> {
-        let config = Arc::new(client::Config {
-            keepalive_interval: Some(target.alive_interval),
-            keepalive_max: target.alive_count_max,
-            nodelay: true,
-            ..Default::default()
-        });
         let refusal = Arc::new(Mutex::new(None));
         let verifier = Verifier {
             target: target.clone(),
             refusal: refusal.clone(),
         };
+        let mut config = client::Config {
+            keepalive_interval: Some(target.alive_interval),
+            keepalive_max: target.alive_count_max,
+            nodelay: true,
+            ..Default::default()
+        };
+        config.preferred.host_key_certificates = verifier.certificate_algorithms().into();
+        let config = Arc::new(config);
         let timeout = target.connect_timeout.unwrap_or(Duration::from_secs(30));
         let name = &target.computer_name;
         let via = match last_hop(&target)? {

@@ -5,8 +5,10 @@
 //! `@revoked` keys, never accepted for any host. A key that differs from one of the same
 //! algorithm recorded for the host is refused as CHANGED, naming the file and line; an unknown
 //! key follows `StrictHostKeyChecking` (`yes`/`ask` refuse with how to accept it, `accept-new`
-//! learns it into the first user file, `no` accepts it). `@cert-authority` lines are skipped:
-//! host certificates are refused.
+//! learns it into the first user file, `no` accepts it). Host certificates are asked for when
+//! an `@cert-authority` line is trusted for the host, and accepted as OpenSSH accepts them
+//! ([`certificate_problem`]); one that is not leaves its plain key, checked as any other (a
+//! refusal then says why the certificate was not enough).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -32,10 +34,30 @@ enum Verdict {
     Unknown,
 }
 
-/// Looks the key up for `host` (`host` or `[host]:port`, as the files write it) in `files`.
-fn verdict(files: &[PathBuf], host: &str, key: &PublicKey) -> std::io::Result<Verdict> {
-    let mut changed = None;
-    let mut known = false;
+/// What a known_hosts line is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Marker {
+    /// A host's key.
+    Key,
+    /// `@revoked`: never accepted, for any host.
+    Revoked,
+    /// `@cert-authority`: host certificates it signs are trusted for the line's hosts.
+    Authority,
+}
+
+/// One line of a known_hosts file.
+struct Entry {
+    marker: Marker,
+    hosts: String,
+    key: PublicKey,
+    file: PathBuf,
+    line: usize,
+}
+
+/// The lines of `files` (missing files are empty; lines that are not entries are skipped, as
+/// OpenSSH skips them).
+fn entries(files: &[PathBuf]) -> std::io::Result<Vec<Entry>> {
+    let mut entries = Vec::new();
     for file in files {
         let text = match std::fs::read_to_string(file) {
             Ok(text) => text,
@@ -47,40 +69,154 @@ fn verdict(files: &[PathBuf], host: &str, key: &PublicKey) -> std::io::Result<Ve
             let Some(first) = fields.next().filter(|f| !f.starts_with('#')) else {
                 continue;
             };
-            let (marker, hosts) = if first.starts_with('@') {
-                (Some(first), fields.next())
-            } else {
-                (None, Some(first))
+            let (marker, hosts) = match first {
+                "@revoked" => (Marker::Revoked, fields.next()),
+                "@cert-authority" => (Marker::Authority, fields.next()),
+                other if other.starts_with('@') => continue,
+                other => (Marker::Key, Some(other)),
             };
             let (Some(hosts), Some(_kind), Some(encoded)) = (hosts, fields.next(), fields.next())
             else {
                 continue;
             };
-            let Ok(recorded) = keys::parse_public_key_base64(encoded) else {
+            let Ok(key) = keys::parse_public_key_base64(encoded) else {
                 continue;
             };
-            match marker {
-                Some("@revoked") if recorded.key_data() == key.key_data() => {
-                    return Ok(Verdict::Revoked(file.clone(), n + 1));
-                }
-                Some(_) => {}
-                None if matches_host(hosts, host) => {
-                    if recorded.key_data() == key.key_data() {
-                        known = true;
-                    } else if recorded.algorithm() == key.algorithm() && changed.is_none() {
-                        changed = Some((file.clone(), n + 1));
-                    }
-                }
-                None => {}
-            }
+            entries.push(Entry {
+                marker,
+                hosts: hosts.to_string(),
+                key,
+                file: file.clone(),
+                line: n + 1,
+            });
         }
     }
-    Ok(match (known, changed) {
-        (true, _) => Verdict::Known,
-        (false, Some((file, line))) => Verdict::Changed(file, line),
-        (false, None) => Verdict::Unknown,
-    })
+    Ok(entries)
 }
+
+/// The `@revoked` line of `key`, if any.
+fn revoked<'a>(entries: &'a [Entry], key: &keys::ssh_key::public::KeyData) -> Option<&'a Entry> {
+    entries
+        .iter()
+        .find(|e| e.marker == Marker::Revoked && e.key.key_data() == key)
+}
+
+/// Looks the key up for `host` (`host` or `[host]:port`, as the files write it).
+fn verdict(entries: &[Entry], host: &str, key: &PublicKey) -> Verdict {
+    if let Some(entry) = revoked(entries, key.key_data()) {
+        return Verdict::Revoked(entry.file.clone(), entry.line);
+    }
+    let mut changed = None;
+    for entry in entries {
+        if entry.marker != Marker::Key || !matches_host(&entry.hosts, host) {
+            continue;
+        }
+        if entry.key.key_data() == key.key_data() {
+            return Verdict::Known;
+        }
+        if entry.key.algorithm() == key.algorithm() && changed.is_none() {
+            changed = Some((entry.file.clone(), entry.line));
+        }
+    }
+    match changed {
+        Some((file, line)) => Verdict::Changed(file, line),
+        None => Verdict::Unknown,
+    }
+}
+
+/// The authorities (`@cert-authority` lines) trusted for `host`.
+fn authorities<'a>(entries: &'a [Entry], host: &'a str) -> impl Iterator<Item = &'a Entry> {
+    entries
+        .iter()
+        .filter(move |e| e.marker == Marker::Authority && matches_host(&e.hosts, host))
+}
+
+/// Why a host certificate is not accepted for `principal` (the host name, or its
+/// `HostKeyAlias`) by the authorities trusted for `host`, checked as OpenSSH checks it: a host
+/// certificate, signed by a trusted authority, valid now, naming the host among its principals
+/// (or naming none), with no critical options. `None`: it is accepted.
+fn certificate_problem(
+    entries: &[Entry],
+    host: &str,
+    principal: &str,
+    certificate: &keys::Certificate,
+    now: u64,
+) -> Option<String> {
+    let signer = certificate.signature_key();
+    if !certificate.cert_type().is_host() {
+        return Some("it is a user certificate, not a host certificate".to_string());
+    }
+    let Some(authority) = authorities(entries, host).find(|e| e.key.key_data() == signer) else {
+        return Some(format!(
+            "no @cert-authority line for {host} trusts its signer ({})",
+            signer.fingerprint(keys::HashAlg::Sha256)
+        ));
+    };
+    if now < certificate.valid_after() {
+        return Some(format!(
+            "it is not valid before {} (Unix time; now {now})",
+            certificate.valid_after()
+        ));
+    }
+    if now >= certificate.valid_before() {
+        return Some(format!(
+            "it expired at {} (Unix time; now {now})",
+            certificate.valid_before()
+        ));
+    }
+    let fingerprint = authority.key.fingerprint(keys::HashAlg::Sha256);
+    if certificate.validate_at(now, [&fingerprint]).is_err() {
+        return Some(format!(
+            "its signature does not verify with the authority of {}:{}",
+            authority.file.display(),
+            authority.line
+        ));
+    }
+    let principals = certificate.valid_principals();
+    if !principals.is_empty() && !principals.iter().any(|p| p == principal) {
+        return Some(format!(
+            "it is for {}, not {principal}",
+            principals
+                .iter()
+                .map(|p| crate::text::printable(p))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !certificate.critical_options().is_empty() {
+        return Some(format!(
+            "it has critical options ({}), which a host certificate may not have",
+            certificate
+                .critical_options()
+                .keys()
+                .map(|k| crate::text::printable(k))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    None
+}
+
+/// The certificate algorithms to ask a host for when an authority is trusted for it (else
+/// none: the host shows its plain key, checked against the files).
+const CERTIFICATE_ALGORITHMS: &[keys::Algorithm] = &[
+    keys::Algorithm::Ed25519,
+    keys::Algorithm::Ecdsa {
+        curve: keys::EcdsaCurve::NistP256,
+    },
+    keys::Algorithm::Ecdsa {
+        curve: keys::EcdsaCurve::NistP384,
+    },
+    keys::Algorithm::Ecdsa {
+        curve: keys::EcdsaCurve::NistP521,
+    },
+    keys::Algorithm::Rsa {
+        hash: Some(keys::HashAlg::Sha512),
+    },
+    keys::Algorithm::Rsa {
+        hash: Some(keys::HashAlg::Sha256),
+    },
+];
 
 /// Whether a known_hosts line's host patterns (comma-separated) take in `host`: one matches and
 /// no negated one (`!pattern`) does.
@@ -159,35 +295,110 @@ impl Verifier {
         false
     }
 
-    fn check(&self, key: &PublicKey) -> bool {
-        let (host, port) = (&self.target.hostname, self.target.port);
-        // With HostKeyAlias the alias is looked up (and learnt) instead, without the port.
-        let name = match &self.target.host_key_alias {
+    /// The name host keys are looked up under: `host`, `[host]:port`, or the `HostKeyAlias`
+    /// (without the port).
+    fn name(&self) -> String {
+        match &self.target.host_key_alias {
             Some(alias) => alias.clone(),
-            None => known_hosts_name(host, port),
-        };
-        let files: Vec<PathBuf> = self
-            .target
+            None => known_hosts_name(&self.target.hostname, self.target.port),
+        }
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        self.target
             .known_hosts
             .iter()
             .chain(&self.target.global_known_hosts)
             .cloned()
-            .collect();
-        match verdict(&files, &name, key) {
-            Ok(Verdict::Known) => return true,
-            Ok(Verdict::Revoked(file, line)) => {
-                return self.refuse(
-                    ClientError::transport(
-                        &format!(
-                            "the host key of {} is REVOKED: refusing to connect",
-                            self.target.computer_name
-                        ),
-                        format!("{}:{line} marks it @revoked", file.display()),
-                    )
-                    .with_help("a revoked key is never accepted; ask the host's administrator for its new key"),
-                );
+            .collect()
+    }
+
+    /// The certificate algorithms to offer: all of them when an `@cert-authority` line is
+    /// trusted for this host, else none.
+    pub(super) fn certificate_algorithms(&self) -> &'static [keys::Algorithm] {
+        let name = self.name();
+        match entries(&self.files()) {
+            Ok(entries) if authorities(&entries, &name).next().is_some() => CERTIFICATE_ALGORITHMS,
+            _ => &[],
+        }
+    }
+
+    fn unreadable(&self, e: std::io::Error) -> bool {
+        self.refuse(ClientError::transport(
+            "cannot read the known_hosts files",
+            e,
+        ))
+    }
+
+    fn revoked(&self, what: &str, entry: &Entry) -> bool {
+        self.refuse(
+            ClientError::transport(
+                &format!(
+                    "the {what} of {} is REVOKED: refusing to connect",
+                    self.target.computer_name
+                ),
+                format!("{}:{} marks it @revoked", entry.file.display(), entry.line),
+            )
+            .with_help(
+                "a revoked key is never accepted; ask the host's administrator for its new key",
+            ),
+        )
+    }
+
+    /// A host certificate: accepted when a trusted authority vouches for it. Otherwise, as
+    /// OpenSSH does, the key inside it is checked as a plain key (the refusal says why the
+    /// certificate was not enough). A revoked authority or key is refused outright.
+    fn check_certificate(&self, certificate: &keys::Certificate) -> bool {
+        let entries = match entries(&self.files()) {
+            Ok(entries) => entries,
+            Err(e) => return self.unreadable(e),
+        };
+        if let Some(entry) = revoked(&entries, certificate.signature_key()) {
+            return self.revoked("certificate authority", entry);
+        }
+        let key = PublicKey::new(certificate.public_key().clone(), "");
+        let principal = match &self.target.host_key_alias {
+            Some(alias) => alias.clone(),
+            None => self.target.hostname.to_ascii_lowercase(),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        match certificate_problem(&entries, &self.name(), &principal, certificate, now) {
+            None if revoked(&entries, key.key_data()).is_none() => true,
+            None => self.check(&key, None),
+            Some(problem) => self.check(&key, Some(problem)),
+        }
+    }
+
+    /// A plain host key. `certificate`: why the host's certificate was not accepted.
+    fn check(&self, key: &PublicKey, certificate: Option<String>) -> bool {
+        let (host, port) = (&self.target.hostname, self.target.port);
+        let name = self.name();
+        let files = self.files();
+        let entries = match entries(&files) {
+            Ok(entries) => entries,
+            Err(e) => return self.unreadable(e),
+        };
+        match verdict(&entries, &name, key) {
+            Verdict::Known => return true,
+            Verdict::Revoked(file, line) => {
+                let what = if certificate.is_some() {
+                    "certified host key"
+                } else {
+                    "host key"
+                };
+                let entry = Entry {
+                    marker: Marker::Revoked,
+                    hosts: String::new(),
+                    key: key.clone(),
+                    file,
+                    line,
+                };
+                return self.revoked(what, &entry);
             }
-            Ok(Verdict::Changed(file, line)) => {
+            Verdict::Changed(file, line) => {
                 return self.refuse(
                     ClientError::transport(
                         &format!(
@@ -205,13 +416,7 @@ impl Verifier {
                     )),
                 );
             }
-            Ok(Verdict::Unknown) => {}
-            Err(e) => {
-                return self.refuse(ClientError::transport(
-                    "cannot read the known_hosts files",
-                    e,
-                ));
-            }
+            Verdict::Unknown => {}
         }
         match self.target.strict {
             StrictHostKeyChecking::No => true,
@@ -229,11 +434,23 @@ impl Verifier {
                     )),
                 }
             }
+            // As OpenSSH: a certificate that is not accepted leaves its plain key, which
+            // StrictHostKeyChecking decides on; the refusal says why the certificate failed.
             StrictHostKeyChecking::Yes => self.refuse(
                 ClientError::transport(
-                    &format!("the host key of {} is unknown", self.target.computer_name),
+                    &match &certificate {
+                        None => format!("the host key of {} is unknown", self.target.computer_name),
+                        Some(_) => format!(
+                            "the host certificate of {} is not accepted",
+                            self.target.computer_name
+                        ),
+                    },
                     format!(
-                        "no known_hosts file ({}) has a key for {name}",
+                        "{}no known_hosts file ({}) has a key for {name}",
+                        certificate
+                            .as_ref()
+                            .map(|c| format!("{c}; "))
+                            .unwrap_or_default(),
                         files
                             .iter()
                             .map(|f| f.display().to_string())
@@ -241,10 +458,13 @@ impl Verifier {
                             .join(", "),
                     ),
                 )
-                .with_help(format!(
-                    "connect once with `ssh {}` to check and accept the key, or set StrictHostKeyChecking accept-new for this host in ~/.ssh/config (or pass --strict-host-key-checking accept-new)",
-                    self.target.computer_name
-                )),
+                .with_help(match certificate {
+                    Some(_) => "have the host's administrator check its HostCertificate (ssh-keygen -L -f shows it), or check and add its plain key to known_hosts".to_string(),
+                    None => format!(
+                        "connect once with `ssh {}` to check and accept the key, or set StrictHostKeyChecking accept-new for this host in ~/.ssh/config (or pass --strict-host-key-checking accept-new)",
+                        self.target.computer_name
+                    ),
+                }),
             ),
         }
     }
@@ -266,10 +486,10 @@ impl client::Handler for Verifier {
         key: &keys::PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
         match key {
-            keys::PublicKeyOrCertificate::PublicKey { key, .. } => Ok(self.check(key)),
-            keys::PublicKeyOrCertificate::Certificate(_) => Ok(self.refuse(
-                ClientError::transport("host certificates are not supported", "refusing"),
-            )),
+            keys::PublicKeyOrCertificate::PublicKey { key, .. } => Ok(self.check(key, None)),
+            keys::PublicKeyOrCertificate::Certificate(certificate) => {
+                Ok(self.check_certificate(certificate))
+            }
         }
     }
 }
@@ -293,13 +513,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("known_hosts");
         std::fs::write(&file, text).unwrap();
-        match verdict(
-            &[dir.path().join("missing"), file.clone()],
-            host,
-            &key(line),
-        )
-        .unwrap()
-        {
+        let entries = entries(&[dir.path().join("missing"), file.clone()]).unwrap();
+        match verdict(&entries, host, &key(line)) {
             Verdict::Revoked(_, n) => Verdict::Revoked(PathBuf::new(), n),
             Verdict::Changed(_, n) => Verdict::Changed(PathBuf::new(), n),
             other => other,
@@ -343,6 +558,98 @@ mod tests {
         // A CA line is not a host key.
         let text = format!("@cert-authority web1 {A}\n");
         assert_eq!(judge(&text, "web1", A), Verdict::Unknown);
+    }
+
+    /// A CA and a host key made by `ssh-keygen`, and the host key signed with `args`
+    /// (`-h`, `-n`, `-V` ...). Returns the CA's public key line and the certificate.
+    fn certify(dir: &std::path::Path, args: &[&str]) -> (String, keys::Certificate) {
+        let keygen = |args: &[&str]| {
+            let out = std::process::Command::new("ssh-keygen")
+                .args(args)
+                .output()
+                .expect("ssh-keygen");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let (ca, host) = (dir.join("ca"), dir.join("host"));
+        for key in [&ca, &host] {
+            if !key.exists() {
+                keygen(&["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()]);
+            }
+        }
+        let mut sign = vec!["-q", "-s", ca.to_str().unwrap(), "-I", "test"];
+        sign.extend(args);
+        let public = host.with_extension("pub");
+        sign.push(public.to_str().unwrap());
+        keygen(&sign);
+        let ca = std::fs::read_to_string(ca.with_extension("pub")).unwrap();
+        let certificate = keys::Certificate::read_file(&dir.join("host-cert.pub")).unwrap();
+        (
+            ca.split_whitespace().take(2).collect::<Vec<_>>().join(" "),
+            certificate,
+        )
+    }
+
+    #[test]
+    fn a_host_certificate_is_checked_as_openssh_checks_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let problem = |known_hosts: &str, host: &str, principal: &str, c: &keys::Certificate| {
+            let file = dir.path().join("known_hosts");
+            std::fs::write(&file, known_hosts).unwrap();
+            certificate_problem(&entries(&[file]).unwrap(), host, principal, c, now)
+        };
+        let (ca, good) = certify(dir.path(), &["-h", "-n", "web1,web1.example.com"]);
+        let trusted = format!("@cert-authority *.example.com,web? {ca}\n");
+        assert_eq!(problem(&trusted, "web1", "web1", &good), None);
+        assert_eq!(
+            problem(&trusted, "web1.example.com", "web1.example.com", &good),
+            None
+        );
+        // Not a principal of the certificate.
+        let why = problem(&trusted, "web2", "web2", &good).unwrap();
+        assert!(
+            why.contains("it is for web1, web1.example.com, not web2"),
+            "{why}"
+        );
+        // The authority is trusted for other hosts only; a plain key line is not an authority.
+        let why = problem(
+            &format!("@cert-authority db* {ca}\n"),
+            "web1",
+            "web1",
+            &good,
+        )
+        .unwrap();
+        assert!(
+            why.contains("no @cert-authority line for web1 trusts"),
+            "{why}"
+        );
+        assert!(problem(&format!("web1 {ca}\n"), "web1", "web1", &good).is_some());
+        // Validity: expired, and not yet valid.
+        let (_, expired) = certify(dir.path(), &["-h", "-n", "web1", "-V", "20200101:20200102"]);
+        let why = problem(&trusted, "web1", "web1", &expired).unwrap();
+        assert!(why.contains("expired"), "{why}");
+        let (_, later) = certify(dir.path(), &["-h", "-n", "web1", "-V", "+1d:+2d"]);
+        let why = problem(&trusted, "web1", "web1", &later).unwrap();
+        assert!(why.contains("not valid before"), "{why}");
+        // No principals: valid for any host the authority is trusted for (as OpenSSH).
+        let (_, any) = certify(dir.path(), &["-h"]);
+        assert_eq!(problem(&trusted, "web3", "web3", &any), None);
+        // A user certificate is not a host certificate.
+        let (_, user) = certify(dir.path(), &["-n", "web1"]);
+        let why = problem(&trusted, "web1", "web1", &user).unwrap();
+        assert!(why.contains("user certificate"), "{why}");
+        // A revoked authority is found as a revoked key.
+        let revoked_ca = format!("{trusted}@revoked * {ca}\n");
+        let file = dir.path().join("known_hosts");
+        std::fs::write(&file, revoked_ca).unwrap();
+        assert!(revoked(&entries(&[file]).unwrap(), good.signature_key()).is_some());
     }
 
     #[test]

@@ -669,3 +669,88 @@ fn host_certificates_signed_by_a_trusted_authority_are_accepted_and_bad_ones_ref
         &format!("{trusted}{}\n", elsewhere.known_hosts_line()),
     ));
 }
+
+#[test]
+fn identities_only_and_identity_agent_choose_the_keys_offered_as_openssh_does() {
+    let sb = Sandbox::new();
+    // Three refusals and the server hangs up: an agent with more keys than that locks out the
+    // configured key when every agent key is offered first.
+    let server = sb.sshd_with("127.0.0.80", "MaxAuthTries 3");
+    let mine = sb.client_key();
+    let strays: Vec<_> = (0..5).map(|i| sb.stray_key(&format!("stray{i}"))).collect();
+    let strays: Vec<&std::path::Path> = strays.iter().map(|k| k.as_path()).collect();
+    let crowded = sb.agent("crowded", &strays);
+    let mut with_mine = strays.clone();
+    with_mine.push(&mine);
+    let holding = sb.agent("holding", &with_mine);
+    let only_mine = sb.agent("mine", &[&mine]);
+    let open = |host_config: &str, agent: &nu_session_tests::Agent| {
+        let config = sb.ssh_config(
+            &[&server],
+            &format!("Host {}\n{host_config}", server.address),
+        );
+        let out = sb
+            .ssh_command(
+                &config,
+                &format!("new-session {} | get 0.state", server.computer()),
+            )
+            .env("SSH_AUTH_SOCK", &agent.socket)
+            .output()
+            .expect("run nu");
+        (out, config)
+    };
+    let opened = |(out, _): (std::process::Output, _), case: &str| {
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Opened"),
+            "{case}: did not open: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // IdentitiesOnly (the sandbox's config says yes for every host): the agent's keys are not
+    // offered, the identity file is.
+    opened(open("", &crowded), "IdentitiesOnly yes");
+    // Without it, as OpenSSH: every stray key goes first and the server hangs up before the
+    // identity file. The real ssh fails the same way.
+    let (out, config) = open("  IdentitiesOnly no\n", &crowded);
+    assert!(
+        !out.status.success(),
+        "opened with every stray key offered first"
+    );
+    let ssh = std::process::Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args(["-o", "BatchMode=yes", "-p", &server.port.to_string()])
+        .arg(format!("{}@{}", server.user.name, server.address))
+        .arg("true")
+        .env("SSH_AUTH_SOCK", &crowded.socket)
+        .output()
+        .expect("ssh");
+    assert!(!ssh.status.success(), "OpenSSH got in");
+    assert!(
+        String::from_utf8_lossy(&ssh.stderr).contains("Too many authentication failures"),
+        "{}",
+        String::from_utf8_lossy(&ssh.stderr)
+    );
+    // An agent holding the identity file's key offers that one first, however many it holds.
+    opened(
+        open("  IdentitiesOnly no\n", &holding),
+        "agent holding the key",
+    );
+    // IdentityAgent none: the agent is not asked at all.
+    opened(
+        open("  IdentitiesOnly no\n  IdentityAgent none\n", &crowded),
+        "IdentityAgent none",
+    );
+    // IdentityAgent names another agent than SSH_AUTH_SOCK's: the one holding the key.
+    opened(
+        open(
+            &format!(
+                "  IdentitiesOnly no\n  IdentityFile {}\n  IdentityAgent {}\n",
+                sb.path().join("missing").display(),
+                only_mine.socket.display()
+            ),
+            &crowded,
+        ),
+        "IdentityAgent path",
+    );
+}

@@ -7,6 +7,7 @@
 //! - [`sshd`]: [`Sshd`], a real sshd on loopback (or in a network namespace) whose account is a
 //!   non-root user with nothing preset, as on a real server.
 //! - [`users`]: [`RemoteUser`], the pool of test accounts, leased one per simulated host.
+//! - [`agent`]: [`Agent`], a real ssh-agent holding the keys a test gives it.
 //! - [`client`]: [`UserClient`], `nu` run by a non-root user with its own `~/.ssh`.
 //! - [`netns`]: [`NetNs`], a network namespace whose link can be cut and restored.
 //! - [`terminal`]: [`Terminal`], a tmux terminal to read and type into; `script(1)` runs.
@@ -16,6 +17,7 @@
 //! The test command (`scripts/test.sh`) builds the binaries, provides `nu` and creates the test
 //! users; run directly, set `NU_SESSION_TEST_NU` to a nu 0.115.x binary.
 
+pub mod agent;
 pub mod client;
 pub mod netns;
 pub mod process;
@@ -24,6 +26,7 @@ pub mod sshd;
 pub mod terminal;
 pub mod users;
 
+pub use agent::Agent;
 pub use client::UserClient;
 pub use netns::NetNs;
 pub use process::{Running, alive, children_of, eventually, ints, read_number, shell_quote};

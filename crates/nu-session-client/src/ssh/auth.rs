@@ -59,36 +59,53 @@ pub(super) async fn authenticate(
         .ok()
         .flatten()
         .flatten();
-    if let Ok(mut agent) = keys::agent::client::AgentClient::connect_env().await
-        && let Ok(identities) = agent.request_identities().await
-    {
-        for identity in identities {
-            let key = identity.public_key().into_owned();
-            let result = handle
-                .authenticate_publickey_with(user, key, hash, &mut agent)
-                .await;
-            if result.is_ok_and(|r| r.success()) {
-                return Ok(());
-            }
-        }
-    }
+    let mut agent = match target.identity_agent.socket() {
+        Some(socket) => keys::agent::client::AgentClient::connect_uds(socket)
+            .await
+            .ok(),
+        None => None,
+    };
+    let agent_keys = match &mut agent {
+        Some(agent) => agent
+            .request_identities()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|identity| identity.public_key().into_owned())
+            .collect(),
+        None => Vec::new(),
+    };
     let mut tried = Vec::new();
     // What the server still accepts after the last refusal (unknown until one).
     let mut methods: Option<Vec<MethodKind>> = None;
-    for file in &target.identity_files {
-        if !file.exists() {
-            continue;
-        }
-        tried.push(file.display().to_string());
-        let Some(key) = load_key(file, prompter).await? else {
-            continue;
+    for identity in offered(target, agent_keys) {
+        let result = match identity {
+            Identity::Agent(key) => {
+                let Some(agent) = agent.as_mut() else {
+                    continue;
+                };
+                // An agent that cannot sign (a key needing a confirmation refused): the next.
+                match handle
+                    .authenticate_publickey_with(user, key, hash, agent)
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(_) => continue,
+                }
+            }
+            Identity::File(file) => {
+                tried.push(file.display().to_string());
+                let Some(key) = load_key(&file, prompter).await? else {
+                    continue;
+                };
+                let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
+                handle
+                    .authenticate_publickey(user, key)
+                    .await
+                    .map_err(failed)?
+            }
         };
-        let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
-        match handle
-            .authenticate_publickey(user, key)
-            .await
-            .map_err(failed)?
-        {
+        match result {
             AuthResult::Success => return Ok(()),
             AuthResult::Failure {
                 remaining_methods, ..
@@ -139,8 +156,8 @@ pub(super) async fn authenticate(
         &format!("{name} refused every key for user {user}"),
         match (tried.is_empty(), missing.is_empty()) {
             (true, false) => format!("no identity file exists: {}", missing.join(", ")),
-            (true, true) => "no ssh-agent key and no identity file".to_string(),
-            (false, _) => format!("tried the ssh-agent and {}", tried.join(", ")),
+            (true, true) => "no identity file, and no key of the ssh-agent was taken".to_string(),
+            (false, _) => format!("tried {}", tried.join(", ")),
         },
     )
     .with_help(if prompter.is_some() {
@@ -148,6 +165,59 @@ pub(super) async fn authenticate(
     } else {
         "check the user name, and that your public key is in the host's ~/.ssh/authorized_keys; passwords can only be asked for when nu runs in a terminal"
     }))
+}
+
+/// A key to offer: one held by the agent, or an identity file.
+#[derive(Debug, PartialEq)]
+enum Identity {
+    Agent(keys::PublicKey),
+    File(std::path::PathBuf),
+}
+
+/// The keys to offer, in OpenSSH's order: the identity files the agent holds (through the
+/// agent), then the agent's other keys unless `IdentitiesOnly`, then the remaining identity
+/// files that exist. Offering every agent key first would use up the server's `MaxAuthTries`
+/// before the key configured for the host.
+fn offered(target: &SshTarget, agent_keys: Vec<keys::PublicKey>) -> Vec<Identity> {
+    let mut files: Vec<(std::path::PathBuf, Option<keys::PublicKey>)> = target
+        .identity_files
+        .iter()
+        .filter(|f| f.exists())
+        .map(|f| (f.clone(), public_key_of(f)))
+        .collect();
+    let mut preferred = Vec::new();
+    let mut others = Vec::new();
+    for key in agent_keys {
+        let held = files.iter().position(|(_, public)| {
+            public
+                .as_ref()
+                .is_some_and(|p| p.key_data() == key.key_data())
+        });
+        match held {
+            Some(i) => {
+                files.remove(i);
+                preferred.push(Identity::Agent(key));
+            }
+            None if !target.identities_only => others.push(Identity::Agent(key)),
+            None => {}
+        }
+    }
+    preferred.extend(others);
+    preferred.extend(files.into_iter().map(|(file, _)| Identity::File(file)));
+    preferred
+}
+
+/// An identity file's public key: its `.pub`, or the key itself when it is not encrypted.
+fn public_key_of(file: &std::path::Path) -> Option<keys::PublicKey> {
+    let mut public = file.as_os_str().to_owned();
+    public.push(".pub");
+    keys::load_public_key(std::path::Path::new(&public))
+        .ok()
+        .or_else(|| {
+            keys::load_secret_key(file, None)
+                .ok()
+                .map(|k| k.public_key().clone())
+        })
 }
 
 /// Reads a private key, asking for its passphrase when it is encrypted. `None`: the user gave

@@ -1,6 +1,7 @@
 //! Where and how to reach a host, as OpenSSH would: the configuration comes from `ssh -G`, so
 //! `Host` aliases, `HostName`, `User`, `Port`, `IdentityFile`, `UserKnownHostsFile`,
-//! `StrictHostKeyChecking`, `ConnectTimeout`, `ProxyJump` and the keepalives mean exactly what
+//! `IdentitiesOnly`, `IdentityAgent`, `StrictHostKeyChecking`, `ConnectTimeout`, `ProxyJump` and
+//! the keepalives mean exactly what
 //! they mean to `ssh`. Flags (user, port, identity file) override the config.
 
 use std::path::PathBuf;
@@ -34,6 +35,41 @@ impl StrictHostKeyChecking {
     }
 }
 
+/// Which ssh-agent to ask for keys (`IdentityAgent`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdentityAgent {
+    /// The socket an environment variable names (`SSH_AUTH_SOCK`, the default, or `$NAME`).
+    Env(String),
+    Path(PathBuf),
+    /// `none`: no agent.
+    None,
+}
+
+impl IdentityAgent {
+    /// Reads `ssh -G`'s value (paths come expanded).
+    fn parse(value: &str) -> IdentityAgent {
+        match value {
+            "none" => IdentityAgent::None,
+            "SSH_AUTH_SOCK" => IdentityAgent::Env(value.to_string()),
+            other => match other.strip_prefix('$') {
+                Some(name) => IdentityAgent::Env(name.to_string()),
+                None => IdentityAgent::Path(PathBuf::from(other)),
+            },
+        }
+    }
+
+    /// The agent's socket, if there is one to ask.
+    pub fn socket(&self) -> Option<PathBuf> {
+        match self {
+            IdentityAgent::Env(name) => std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            IdentityAgent::Path(path) => Some(path.clone()),
+            IdentityAgent::None => None,
+        }
+    }
+}
+
 /// Everything needed to reach one host, resolved from the computer name, flags and ssh config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SshTarget {
@@ -44,6 +80,11 @@ pub struct SshTarget {
     pub user: String,
     pub port: u16,
     pub identity_files: Vec<PathBuf>,
+    /// `IdentitiesOnly`: offer only the identity files' keys (an agent's are used only for
+    /// those), never every key of the agent.
+    pub identities_only: bool,
+    /// `IdentityAgent`: where the agent is.
+    pub identity_agent: IdentityAgent,
     pub known_hosts: Vec<PathBuf>,
     /// `GlobalKnownHostsFile`: read, never written.
     pub global_known_hosts: Vec<PathBuf>,
@@ -156,6 +197,8 @@ impl SshTarget {
             user: String::new(),
             port: 22,
             identity_files: Vec::new(),
+            identities_only: false,
+            identity_agent: IdentityAgent::Env("SSH_AUTH_SOCK".to_string()),
             known_hosts: Vec::new(),
             global_known_hosts: Vec::new(),
             host_key_alias: None,
@@ -175,6 +218,8 @@ impl SshTarget {
                 "user" => target.user = value.to_string(),
                 "port" => target.port = value.parse().unwrap_or(22),
                 "identityfile" => target.identity_files.push(expand(value)),
+                "identitiesonly" => target.identities_only = value == "yes",
+                "identityagent" => target.identity_agent = IdentityAgent::parse(value),
                 "userknownhostsfile" => {
                     target.known_hosts = value.split_whitespace().map(expand).collect();
                 }
@@ -264,6 +309,30 @@ mod tests {
         assert_eq!(target.alive_interval, Duration::from_secs(5));
         assert_eq!(target.alive_count_max, 4);
         assert_eq!(target.proxy_jump, ["bastion", "jump2:2200"]);
+        assert!(!target.identities_only);
+        assert_eq!(
+            target.identity_agent,
+            IdentityAgent::Env("SSH_AUTH_SOCK".into())
+        );
+    }
+
+    #[test]
+    fn identities_only_and_identity_agent_are_read() {
+        let target = read("user a\nhostname h\nidentitiesonly yes\nidentityagent none\n").unwrap();
+        assert!(target.identities_only);
+        assert_eq!(target.identity_agent, IdentityAgent::None);
+        assert_eq!(target.identity_agent.socket(), None);
+        for (value, want) in [
+            ("SSH_AUTH_SOCK", IdentityAgent::Env("SSH_AUTH_SOCK".into())),
+            ("$MY_AGENT", IdentityAgent::Env("MY_AGENT".into())),
+            (
+                "/run/user/1/agent",
+                IdentityAgent::Path("/run/user/1/agent".into()),
+            ),
+        ] {
+            let target = read(&format!("user a\nhostname h\nidentityagent {value}\n")).unwrap();
+            assert_eq!(target.identity_agent, want, "{value}");
+        }
     }
 
     #[test]
@@ -336,5 +405,12 @@ mod tests {
         assert!(a.same_connection(&b));
         b.strict = StrictHostKeyChecking::No;
         assert!(!a.same_connection(&b));
+        // Which keys may be offered, and by which agent, are settings of the connection too.
+        let mut c = a.clone();
+        c.identities_only = !a.identities_only;
+        assert!(!a.same_connection(&c));
+        let mut d = a.clone();
+        d.identity_agent = IdentityAgent::None;
+        assert!(!a.same_connection(&d));
     }
 }

@@ -754,3 +754,33 @@ fn identities_only_and_identity_agent_choose_the_keys_offered_as_openssh_does() 
         "IdentityAgent path",
     );
 }
+
+#[test]
+fn more_sessions_than_the_server_s_max_sessions_get_more_connections() {
+    let sb = Sandbox::new();
+    // sshd's default MaxSessions (10), with forwarding off: each session's channel is a
+    // command (the relay), and a connection holds at most ten.
+    let server = sb.sshd_with(
+        "127.0.0.81",
+        "LogLevel DEBUG1\nAllowStreamLocalForwarding no\nMaxSessions 10",
+    );
+    let config = sb.ssh_config(&[&server], "");
+    let computer = server.computer();
+    let out = sb.ssh_json(
+        &config,
+        &format!(
+            "let s = 1..14 | each {{|i| null | new-session {computer} --name $'s($i)' }} | flatten
+             let answers = $s | each {{|x| invoke-session $x {{ 6 * 7 }} }}
+             {{states: ($s | get state | uniq), answers: ($answers | uniq), count: ($answers | length)}}"
+        ),
+    );
+    assert_eq!(
+        out,
+        json!({"states": ["Opened"], "answers": [42], "count": 14}),
+        "{}",
+        server.log()
+    );
+    // Ten relays on the first connection, the rest on a second.
+    let logins = server.log().matches("Accepted publickey").count();
+    assert_eq!(logins, 2, "{}", server.log());
+}

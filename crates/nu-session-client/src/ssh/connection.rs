@@ -1,6 +1,7 @@
 //! One authenticated SSH connection to a host (through its `ProxyJump` hops), and the channels
 //! opened on it: a host's Unix socket (`direct-streamlocal`) or a command (`exec`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +21,9 @@ pub struct SshConnection {
     handle: Handle<Verifier>,
     /// The jump host this connection is tunnelled through (`ProxyJump`), kept open with it.
     _via: Option<Arc<SshConnection>>,
+    /// The server refused a command channel while the connection was up: it holds as many as
+    /// the server allows (`MaxSessions`).
+    full: AtomicBool,
 }
 
 /// The last hop of `target.proxy_jump`, resolved, with the hops before it as its own jumps.
@@ -55,6 +59,12 @@ impl SshConnection {
 
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed()
+    }
+
+    /// Whether the server refused this connection another command channel (its
+    /// `MaxSessions`): new commands need another connection.
+    pub fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
     }
 
     /// Connects, verifies the host key, and authenticates (asking `prompter` for passphrases
@@ -132,6 +142,7 @@ impl SshConnection {
             target,
             handle,
             _via: via,
+            full: AtomicBool::new(false),
         })
     }
 
@@ -155,10 +166,12 @@ impl SshConnection {
     /// Runs `command` on the host in a new channel (its stdin, stdout, stderr and exit status).
     pub async fn exec(&self, command: &str) -> Result<russh::Channel<client::Msg>, ClientError> {
         let name = &self.target.computer_name;
-        let channel =
-            self.handle.channel_open_session().await.map_err(|e| {
-                ClientError::transport(&format!("cannot open a channel to {name}"), e)
-            })?;
+        let channel = self.handle.channel_open_session().await.map_err(|e| {
+            if matches!(e, russh::Error::ChannelOpenFailure(_)) && !self.handle.is_closed() {
+                self.full.store(true, Ordering::Relaxed);
+            }
+            ClientError::transport(&format!("cannot open a channel to {name}"), e)
+        })?;
         channel
             .exec(true, command)
             .await

@@ -33,6 +33,9 @@ pub struct LinkContext {
 pub struct SshLink {
     target: SshTarget,
     connection: tokio::sync::Mutex<Option<Arc<SshConnection>>>,
+    /// Connections that filled up (the server's `MaxSessions`), kept for the channels they
+    /// carry while new ones go over the current connection; dropped once closed.
+    full: Mutex<Vec<Arc<SshConnection>>>,
     direct: Mutex<Direct>,
     context: Mutex<LinkContext>,
     /// Held while the host program is copied: one copy per host at a time. True once this
@@ -53,6 +56,7 @@ impl SshLink {
         SshLink {
             target,
             connection: tokio::sync::Mutex::new(None),
+            full: Mutex::new(Vec::new()),
             direct: Mutex::new(Direct::default()),
             context: Mutex::new(LinkContext::default()),
             deploying: tokio::sync::Mutex::new(false),
@@ -102,7 +106,14 @@ impl SshLink {
     async fn connection(&self) -> Result<Arc<SshConnection>, ClientError> {
         let mut slot = self.connection.lock().await;
         if let Some(connection) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(connection.clone());
+            if !connection.is_full() {
+                return Ok(connection.clone());
+            }
+            // As OpenSSH's multiplexing client does when the master's sessions are used up:
+            // another connection, the full one kept for what it carries.
+            let mut full = self.full.lock().unwrap_or_else(|e| e.into_inner());
+            full.retain(|c| !c.is_closed());
+            full.push(connection.clone());
         }
         // Nobody is asked for a password by a reconnect in the background: it would race
         // whatever the user is typing. It fails instead, and `connect-session` asks.
@@ -139,17 +150,40 @@ impl SshLink {
             Some(id) => format!("connect --session {id}"),
             None => "connect".to_string(),
         };
-        let stream = match host_program::start(&connection, &args).await? {
+        let stream = match self.relay(&connection, &args).await {
+            // The server's MaxSessions: this connection carries all the commands it may.
+            Err(_) if connection.is_full() => {
+                let connection = self.connection().await?;
+                self.relay(&connection, &args).await?
+            }
+            other => other?,
+        };
+        let opened = self.hello(Box::pin(stream)).await?;
+        if refused && session.is_some() {
+            // The session's socket was there after all: the server forbids forwarding to it.
+            self.direct().prohibited = true;
+        }
+        Ok(opened)
+    }
+
+    /// Runs `nu-session-host <args>` on the host over `connection` (copying it there first when
+    /// it is missing): the relay's stream.
+    async fn relay(
+        &self,
+        connection: &SshConnection,
+        args: &str,
+    ) -> Result<russh::ChannelStream<russh::client::Msg>, ClientError> {
+        Ok(match host_program::start(connection, args).await? {
             Found::Relay(stream) => stream,
             Found::Missing(probe) => {
                 // One copy per host, however many opens need it at the same time; the others
                 // find it there once it is.
                 let mut copied = self.deploying.lock().await;
                 if !*copied {
-                    host_program::deploy(&connection, &probe, &self.context().deploy).await?;
+                    host_program::deploy(connection, &probe, &self.context().deploy).await?;
                     *copied = true;
                 }
-                match host_program::start(&connection, &args).await? {
+                match host_program::start(connection, args).await? {
                     Found::Relay(stream) => stream,
                     Found::Missing(_) => {
                         return Err(ClientError::transport(
@@ -162,13 +196,7 @@ impl SshLink {
                     }
                 }
             }
-        };
-        let opened = self.hello(Box::pin(stream)).await?;
-        if refused && session.is_some() {
-            // The session's socket was there after all: the server forbids forwarding to it.
-            self.direct().prohibited = true;
-        }
-        Ok(opened)
+        })
     }
 
     async fn hello(

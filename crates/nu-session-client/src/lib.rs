@@ -34,7 +34,8 @@ pub use nu_session_protocol::{
     SessionInfo, SessionSettings, value_weight,
 };
 pub use session::{
-    BacklogEvent, Call, CallEvent, Link, LinkState, LinkWatch, Next, Notice, Receive, SessionHandle,
+    BACKLOG_LIMIT, BacklogEvent, Call, CallEvent, Link, LinkState, LinkWatch, Next, Notice,
+    Receive, SessionHandle,
 };
 pub use transport::Transport;
 

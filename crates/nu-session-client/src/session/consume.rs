@@ -15,6 +15,8 @@ use crate::ClientError;
 pub(super) struct Batch<T> {
     pub first: u64,
     pub events: Vec<T>,
+    /// What the events weigh (counted for the backlog only).
+    pub weight: usize,
 }
 
 /// Consumed batches waiting [`ACK_LAG`] more events before they are acknowledged.
@@ -85,6 +87,10 @@ impl<T> Consumer<T> {
     }
 
     fn take(&mut self, batch: Batch<T>) {
+        if batch.weight > 0 {
+            let mut state = self.session.state();
+            state.backlog_bytes = state.backlog_bytes.saturating_sub(batch.weight);
+        }
         self.batch = Some(batch.first);
         self.pending.extend(batch.events);
     }
@@ -339,7 +345,14 @@ impl Receive {
                         self.consumer.take(batch);
                         continue;
                     }
-                    Err(_) => return Ok(Next::End),
+                    Err(_) => {
+                        // Said before the end: events that were not kept here.
+                        let withheld = std::mem::take(&mut session.state().withheld);
+                        if withheld > 0 {
+                            return Ok(Next::Event((None, CallEvent::Withheld(withheld))));
+                        }
+                        return Ok(Next::End);
+                    }
                 }
             }
             if !session.usable() {

@@ -68,7 +68,16 @@ pub enum CallEvent {
     Finished(Option<RemoteError>),
     /// The host discarded this many older events to make room (output buffering `Drop`).
     Dropped(u64),
+    /// This many events of other invocations were not kept here: the backlog held
+    /// [`BACKLOG_LIMIT`] bytes nobody received. They stay on the host (never acknowledged).
+    Withheld(u64),
 }
+
+/// The most output of invocations this client did not start (the backlog) it holds before a
+/// [`Receive`] takes it: four times a host's default output buffer. A host keeps no more than
+/// its buffer unacknowledged, so only a host configured larger, or a broken or hostile one,
+/// reaches it. One batch is always taken when the backlog is empty, whatever its size.
+pub const BACKLOG_LIMIT: usize = 64 << 20;
 
 /// Events consumed here are acknowledged only once this many more have been consumed after them:
 /// Nushell's plugin protocol keeps up to 100 stream items in flight between the plugin and the
@@ -209,6 +218,13 @@ struct State {
     acked: u64,
     /// Batches handed over and not consumed yet: first → last sequence number.
     outstanding: BTreeMap<u64, u64>,
+    /// The backlog's weight (its events' sizes) not taken by a receive yet.
+    backlog_bytes: usize,
+    /// The first event not kept because the backlog was full: nothing from it on is
+    /// acknowledged cumulatively (it stays on the host), and how many were not kept since the
+    /// last report.
+    withheld_from: Option<u64>,
+    withheld: u64,
     /// Batches consumed while an older one was still outstanding: acknowledged by themselves.
     consumed_above: Vec<(u64, u64)>,
     /// Ranges acknowledged by themselves above `acked`: sent again after a reconnect (the
@@ -231,13 +247,19 @@ impl State {
     /// acknowledgement, and when an older batch still does, it is acknowledged by itself.
     fn release(&mut self, first: u64) {
         if let Some(last) = self.outstanding.remove(&first)
-            && self
-                .outstanding
-                .keys()
-                .next()
-                .is_some_and(|oldest| *oldest < first)
+            && self.oldest_held().is_some_and(|oldest| oldest < first)
         {
             self.consumed_above.push((first, last));
+        }
+    }
+
+    /// The oldest event received and not done with: handed over and not consumed, or not
+    /// kept (the cumulative acknowledgement stays below it).
+    fn oldest_held(&self) -> Option<u64> {
+        let outstanding = self.outstanding.keys().next().copied();
+        match (outstanding, self.withheld_from) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }
@@ -346,7 +368,7 @@ impl Inner {
         if state.forgotten {
             return;
         }
-        let upto = match state.outstanding.keys().next() {
+        let upto = match state.oldest_held() {
             Some(first) => first.saturating_sub(1),
             None => state.received,
         };
@@ -398,6 +420,9 @@ impl SessionHandle {
                 received: resumed_from.max(attachment.acked),
                 acked: resumed_from.max(attachment.acked),
                 outstanding: BTreeMap::new(),
+                backlog_bytes: 0,
+                withheld_from: None,
+                withheld: 0,
                 consumed_above: Vec::new(),
                 acked_ranges: Vec::new(),
                 reply: None,

@@ -6,7 +6,7 @@ use futures::StreamExt;
 use nu_session_protocol::{ErrorKind, Event, EventBody, HostMessage, RemoteError};
 
 use super::consume::Batch;
-use super::{CallEvent, Inner};
+use super::{BACKLOG_LIMIT, CallEvent, Inner};
 use crate::transport::Wire;
 
 /// Where an event goes.
@@ -67,6 +67,7 @@ pub(super) async fn finish_calls(inner: &Inner, error: &RemoteError) {
         let batch = Batch {
             first: 0,
             events: vec![CallEvent::Finished(Some(error.clone()))],
+            weight: 0,
         };
         let _ = sender.send(batch).await;
     }
@@ -170,17 +171,33 @@ async fn hand_over(inner: &Inner, to: Destination, run: Vec<(u64, Option<u64>, C
         Destination::Discard => {}
         Destination::Backlog => {
             let mut state = inner.state();
-            state.outstanding.insert(first, last);
             for (_, call_id, event) in &run {
                 if let (Some(id), CallEvent::Finished(_)) = (call_id, event) {
                     state.foreign_pending.remove(id);
                 }
             }
+            let weight = run.iter().map(|(_, _, e)| weight(e)).sum::<usize>().max(1);
+            if state.backlog_bytes > 0 && state.backlog_bytes + weight > BACKLOG_LIMIT {
+                // Nobody receives it, and there is too much already: left on the host (never
+                // acknowledged), and said to whoever receives next.
+                state.withheld_from.get_or_insert(first);
+                state.withheld += run.len() as u64;
+                return;
+            }
+            let mut events: Vec<_> = run.into_iter().map(|(_, id, e)| (id, e)).collect();
+            let withheld = std::mem::take(&mut state.withheld);
+            if withheld > 0 {
+                events.insert(0, (None, CallEvent::Withheld(withheld)));
+            }
+            state.outstanding.insert(first, last);
+            state.backlog_bytes += weight;
             let batch = Batch {
                 first,
-                events: run.into_iter().map(|(_, id, e)| (id, e)).collect(),
+                events,
+                weight,
             };
             if state.backlog.send(batch).is_err() {
+                state.backlog_bytes -= weight;
                 state.release(first);
             }
         }
@@ -197,6 +214,7 @@ async fn hand_over(inner: &Inner, to: Destination, run: Vec<(u64, Option<u64>, C
             let batch = Batch {
                 first,
                 events: run.into_iter().map(|(_, _, e)| e).collect(),
+                weight: 0,
             };
             // Waits while the caller is slower than the session: back-pressure reaches the host.
             if sender.send(batch).await.is_err() {
@@ -204,4 +222,27 @@ async fn hand_over(inner: &Inner, to: Destination, run: Vec<(u64, Option<u64>, C
             }
         }
     }
+}
+
+/// What an event of the backlog weighs in memory, about.
+fn weight(event: &CallEvent) -> usize {
+    const BASE: usize = 32;
+    BASE + match event {
+        CallEvent::Value(value) => nu_session_protocol::value_weight(value),
+        CallEvent::Bytes(bytes) | CallEvent::Output { bytes, .. } => bytes.len(),
+        CallEvent::Finished(Some(error)) => error_weight(error),
+        _ => 0,
+    }
+}
+
+fn error_weight(error: &nu_session_protocol::RemoteError) -> usize {
+    error.msg.len()
+        + error.help.as_ref().map_or(0, String::len)
+        + error.code.as_ref().map_or(0, String::len)
+        + error
+            .labels
+            .iter()
+            .map(|l| 32 + l.text.len())
+            .sum::<usize>()
+        + error.inner.iter().map(error_weight).sum::<usize>()
 }

@@ -513,3 +513,65 @@ fn unread_output_of_another_invocation_holds_back_none_of_ours() {
     );
     assert_eq!(fx.last_ack(&mut end), None);
 }
+
+#[test]
+fn a_flood_for_invocations_nobody_waits_for_is_bounded_and_left_on_the_host() {
+    let fx = Fixture::new();
+    let (handle, mut end) = fx.attach(fx.attachment(1, 0, Vec::new()));
+    // A host floods 200 MiB of output for an invocation nobody started or receives, one MiB
+    // per event.
+    let mib = Value::string("x".repeat(1 << 20), Span::unknown());
+    for seq in 1..=200 {
+        let body = EventBody::Value {
+            call_id: 999,
+            value: mib.clone(),
+        };
+        fx.send(&mut end, events(seq, vec![body]));
+    }
+    // Our own invocation still gets its answer, acknowledged by itself.
+    let mut call = handle.invoke("6 * 7".into(), Vec::new(), None).unwrap();
+    let id = call_id_of(fx.expect(&mut end, invoked));
+    fx.send(&mut end, events(201, run_of(id, 1)));
+    assert_eq!(ints(&drain(&mut call)), [1]);
+    drop(call);
+    let range = fx.expect(&mut end, |m| {
+        matches!(
+            m,
+            ClientMessage::Ack { .. } | ClientMessage::AckRange { .. }
+        )
+    });
+    assert!(
+        matches!(
+            range,
+            ClientMessage::AckRange {
+                first: 201,
+                last: 203
+            }
+        ),
+        "{range:?}"
+    );
+    {
+        let state = handle.inner.state();
+        assert!(
+            state.backlog_bytes <= super::BACKLOG_LIMIT,
+            "{} bytes held",
+            state.backlog_bytes
+        );
+    }
+    // A receive gets what was kept, then how many were not; nothing was acknowledged past the
+    // first of those, so the host still has them.
+    let mut receive = handle.receive().unwrap();
+    let (mut kept, mut withheld) = (0, 0);
+    while let Some((_, event)) = receive.next_event().unwrap() {
+        match event {
+            CallEvent::Value(_) => kept += 1,
+            CallEvent::Withheld(count) => withheld += count,
+            other => panic!("{other:?}"),
+        }
+    }
+    drop(receive);
+    assert_eq!(kept + withheld, 200);
+    assert!((60..=64).contains(&kept), "{kept} kept");
+    let acked = handle.inner.state().acked;
+    assert_eq!(acked, kept, "acknowledged past what was kept");
+}

@@ -9,6 +9,7 @@
 //! - [`users`]: [`RemoteUser`], the pool of test accounts, leased one per simulated host.
 //! - [`agent`]: [`Agent`], a real ssh-agent holding the keys a test gives it.
 //! - [`client`]: [`UserClient`], `nu` run by a non-root user with its own `~/.ssh`.
+//! - [`hostile`]: [`HostileHost`], a host played by the test that breaks the protocol on purpose.
 //! - [`netns`]: [`NetNs`], a network namespace whose link can be cut and restored.
 //! - [`terminal`]: [`Terminal`], a tmux terminal to read and type into; `script(1)` runs.
 //! - [`process`]: processes and small helpers (alive, children, eventually, read_number).
@@ -19,6 +20,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod hostile;
 pub mod netns;
 pub mod process;
 pub mod sandbox;
@@ -28,6 +30,7 @@ pub mod users;
 
 pub use agent::Agent;
 pub use client::UserClient;
+pub use hostile::HostileHost;
 pub use netns::NetNs;
 pub use process::{Running, alive, children_of, eventually, ints, read_number, shell_quote};
 pub use sandbox::Sandbox;

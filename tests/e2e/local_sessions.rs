@@ -647,3 +647,22 @@ fn escape_sequences_in_a_sessions_errors_are_shown_not_obeyed() {
     assert!(!msg.contains('\u{1b}') && !msg.contains('\u{7}'), "{msg:?}");
     assert!(msg.starts_with("bad\\u{1b}[31m\\u{7}"), "{msg:?}");
 }
+
+#[test]
+fn a_worker_s_settings_are_not_in_its_command_line() {
+    let sb = Sandbox::new();
+    let out = sb.json(
+        "let s = new-session --name payroll-2026 --idle-timeout 17min
+         {name: ($s | get 0.name), cat: (invoke-session $s { ^cat | str length })}",
+    );
+    // Its stdin is /dev/null once the settings are read: `cat` ends at once.
+    assert_eq!(out, serde_json::json!({"name": "payroll-2026", "cat": 0}));
+    let pids = sb.worker_pids();
+    assert_eq!(pids.len(), 1);
+    let argv = std::fs::read(format!("/proc/{}/cmdline", pids[0])).expect("cmdline");
+    let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
+    assert!(argv.contains("worker"), "{argv}");
+    for private in ["payroll", "1020", "idle"] {
+        assert!(!argv.contains(private), "{private} in {argv}");
+    }
+}

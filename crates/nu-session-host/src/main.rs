@@ -3,7 +3,7 @@
 //! ```text
 //! nu-session-host manager [--daemon] [--dir D]   run the per-user manager (detached with --daemon)
 //! nu-session-host connect [--dir D] [--session ID]   relay stdin/stdout to the manager or a session
-//! nu-session-host worker --dir D --id ID --settings JSON    (started by the manager)
+//! nu-session-host worker --dir D --id ID    (started by the manager; its settings, JSON, on stdin)
 //! nu-session-host --version
 //! ```
 //! `D` is the base runtime directory (`$NU_SESSION_DIR`, else `/tmp/nu-session-<uid>`); this
@@ -69,24 +69,29 @@ fn run_connect(args: &[String]) -> std::io::Result<()> {
 }
 
 fn run_worker(args: &[String]) -> std::io::Result<()> {
-    let (mut dir, mut id, mut settings) = (None, None, None);
+    let (mut dir, mut id) = (None, None);
     let mut args = args.iter();
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(usage)?;
         match flag.as_str() {
             "--dir" => dir = Some(Layout::under(value)),
             "--id" => id = Some(value.parse().map_err(|_| usage())?),
-            "--settings" => {
-                settings = Some(
-                    serde_json::from_str(value)
-                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
-                )
-            }
             _ => return Err(usage()),
         }
     }
-    match (dir, id, settings) {
-        (Some(dir), Some(id), Some(settings)) => worker::run(dir, id, settings),
-        _ => Err(usage()),
+    let (Some(dir), Some(id)) = (dir, id) else {
+        return Err(usage());
+    };
+    // The settings come on stdin (argv is visible to every user in `ps`); then stdin is
+    // /dev/null, as the session's commands expect.
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let settings = serde_json::from_str(&line)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: both descriptors are open; replacing fd 0 is what we mean.
+    if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    worker::run(dir, id, settings)
 }

@@ -3,7 +3,7 @@
 //! directory is the truth, so a restarted manager finds every running session again.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -211,9 +211,8 @@ fn create(manager: &Manager, settings: SessionSettings) -> io::Result<SessionInf
         .arg(layout.base())
         .arg("--id")
         .arg(id.to_string())
-        .arg("--settings")
-        .arg(settings_json)
-        .stdin(Stdio::null())
+        // The settings go on stdin, not in argv: other users see argv in `ps`.
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log);
     // SAFETY: setsid is async-signal-safe; the worker leads its own session and process group,
@@ -226,6 +225,10 @@ fn create(manager: &Manager, settings: SessionSettings) -> io::Result<SessionInf
     }
     let mut child = command.spawn()?;
     let pid = child.id();
+    if let Some(mut stdin) = child.stdin.take() {
+        // A worker that died at once leaves a closed pipe: its start-up line says why below.
+        let _ = writeln!(stdin, "{settings_json}");
+    }
     let stdout = child
         .stdout
         .take()

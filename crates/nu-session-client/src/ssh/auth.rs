@@ -229,7 +229,7 @@ async fn load_key(
     let unreadable = |e: keys::Error| {
         ClientError::transport(&format!("cannot read the key {}", file.display()), e)
     };
-    match keys::load_secret_key(file, None) {
+    match read_key(file, None).await {
         Ok(key) => return Ok(Some(key)),
         Err(keys::Error::KeyIsEncrypted) => {}
         Err(e) => return Err(unreadable(e)),
@@ -251,7 +251,7 @@ async fn load_key(
         else {
             return Ok(None);
         };
-        match keys::load_secret_key(file, Some(&passphrase)) {
+        match read_key(file, Some(passphrase)).await {
             Ok(key) => return Ok(Some(key)),
             // A wrong passphrase fails decryption; ask again.
             Err(_) => continue,
@@ -261,6 +261,17 @@ async fn load_key(
         &format!("cannot decrypt the key {}", file.display()),
         format!("wrong passphrase {TRIES} times"),
     ))
+}
+
+/// Reads (and decrypts: a key derivation of many rounds) a private key off the I/O threads.
+async fn read_key(
+    file: &std::path::Path,
+    passphrase: Option<String>,
+) -> Result<keys::PrivateKey, keys::Error> {
+    let file = file.to_path_buf();
+    tokio::task::spawn_blocking(move || keys::load_secret_key(&file, passphrase.as_deref()))
+        .await
+        .unwrap_or_else(|e| Err(keys::Error::IO(std::io::Error::other(e))))
 }
 
 /// Answers the server's keyboard-interactive prompts on the terminal. `Ok(false)`: refused.

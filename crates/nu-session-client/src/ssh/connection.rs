@@ -26,8 +26,9 @@ pub struct SshConnection {
     full: AtomicBool,
 }
 
-/// The last hop of `target.proxy_jump`, resolved, with the hops before it as its own jumps.
-fn last_hop(target: &SshTarget) -> Result<Option<SshTarget>, ClientError> {
+/// The last hop of `target.proxy_jump`, resolved (`ssh -G`, off the I/O threads), with the
+/// hops before it as its own jumps.
+async fn last_hop(target: &SshTarget) -> Result<Option<SshTarget>, ClientError> {
     let Some((last, before)) = target.proxy_jump.split_last() else {
         return Ok(None);
     };
@@ -46,7 +47,9 @@ fn last_hop(target: &SshTarget) -> Result<Option<SshTarget>, ClientError> {
         connect_timeout: target.connect_timeout,
         ..Default::default()
     };
-    let mut hop = SshTarget::resolve(&name, &options)?;
+    let mut hop = tokio::task::spawn_blocking(move || SshTarget::resolve(&name, &options))
+        .await
+        .map_err(|e| ClientError::transport("cannot read the ssh configuration", e))??;
     // The hops of the chain are the ones the target names, not the jump host's own.
     hop.proxy_jump = before.to_vec();
     Ok(Some(hop))
@@ -88,7 +91,7 @@ impl SshConnection {
         let config = Arc::new(config);
         let timeout = target.connect_timeout.unwrap_or(Duration::from_secs(30));
         let name = &target.computer_name;
-        let via = match last_hop(&target)? {
+        let via = match last_hop(&target).await? {
             None => None,
             Some(hop) => Some(Arc::new(
                 Box::pin(SshConnection::connect(hop, prompter.clone())).await?,

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use nu_plugin::EngineInterface;
-use nu_session_client::ssh::Prompter;
+use nu_session_client::ssh::{Prompter, Secret};
 
 /// A prompter for this command, or `None` when `nu` has no terminal to ask on.
 pub fn prompter(engine: &EngineInterface) -> Option<Prompter> {
@@ -23,6 +23,7 @@ pub fn prompter(engine: &EngineInterface) -> Option<Prompter> {
         let _foreground = engine.enter_foreground().ok();
         rpassword::prompt_password(prompt)
             .ok()
+            .map(Secret::new)
             .filter(|answer| !answer.is_empty())
     }))
 }

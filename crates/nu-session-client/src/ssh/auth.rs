@@ -18,15 +18,19 @@ use super::known_hosts::Verifier;
 #[derive(Clone)]
 pub struct Prompter(Arc<Ask>);
 
-type Ask = dyn Fn(&str) -> Option<String> + Send + Sync;
+type Ask = dyn Fn(&str) -> Option<Secret> + Send + Sync;
+
+/// A passphrase or password: wiped from memory when dropped. (Once handed to the SSH library
+/// for a password or keyboard-interactive answer, its copy there is not.)
+pub type Secret = zeroize::Zeroizing<String>;
 
 impl Prompter {
-    pub fn new(ask: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+    pub fn new(ask: impl Fn(&str) -> Option<Secret> + Send + Sync + 'static) -> Self {
         Prompter(Arc::new(ask))
     }
 
     /// Asks without blocking the I/O runtime.
-    async fn ask(&self, prompt: String) -> Option<String> {
+    async fn ask(&self, prompt: String) -> Option<Secret> {
         let ask = self.0.clone();
         tokio::task::spawn_blocking(move || ask(&prompt))
             .await
@@ -136,7 +140,7 @@ pub(super) async fn authenticate(
                     break;
                 };
                 if handle
-                    .authenticate_password(user, password)
+                    .authenticate_password(user, password.as_str())
                     .await
                     .map_err(failed)?
                     .success()
@@ -266,12 +270,14 @@ async fn load_key(
 /// Reads (and decrypts: a key derivation of many rounds) a private key off the I/O threads.
 async fn read_key(
     file: &std::path::Path,
-    passphrase: Option<String>,
+    passphrase: Option<Secret>,
 ) -> Result<keys::PrivateKey, keys::Error> {
     let file = file.to_path_buf();
-    tokio::task::spawn_blocking(move || keys::load_secret_key(&file, passphrase.as_deref()))
-        .await
-        .unwrap_or_else(|e| Err(keys::Error::IO(std::io::Error::other(e))))
+    tokio::task::spawn_blocking(move || {
+        keys::load_secret_key(&file, passphrase.as_ref().map(|p| p.as_str()))
+    })
+    .await
+    .unwrap_or_else(|e| Err(keys::Error::IO(std::io::Error::other(e))))
 }
 
 /// Answers the server's keyboard-interactive prompts on the terminal. `Ok(false)`: refused.
@@ -306,7 +312,7 @@ async fn keyboard_interactive(
                             crate::text::printable(&prompt.prompt)
                         );
                         match prompter.ask(text).await {
-                            Some(answer) => answers.push(answer),
+                            Some(answer) => answers.push(answer.to_string()),
                             None => return Ok(false),
                         }
                     }

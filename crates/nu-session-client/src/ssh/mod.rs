@@ -18,7 +18,7 @@ pub mod host_program;
 pub mod known_hosts;
 pub mod link;
 
-pub use auth::Prompter;
+pub use auth::{Prompter, Secret};
 pub use config::{DEFAULT_ALIVE_INTERVAL, SshOptions, SshTarget, StrictHostKeyChecking};
 pub use connection::SshConnection;
 pub use host_program::{DEPLOY_ENV, Deploy, DeployProgress};

@@ -666,3 +666,18 @@ fn a_worker_s_settings_are_not_in_its_command_line() {
         assert!(!argv.contains(private), "{private} in {argv}");
     }
 }
+
+#[test]
+fn what_a_background_job_prints_shows_with_the_next_invocation() {
+    let sb = Sandbox::new();
+    let out = sb.run(
+        "let s = new-session
+         invoke-session $s { job spawn { sleep 300ms; print 'from the job' } | ignore }
+         sleep 1sec
+         print (invoke-session $s { 6 * 7 })",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Printed while nothing ran, shown before the next invocation's result.
+    assert_eq!(stdout.trim(), "from the job\n42", "{stdout}");
+}

@@ -299,6 +299,13 @@ impl Receive {
         self.consumer.defer = defer;
     }
 
+    /// Hands `events` (of no invocation) out before anything else.
+    pub(super) fn show_first(&mut self, events: Vec<CallEvent>) {
+        for event in events.into_iter().rev() {
+            self.consumer.pending.push_front((None, event));
+        }
+    }
+
     /// The next event with its invocation id; `Ok(None)` when everything is received.
     pub fn next_event(&mut self) -> Result<Option<BacklogEvent>, ClientError> {
         loop {

@@ -28,7 +28,7 @@ mod supervise;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -78,6 +78,9 @@ pub enum CallEvent {
 /// its buffer unacknowledged, so only a host configured larger, or a broken or hostile one,
 /// reaches it. One batch is always taken when the backlog is empty, whatever its size.
 pub const BACKLOG_LIMIT: usize = 64 << 20;
+
+/// The most output printed between invocations (a background job's) kept for the next one.
+pub const LOOSE_LIMIT: usize = 1 << 20;
 
 /// Events consumed here are acknowledged only once this many more have been consumed after them:
 /// Nushell's plugin protocol keeps up to 100 stream items in flight between the plugin and the
@@ -218,6 +221,10 @@ struct State {
     acked: u64,
     /// Batches handed over and not consumed yet: first → last sequence number.
     outstanding: BTreeMap<u64, u64>,
+    /// What the session printed while no invocation ran (a background job), for the next
+    /// call or receive to show: at most [`LOOSE_LIMIT`] bytes, the oldest given up first.
+    loose: VecDeque<CallEvent>,
+    loose_bytes: usize,
     /// The backlog's weight (its events' sizes) not taken by a receive yet.
     backlog_bytes: usize,
     /// The first event not kept because the backlog was full: nothing from it on is
@@ -251,6 +258,27 @@ impl State {
         {
             self.consumed_above.push((first, last));
         }
+    }
+
+    /// Keeps output printed while no invocation ran, within [`LOOSE_LIMIT`].
+    fn keep_loose(&mut self, events: impl IntoIterator<Item = CallEvent>) {
+        for event in events {
+            if let CallEvent::Output { bytes, .. } = &event {
+                self.loose_bytes += bytes.len();
+                self.loose.push_back(event);
+            }
+        }
+        while self.loose_bytes > LOOSE_LIMIT {
+            match self.loose.pop_front() {
+                Some(CallEvent::Output { bytes, .. }) => self.loose_bytes -= bytes.len(),
+                _ => self.loose_bytes = 0,
+            }
+        }
+    }
+
+    fn take_loose(&mut self) -> Vec<CallEvent> {
+        self.loose_bytes = 0;
+        self.loose.drain(..).collect()
     }
 
     /// The oldest event received and not done with: handed over and not consumed, or not
@@ -420,6 +448,8 @@ impl SessionHandle {
                 received: resumed_from.max(attachment.acked),
                 acked: resumed_from.max(attachment.acked),
                 outstanding: BTreeMap::new(),
+                loose: VecDeque::new(),
+                loose_bytes: 0,
                 backlog_bytes: 0,
                 withheld_from: None,
                 withheld: 0,
@@ -595,6 +625,15 @@ impl SessionHandle {
         }
         state.unconfirmed.insert(call_id, invocation);
         if let Some(call) = call {
+            // What a background job printed since the last invocation shows first.
+            let loose = state.take_loose();
+            if !loose.is_empty() {
+                let _ = call.try_send(Batch {
+                    first: 0,
+                    events: loose,
+                    weight: 0,
+                });
+            }
             state.calls.insert(call_id, call);
         }
         Ok(call_id)
@@ -648,7 +687,10 @@ impl SessionHandle {
                 ClientError::transport("cannot receive", "another receive is in progress")
             })?;
         let until_seq = self.inner.attachment().kept_until;
-        Ok(Receive::new(rx, self.inner.clone(), until_seq))
+        let mut receive = Receive::new(rx, self.inner.clone(), until_seq);
+        let loose = self.inner.state().take_loose();
+        receive.show_first(loose);
+        Ok(receive)
     }
 }
 

@@ -14,6 +14,8 @@ use crate::transport::Wire;
 enum Destination {
     Call(u64),
     Backlog,
+    /// Printed while no invocation ran: kept for the next call or receive.
+    Loose,
     Discard,
 }
 
@@ -88,7 +90,7 @@ async fn deliver(inner: &Inner, events: Vec<Event>) {
             hand_over(inner, run_to, std::mem::take(&mut run)).await;
         }
         run_to = to;
-        if to != Destination::Discard {
+        if matches!(to, Destination::Call(_) | Destination::Backlog) {
             let dropped = std::mem::take(&mut inner.state().dropped);
             if dropped > 0 {
                 run.push((seq, call_id, CallEvent::Dropped(dropped)));
@@ -138,8 +140,8 @@ fn split(inner: &Inner, seq: u64, body: EventBody, out: &mut Vec<(u64, Option<u6
 
 fn destination(inner: &Inner, call_id: Option<u64>, finished: bool) -> Destination {
     let Some(call_id) = call_id else {
-        // Printed while no invocation ran (a background job): nobody to show it to.
-        return Destination::Discard;
+        // Printed while no invocation ran (a background job): shown by the next one.
+        return Destination::Loose;
     };
     let mut state = inner.state();
     // An event of the invocation: the host has it.
@@ -169,6 +171,11 @@ async fn hand_over(inner: &Inner, to: Destination, run: Vec<(u64, Option<u64>, C
     };
     match to {
         Destination::Discard => {}
+        Destination::Loose => {
+            inner
+                .state()
+                .keep_loose(run.into_iter().map(|(_, _, event)| event));
+        }
         Destination::Backlog => {
             let mut state = inner.state();
             for (_, call_id, event) in &run {

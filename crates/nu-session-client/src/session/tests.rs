@@ -575,3 +575,50 @@ fn a_flood_for_invocations_nobody_waits_for_is_bounded_and_left_on_the_host() {
     let acked = handle.inner.state().acked;
     assert_eq!(acked, kept, "acknowledged past what was kept");
 }
+
+#[test]
+fn what_a_background_job_prints_between_invocations_is_shown_by_the_next() {
+    let fx = Fixture::new();
+    let (handle, mut end) = fx.attach(fx.attachment(1, 0, Vec::new()));
+    let printed = |seq: u64, text: &str| {
+        events(
+            seq,
+            vec![EventBody::Output {
+                call_id: None,
+                stderr: false,
+                bytes: text.as_bytes().to_vec(),
+            }],
+        )
+    };
+    fx.send(&mut end, printed(1, "from the job\n"));
+    // It is acknowledged (nothing holds it on the host) and kept for the next invocation.
+    assert_eq!(fx.last_ack(&mut end), Some(1));
+    let mut call = handle.invoke("1".into(), Vec::new(), None).unwrap();
+    let id = call_id_of(fx.expect(&mut end, invoked));
+    fx.send(&mut end, events(2, run_of(id, 1)));
+    let all = drain(&mut call);
+    assert!(
+        matches!(&all[0], CallEvent::Output { stderr: false, bytes } if bytes == b"from the job\n"),
+        "{all:?}"
+    );
+    assert_eq!(ints(&all), [1]);
+    drop(call);
+    // With no invocation to come, a receive shows it.
+    fx.send(&mut end, printed(5, "later\n"));
+    assert_eq!(fx.last_ack(&mut end), Some(5));
+    let mut receive = handle.receive().unwrap();
+    let first = receive.next_event().unwrap();
+    assert!(
+        matches!(&first, Some((None, CallEvent::Output { bytes, .. })) if bytes == b"later\n"),
+        "{first:?}"
+    );
+    // Only so much is kept.
+    drop(receive);
+    let mut state = handle.inner.state();
+    state.keep_loose((0..3).map(|_| CallEvent::Output {
+        stderr: true,
+        bytes: vec![b'x'; super::LOOSE_LIMIT / 2],
+    }));
+    assert!(state.loose_bytes <= super::LOOSE_LIMIT);
+    assert_eq!(state.loose.len(), 2);
+}

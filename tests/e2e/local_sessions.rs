@@ -677,7 +677,11 @@ fn what_a_background_job_prints_shows_with_the_next_invocation() {
          print (invoke-session $s { 6 * 7 })",
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Printed while nothing ran, shown before the next invocation's result.
     assert_eq!(stdout.trim(), "from the job\n42", "{stdout}");
 }

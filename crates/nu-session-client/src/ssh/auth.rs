@@ -82,7 +82,11 @@ pub(super) async fn authenticate(
     let mut tried = Vec::new();
     // What the server still accepts after the last refusal (unknown until one).
     let mut methods: Option<Vec<MethodKind>> = None;
-    for identity in offered(target, agent_keys) {
+    let offering = target.clone();
+    let identities = tokio::task::spawn_blocking(move || offered(&offering, agent_keys))
+        .await
+        .unwrap_or_default();
+    for identity in identities {
         let result = match identity {
             Identity::Agent(key) => {
                 let Some(agent) = agent.as_mut() else {

@@ -87,7 +87,12 @@ impl SshConnection {
             nodelay: true,
             ..Default::default()
         };
-        config.preferred.host_key_certificates = verifier.certificate_algorithms().into();
+        let asking = verifier.clone();
+        config.preferred.host_key_certificates =
+            tokio::task::spawn_blocking(move || asking.certificate_algorithms())
+                .await
+                .unwrap_or_default()
+                .into();
         let config = Arc::new(config);
         let timeout = target.connect_timeout.unwrap_or(Duration::from_secs(30));
         let name = &target.computer_name;

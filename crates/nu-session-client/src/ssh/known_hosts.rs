@@ -282,6 +282,7 @@ fn glob(pattern: &str, text: &str) -> bool {
 }
 
 /// Decides on the server's host key.
+#[derive(Clone)]
 pub(super) struct Verifier {
     pub(super) target: SshTarget,
     pub(super) refusal: Arc<Mutex<Option<ClientError>>>,
@@ -485,12 +486,19 @@ impl client::Handler for Verifier {
         &mut self,
         key: &keys::PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        match key {
-            keys::PublicKeyOrCertificate::PublicKey { key, .. } => Ok(self.check(key, None)),
-            keys::PublicKeyOrCertificate::Certificate(certificate) => {
-                Ok(self.check_certificate(certificate))
+        // The files are read (and maybe written, accept-new) off the I/O threads.
+        let verifier = self.clone();
+        let decided = match key {
+            keys::PublicKeyOrCertificate::PublicKey { key, .. } => {
+                let key = key.clone();
+                tokio::task::spawn_blocking(move || verifier.check(&key, None))
             }
-        }
+            keys::PublicKeyOrCertificate::Certificate(certificate) => {
+                let certificate = certificate.clone();
+                tokio::task::spawn_blocking(move || verifier.check_certificate(&certificate))
+            }
+        };
+        Ok(decided.await.unwrap_or(false))
     }
 }
 

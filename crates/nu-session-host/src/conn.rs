@@ -128,23 +128,81 @@ fn peer_is_same_user(stream: &UnixStream) -> bool {
     rc == 0 && cred.uid == unsafe { libc::geteuid() }
 }
 
-/// Writes a line to this process's log (its stderr as started, before output capture).
+/// A log grows past this and it is moved aside (`<log>.1`, replacing the one before) and
+/// started again: a host never holds more than two of each.
+pub const LOG_LIMIT: u64 = 1024 * 1024;
+
+/// Where a log is moved aside.
+pub fn rotated(path: &std::path::Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".1");
+    name.into()
+}
+
+/// This process's log: a copy of its stderr as started (before output capture), and the file
+/// that is, when it is one.
+pub struct Log {
+    file: std::sync::Mutex<std::fs::File>,
+    path: Option<std::path::PathBuf>,
+}
+
+/// Writes a line to this process's log; past [`LOG_LIMIT`], the log is moved aside and begun
+/// again (a manager or worker that runs for months logs for months).
 pub fn log(message: std::fmt::Arguments<'_>) {
-    if let Some(file) = LOG.get() {
-        let mut file = file;
-        let _ = writeln!(
-            file,
-            "{} [{}] {message}",
-            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"),
-            std::process::id()
-        );
+    let Some(log) = LOG.get() else {
+        return;
+    };
+    let mut file = log.file.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = writeln!(
+        file,
+        "{} [{}] {message}",
+        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+        std::process::id()
+    );
+    if let Some(path) = &log.path
+        && file.metadata().is_ok_and(|m| m.len() > LOG_LIMIT)
+    {
+        rotate(&mut file, path);
     }
 }
 
-pub static LOG: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+/// Moves the log at `path` (open as `file`) aside and opens a new one in its place; fd 2
+/// follows when it was the same file (the manager's).
+fn rotate(file: &mut std::fs::File, path: &std::path::Path) {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let same =
+        |a: &std::fs::Metadata, b: &std::fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
+    let Ok(old) = file.metadata() else { return };
+    // SAFETY: fd 2 is borrowed for a metadata call only.
+    let stderr = unsafe { std::os::fd::BorrowedFd::borrow_raw(2) };
+    let stderr_is_log = stderr
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata())
+        .is_ok_and(|m| same(&m, &old));
+    if std::fs::rename(path, rotated(path)).is_err() {
+        return;
+    }
+    let Ok(new) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+    else {
+        return;
+    };
+    if stderr_is_log {
+        // SAFETY: both descriptors are open; pointing fd 2 at the new log is what we mean.
+        unsafe { libc::dup2(new.as_raw_fd(), 2) };
+    }
+    *file = new;
+}
+
+pub static LOG: std::sync::OnceLock<Log> = std::sync::OnceLock::new();
 
 /// Keeps a copy of the current stderr as the log, so later redirections of fd 2 don't hide it.
-pub fn init_log() {
+/// `path`: the file stderr is, to be moved aside when it grows too large.
+pub fn init_log(path: Option<std::path::PathBuf>) {
     // SAFETY: dup of fd 2 returns a new descriptor or -1.
     let fd = unsafe { libc::dup(2) };
     if fd >= 0 {
@@ -152,7 +210,10 @@ pub fn init_log() {
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         // SAFETY: as above.
         let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let _ = LOG.set(file);
+        let _ = LOG.set(Log {
+            file: std::sync::Mutex::new(file),
+            path,
+        });
     }
 }
 
@@ -202,5 +263,34 @@ mod accept_tests {
         }
         assert!(accept_pause(&io::Error::from_raw_os_error(libc::ECONNABORTED)).is_none());
         assert!(accept_pause(&io::Error::from(io::ErrorKind::Interrupted)).is_none());
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    #[test]
+    fn a_log_past_its_limit_is_moved_aside_and_writing_goes_on_in_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manager.log");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(&vec![b'x'; LOG_LIMIT as usize + 1]).unwrap();
+        rotate(&mut file, &path);
+        writeln!(file, "after").unwrap();
+        assert_eq!(
+            std::fs::metadata(rotated(&path)).unwrap().len(),
+            LOG_LIMIT + 1
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "after\n");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(rotated(&path), dir.path().join("manager.log.1"));
     }
 }

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nu_session_protocol::layout::Layout;
+
+use crate::conn::LOG_LIMIT;
 use nu_session_protocol::{
     ClientMessage, ErrorKind, Hello, HostMessage, RemoteError, SessionInfo, SessionSettings,
     read_frame, write_frame,
@@ -38,7 +40,7 @@ pub fn run(layout: Layout, daemon: bool) -> io::Result<()> {
     if daemon {
         daemonize(&layout)?;
     }
-    crate::conn::init_log();
+    crate::conn::init_log(daemon.then(|| layout.manager_log()));
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -88,15 +90,11 @@ pub fn run(layout: Layout, daemon: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// `manager.log` grows past this, and the next manager starts a new one (the old one is kept as
-/// `manager.log.1`, replacing the one before).
-const LOG_LIMIT: u64 = 1024 * 1024;
-
 /// Moves a `manager.log` over [`LOG_LIMIT`] aside, so the log never holds more than two of them.
 fn rotate_log(layout: &Layout) {
     let log = layout.manager_log();
     if std::fs::metadata(&log).is_ok_and(|m| m.len() > LOG_LIMIT) {
-        let _ = std::fs::rename(&log, log.with_extension("log.1"));
+        let _ = std::fs::rename(&log, crate::conn::rotated(&log));
     }
 }
 

@@ -92,11 +92,12 @@ pub fn exists(layout: &Layout, id: Uuid) -> bool {
 }
 
 /// The files that live as long as the session (everything but the end record).
-pub fn live_files(layout: &Layout, id: Uuid) -> [PathBuf; 3] {
+pub fn live_files(layout: &Layout, id: Uuid) -> [PathBuf; 4] {
     [
         layout.session_socket(id),
         layout.session_meta(id),
         layout.session_log(id),
+        crate::conn::rotated(&layout.session_log(id)),
     ]
 }
 

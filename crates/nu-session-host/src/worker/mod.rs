@@ -128,7 +128,7 @@ extern "C" fn end_session_at_exit() {
 /// Runs a worker; never returns. Writes the session's [`SessionInfo`] as one JSON line to stdout
 /// once it accepts connections.
 pub fn run(layout: Layout, id: Uuid, settings: SessionSettings) -> io::Result<()> {
-    crate::conn::init_log();
+    crate::conn::init_log(Some(layout.session_log(id)));
     let config = HostConfig::load().map_err(io::Error::other)?;
     nu_session_protocol::set_max_message_len(config.max_message_bytes);
     let interrupt = Arc::new(AtomicBool::new(false));

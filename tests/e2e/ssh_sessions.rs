@@ -784,3 +784,79 @@ fn more_sessions_than_the_server_s_max_sessions_get_more_connections() {
     let logins = server.log().matches("Accepted publickey").count();
     assert_eq!(logins, 2, "{}", server.log());
 }
+
+#[test]
+fn user_certificates_are_offered_with_their_key_as_openssh_does() {
+    let sb = Sandbox::new();
+    let user_ca = sb.stray_key("user_ca");
+    let server = sb.sshd_with(
+        "127.0.0.82",
+        &format!(
+            "TrustedUserCAKeys {}",
+            user_ca.with_extension("pub").display()
+        ),
+    );
+    // Keys the server knows nothing of, but certificates of its CA (or of none it trusts).
+    let sign = |key: &std::path::Path, principal: &str, out: Option<&std::path::Path>| {
+        let signed = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-s"])
+            .arg(&user_ca)
+            .args(["-I", "test", "-n", principal])
+            .arg(key.with_extension("pub"))
+            .output()
+            .expect("ssh-keygen -s");
+        assert!(
+            signed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&signed.stderr)
+        );
+        let made = sb.path().join(format!(
+            "{}-cert.pub",
+            key.file_name().unwrap().to_string_lossy()
+        ));
+        if let Some(out) = out {
+            std::fs::rename(&made, out).expect("move certificate");
+        }
+    };
+    let beside = sb.stray_key("beside");
+    let elsewhere = sb.stray_key("elsewhere");
+    let wrong = sb.stray_key("wrong");
+    sign(&beside, &server.user.name, None);
+    let certificate = sb.path().join("certs-elsewhere.pub");
+    sign(&elsewhere, &server.user.name, Some(&certificate));
+    sign(&wrong, "somebody-else", None);
+    let config = sb.ssh_config(
+        &[&server],
+        &format!(
+            "Host {}\n  CertificateFile {}\n",
+            server.address,
+            certificate.display()
+        ),
+    );
+    let open = |key: &std::path::Path| {
+        sb.ssh_run(
+            &config,
+            &format!(
+                "new-session {} --identity-file {} | get 0.state",
+                server.computer(),
+                key.display()
+            ),
+        )
+    };
+    for (key, how) in [(&beside, "<key>-cert.pub"), (&elsewhere, "CertificateFile")] {
+        let out = open(key);
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Opened"),
+            "{how}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A certificate for another principal does not get in, and the error names the key tried.
+    let out = open(&wrong);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "opened with another user's certificate"
+    );
+    assert!(stderr.contains("refused every key"), "{stderr}");
+}

@@ -70,13 +70,7 @@ pub(super) async fn authenticate(
         None => None,
     };
     let agent_keys = match &mut agent {
-        Some(agent) => agent
-            .request_identities()
-            .await
-            .unwrap_or_default()
-            .iter()
-            .map(|identity| identity.public_key().into_owned())
-            .collect(),
+        Some(agent) => agent.request_identities().await.unwrap_or_default(),
         None => Vec::new(),
     };
     let mut tried = Vec::new();
@@ -86,31 +80,51 @@ pub(super) async fn authenticate(
     let identities = tokio::task::spawn_blocking(move || offered(&offering, agent_keys))
         .await
         .unwrap_or_default();
+    // A file's key, read (and decrypted) once for its certificate and itself.
+    let mut loaded: Option<(std::path::PathBuf, Option<Arc<keys::PrivateKey>>)> = None;
     for identity in identities {
         let result = match identity {
-            Identity::Agent(key) => {
+            Identity::Agent(key, certificate) => {
                 let Some(agent) = agent.as_mut() else {
                     continue;
                 };
                 // An agent that cannot sign (a key needing a confirmation refused): the next.
-                match handle
-                    .authenticate_publickey_with(user, key, hash, agent)
-                    .await
-                {
+                let result = match certificate {
+                    Some(certificate) => {
+                        handle
+                            .authenticate_certificate_with(user, certificate, hash, agent)
+                            .await
+                    }
+                    None => {
+                        handle
+                            .authenticate_publickey_with(user, key, hash, agent)
+                            .await
+                    }
+                };
+                match result {
                     Ok(result) => result,
                     Err(_) => continue,
                 }
             }
-            Identity::File(file) => {
-                tried.push(file.display().to_string());
-                let Some(key) = load_key(&file, prompter).await? else {
+            Identity::File(file, certificate) => {
+                if loaded.as_ref().is_none_or(|(f, _)| *f != file) {
+                    tried.push(file.display().to_string());
+                    let key = load_key(&file, prompter).await?.map(Arc::new);
+                    loaded = Some((file.clone(), key));
+                }
+                let Some(key) = loaded.as_ref().and_then(|(_, key)| key.clone()) else {
                     continue;
                 };
-                let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
-                handle
-                    .authenticate_publickey(user, key)
-                    .await
-                    .map_err(failed)?
+                match certificate {
+                    Some(certificate) => handle
+                        .authenticate_openssh_cert(user, key, certificate)
+                        .await
+                        .map_err(failed)?,
+                    None => handle
+                        .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, hash))
+                        .await
+                        .map_err(failed)?,
+                }
             }
         };
         match result {
@@ -175,44 +189,104 @@ pub(super) async fn authenticate(
     }))
 }
 
-/// A key to offer: one held by the agent, or an identity file.
+/// A key to offer: one held by the agent, or an identity file; with the certificate offered
+/// for it, when there is one (a certificate goes just before its plain key, as OpenSSH).
 #[derive(Debug, PartialEq)]
 enum Identity {
-    Agent(keys::PublicKey),
-    File(std::path::PathBuf),
+    Agent(keys::PublicKey, Option<keys::Certificate>),
+    File(std::path::PathBuf, Option<keys::Certificate>),
 }
 
 /// The keys to offer, in OpenSSH's order: the identity files the agent holds (through the
 /// agent), then the agent's other keys unless `IdentitiesOnly`, then the remaining identity
 /// files that exist. Offering every agent key first would use up the server's `MaxAuthTries`
-/// before the key configured for the host.
-fn offered(target: &SshTarget, agent_keys: Vec<keys::PublicKey>) -> Vec<Identity> {
-    let mut files: Vec<(std::path::PathBuf, Option<keys::PublicKey>)> = target
+/// before the key configured for the host. A file's certificate (`CertificateFile`, or the
+/// `<file>-cert.pub` beside it) and an agent's are offered before the plain key.
+fn offered(target: &SshTarget, agent_keys: Vec<keys::agent::AgentIdentity>) -> Vec<Identity> {
+    let certificates: Vec<keys::Certificate> = target
+        .certificate_files
+        .iter()
+        .filter_map(|file| keys::Certificate::read_file(file).ok())
+        .collect();
+    let mut files: Vec<(
+        std::path::PathBuf,
+        Option<keys::PublicKey>,
+        Option<keys::Certificate>,
+    )> = target
         .identity_files
         .iter()
         .filter(|f| f.exists())
-        .map(|f| (f.clone(), public_key_of(f)))
+        .map(|f| {
+            let public = public_key_of(f);
+            let certificate = public
+                .as_ref()
+                .and_then(|p| certificate_for(f, p, &certificates));
+            (f.clone(), public, certificate)
+        })
         .collect();
+    let with = |certificate: Option<keys::Certificate>, plain: Identity| -> Vec<Identity> {
+        match (certificate, &plain) {
+            (Some(c), Identity::Agent(key, _)) => {
+                vec![Identity::Agent(key.clone(), Some(c)), plain]
+            }
+            (Some(c), Identity::File(file, _)) => {
+                vec![Identity::File(file.clone(), Some(c)), plain]
+            }
+            (None, _) => vec![plain],
+        }
+    };
     let mut preferred = Vec::new();
     let mut others = Vec::new();
-    for key in agent_keys {
-        let held = files.iter().position(|(_, public)| {
+    for identity in agent_keys {
+        let (key, certificate) = match identity {
+            keys::agent::AgentIdentity::PublicKey { key, .. } => (key, None),
+            keys::agent::AgentIdentity::Certificate { certificate, .. } => (
+                keys::PublicKey::new(certificate.public_key().clone(), ""),
+                Some(certificate),
+            ),
+        };
+        let held = files.iter().position(|(_, public, _)| {
             public
                 .as_ref()
                 .is_some_and(|p| p.key_data() == key.key_data())
         });
         match held {
             Some(i) => {
-                files.remove(i);
-                preferred.push(Identity::Agent(key));
+                let (_, _, file_certificate) = files.remove(i);
+                preferred.extend(with(
+                    certificate.or(file_certificate),
+                    Identity::Agent(key, None),
+                ));
             }
-            None if !target.identities_only => others.push(Identity::Agent(key)),
+            None if !target.identities_only => {
+                others.extend(with(certificate, Identity::Agent(key, None)));
+            }
             None => {}
         }
     }
     preferred.extend(others);
-    preferred.extend(files.into_iter().map(|(file, _)| Identity::File(file)));
+    for (file, _, certificate) in files {
+        preferred.extend(with(certificate, Identity::File(file, None)));
+    }
     preferred
+}
+
+/// The certificate for `file`'s key `public`: a `CertificateFile` that certifies it, else the
+/// `<file>-cert.pub` beside it when it does.
+fn certificate_for(
+    file: &std::path::Path,
+    public: &keys::PublicKey,
+    certificates: &[keys::Certificate],
+) -> Option<keys::Certificate> {
+    let certifies = |c: &keys::Certificate| c.public_key() == public.key_data();
+    if let Some(certificate) = certificates.iter().find(|c| certifies(c)) {
+        return Some(certificate.clone());
+    }
+    let mut beside = file.as_os_str().to_owned();
+    beside.push("-cert.pub");
+    keys::Certificate::read_file(std::path::Path::new(&beside))
+        .ok()
+        .filter(certifies)
 }
 
 /// An identity file's public key: its `.pub`, or the key itself when it is not encrypted.

@@ -1,6 +1,6 @@
 //! Where and how to reach a host, as OpenSSH would: the configuration comes from `ssh -G`, so
 //! `Host` aliases, `HostName`, `User`, `Port`, `IdentityFile`, `UserKnownHostsFile`,
-//! `IdentitiesOnly`, `IdentityAgent`, `StrictHostKeyChecking`, `ConnectTimeout`, `ProxyJump` and
+//! `CertificateFile`, `IdentitiesOnly`, `IdentityAgent`, `StrictHostKeyChecking`, `ConnectTimeout`, `ProxyJump` and
 //! the keepalives mean exactly what
 //! they mean to `ssh`. Flags (user, port, identity file) override the config.
 
@@ -80,6 +80,8 @@ pub struct SshTarget {
     pub user: String,
     pub port: u16,
     pub identity_files: Vec<PathBuf>,
+    /// `CertificateFile`: certificates offered with the identity file whose key they certify.
+    pub certificate_files: Vec<PathBuf>,
     /// `IdentitiesOnly`: offer only the identity files' keys (an agent's are used only for
     /// those), never every key of the agent.
     pub identities_only: bool,
@@ -197,6 +199,7 @@ impl SshTarget {
             user: String::new(),
             port: 22,
             identity_files: Vec::new(),
+            certificate_files: Vec::new(),
             identities_only: false,
             identity_agent: IdentityAgent::Env("SSH_AUTH_SOCK".to_string()),
             known_hosts: Vec::new(),
@@ -218,6 +221,7 @@ impl SshTarget {
                 "user" => target.user = value.to_string(),
                 "port" => target.port = value.parse().unwrap_or(22),
                 "identityfile" => target.identity_files.push(expand(value)),
+                "certificatefile" => target.certificate_files.push(expand(value)),
                 "identitiesonly" => target.identities_only = value == "yes",
                 "identityagent" => target.identity_agent = IdentityAgent::parse(value),
                 "userknownhostsfile" => {

@@ -180,7 +180,9 @@ fn rotate(file: &mut std::fs::File, path: &std::path::Path) {
         .map(std::fs::File::from)
         .and_then(|f| f.metadata())
         .is_ok_and(|m| same(&m, &old));
-    if std::fs::rename(path, rotated(path)).is_err() {
+    // Moved aside already (by another process of the host): only follow it to the new file.
+    let still_ours = std::fs::metadata(path).is_ok_and(|m| same(&m, &old));
+    if still_ours && std::fs::rename(path, rotated(path)).is_err() {
         return;
     }
     let Ok(new) = std::fs::OpenOptions::new()
@@ -189,6 +191,8 @@ fn rotate(file: &mut std::fs::File, path: &std::path::Path) {
         .mode(0o600)
         .open(path)
     else {
+        // Nowhere new to write: the moved-aside file must not grow without bound instead.
+        let _ = file.set_len(0);
         return;
     };
     if stderr_is_log {
@@ -292,5 +296,29 @@ mod log_tests {
         );
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(rotated(&path), dir.path().join("manager.log.1"));
+    }
+}
+
+#[cfg(test)]
+mod log_race_tests {
+    use super::*;
+
+    #[test]
+    fn a_log_another_process_moved_aside_already_is_followed_not_moved_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manager.log");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(b"old\n").unwrap();
+        // Another manager rotated it and started writing the new one.
+        std::fs::rename(&path, rotated(&path)).unwrap();
+        std::fs::write(&path, "theirs\n").unwrap();
+        rotate(&mut file, &path);
+        writeln!(file, "mine").unwrap();
+        assert_eq!(std::fs::read_to_string(rotated(&path)).unwrap(), "old\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "theirs\nmine\n");
     }
 }

@@ -260,17 +260,29 @@ impl State {
         }
     }
 
-    /// Keeps output printed while no invocation ran, within [`LOOSE_LIMIT`].
+    /// Events `first..=last`, never handed over, are done with: acknowledged with the others
+    /// when nothing older is held, else by themselves.
+    fn done_with(&mut self, first: u64, last: u64) {
+        if self.oldest_held().is_some_and(|oldest| oldest < first) {
+            self.consumed_above.push((first, last));
+        }
+    }
+
+    /// Keeps output printed while no invocation ran, within [`LOOSE_LIMIT`] (each piece weighs
+    /// its bytes and a little more, so empty ones count too).
     fn keep_loose(&mut self, events: impl IntoIterator<Item = CallEvent>) {
+        const PIECE: usize = 32;
         for event in events {
             if let CallEvent::Output { bytes, .. } = &event {
-                self.loose_bytes += bytes.len();
+                self.loose_bytes += PIECE + bytes.len();
                 self.loose.push_back(event);
             }
         }
         while self.loose_bytes > LOOSE_LIMIT {
             match self.loose.pop_front() {
-                Some(CallEvent::Output { bytes, .. }) => self.loose_bytes -= bytes.len(),
+                Some(CallEvent::Output { bytes, .. }) => {
+                    self.loose_bytes -= PIECE + bytes.len();
+                }
                 _ => self.loose_bytes = 0,
             }
         }

@@ -170,11 +170,13 @@ async fn hand_over(inner: &Inner, to: Destination, run: Vec<(u64, Option<u64>, C
         return;
     };
     match to {
-        Destination::Discard => {}
+        // Done with at once: acknowledged, by range when older events are still held (so a
+        // reconnect does not bring them back).
+        Destination::Discard => inner.state().done_with(first, last),
         Destination::Loose => {
-            inner
-                .state()
-                .keep_loose(run.into_iter().map(|(_, _, event)| event));
+            let mut state = inner.state();
+            state.keep_loose(run.into_iter().map(|(_, _, event)| event));
+            state.done_with(first, last);
         }
         Destination::Backlog => {
             let mut state = inner.state();

@@ -617,8 +617,46 @@ fn what_a_background_job_prints_between_invocations_is_shown_by_the_next() {
     let mut state = handle.inner.state();
     state.keep_loose((0..3).map(|_| CallEvent::Output {
         stderr: true,
-        bytes: vec![b'x'; super::LOOSE_LIMIT / 2],
+        bytes: vec![b'x'; super::LOOSE_LIMIT / 2 - 64],
     }));
     assert!(state.loose_bytes <= super::LOOSE_LIMIT);
     assert_eq!(state.loose.len(), 2);
+    // Empty pieces count too: a flood of them stays bounded.
+    state.keep_loose((0..200_000).map(|_| CallEvent::Output {
+        stderr: true,
+        bytes: Vec::new(),
+    }));
+    assert!(
+        state.loose.len() <= super::LOOSE_LIMIT / 32,
+        "{}",
+        state.loose.len()
+    );
+}
+
+#[test]
+fn output_between_invocations_is_acknowledged_by_itself_behind_an_unread_backlog() {
+    let fx = Fixture::new();
+    let (handle, mut end) = fx.attach(fx.attachment(1, 0, vec![7]));
+    // Invocation 7's output waits for a receive; then the session prints on its own.
+    let mut bodies = run_of(7, 2);
+    bodies.pop();
+    fx.send(&mut end, events(1, bodies));
+    let printed = EventBody::Output {
+        call_id: None,
+        stderr: true,
+        bytes: b"job\n".to_vec(),
+    };
+    fx.send(&mut end, events(4, vec![printed]));
+    // Kept here, so forgotten there: a reconnect must not bring it back to be shown twice.
+    let range = fx.expect(&mut end, |m| {
+        matches!(
+            m,
+            ClientMessage::Ack { .. } | ClientMessage::AckRange { .. }
+        )
+    });
+    assert!(
+        matches!(range, ClientMessage::AckRange { first: 4, last: 4 }),
+        "{range:?}"
+    );
+    drop(handle);
 }

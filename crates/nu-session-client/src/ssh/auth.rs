@@ -82,6 +82,9 @@ pub(super) async fn authenticate(
         .unwrap_or_default();
     // A file's key, read (and decrypted) once for its certificate and itself.
     let mut loaded: Option<(std::path::PathBuf, Option<Arc<keys::PrivateKey>>)> = None;
+    // Why a file could not be used (unreadable, encrypted without a terminal): the next key is
+    // tried, and this is the error if none gets in.
+    let mut unusable: Option<ClientError> = None;
     for identity in identities {
         let result = match identity {
             Identity::Agent(key, certificate) => {
@@ -109,7 +112,13 @@ pub(super) async fn authenticate(
             Identity::File(file, certificate) => {
                 if loaded.as_ref().is_none_or(|(f, _)| *f != file) {
                     tried.push(file.display().to_string());
-                    let key = load_key(&file, prompter).await?.map(Arc::new);
+                    let key = match load_key(&file, prompter).await {
+                        Ok(key) => key.map(Arc::new),
+                        Err(e) => {
+                            unusable.get_or_insert(e);
+                            None
+                        }
+                    };
                     loaded = Some((file.clone(), key));
                 }
                 let Some(key) = loaded.as_ref().and_then(|(_, key)| key.clone()) else {
@@ -168,6 +177,9 @@ pub(super) async fn authenticate(
             }
         }
     }
+    if let Some(error) = unusable {
+        return Err(error);
+    }
     let missing: Vec<String> = target
         .identity_files
         .iter()
@@ -190,24 +202,31 @@ pub(super) async fn authenticate(
 }
 
 /// A key to offer: one held by the agent, or an identity file; with the certificate offered
-/// for it, when there is one (a certificate goes just before its plain key, as OpenSSH).
+/// for it, when there is one (a key's certificate goes just before the key itself).
 #[derive(Debug, PartialEq)]
 enum Identity {
     Agent(keys::PublicKey, Option<keys::Certificate>),
     File(std::path::PathBuf, Option<keys::Certificate>),
 }
 
-/// The keys to offer, in OpenSSH's order: the identity files the agent holds (through the
-/// agent), then the agent's other keys unless `IdentitiesOnly`, then the remaining identity
-/// files that exist. Offering every agent key first would use up the server's `MaxAuthTries`
-/// before the key configured for the host. A file's certificate (`CertificateFile`, or the
-/// `<file>-cert.pub` beside it) and an agent's are offered before the plain key.
+/// The keys to offer, in OpenSSH's order for plain keys: the identity files the agent holds
+/// (through the agent), then the agent's other keys unless `IdentitiesOnly`, then the remaining
+/// identity files that exist. Offering every agent key first would use up the server's
+/// `MaxAuthTries` before the key configured for the host. A key's certificate — one the agent
+/// holds, a `CertificateFile` that certifies it, or the `<file>-cert.pub` beside its file — goes
+/// just before it; each key and each certificate is offered once.
 fn offered(target: &SshTarget, agent_keys: Vec<keys::agent::AgentIdentity>) -> Vec<Identity> {
     let certificates: Vec<keys::Certificate> = target
         .certificate_files
         .iter()
         .filter_map(|file| keys::Certificate::read_file(file).ok())
         .collect();
+    let certified = |key: &keys::PublicKey| {
+        certificates
+            .iter()
+            .find(|c| c.public_key() == key.key_data())
+            .cloned()
+    };
     let mut files: Vec<(
         std::path::PathBuf,
         Option<keys::PublicKey>,
@@ -217,26 +236,31 @@ fn offered(target: &SshTarget, agent_keys: Vec<keys::agent::AgentIdentity>) -> V
         .iter()
         .filter(|f| f.exists())
         .map(|f| {
-            let public = public_key_of(f);
+            let beside = certificate_beside(f);
+            let public = public_key_of(f).or_else(|| {
+                beside
+                    .as_ref()
+                    .map(|c| keys::PublicKey::new(c.public_key().clone(), ""))
+            });
             let certificate = public
                 .as_ref()
-                .and_then(|p| certificate_for(f, p, &certificates));
+                .and_then(|p| certified(p).or(beside.filter(|c| c.public_key() == p.key_data())));
             (f.clone(), public, certificate)
         })
         .collect();
-    let with = |certificate: Option<keys::Certificate>, plain: Identity| -> Vec<Identity> {
-        match (certificate, &plain) {
-            (Some(c), Identity::Agent(key, _)) => {
-                vec![Identity::Agent(key.clone(), Some(c)), plain]
-            }
-            (Some(c), Identity::File(file, _)) => {
-                vec![Identity::File(file.clone(), Some(c)), plain]
-            }
-            (None, _) => vec![plain],
-        }
-    };
     let mut preferred = Vec::new();
     let mut others = Vec::new();
+    // Each agent key once, and its certificate once, however often the agent lists them.
+    let mut seen: Vec<(keys::ssh_key::public::KeyData, bool)> = Vec::new();
+    let mut offer = |list: &mut Vec<Identity>,
+                     key: &keys::PublicKey,
+                     certificate: Option<keys::Certificate>| {
+        let seen_as = (key.key_data().clone(), certificate.is_some());
+        if !seen.contains(&seen_as) {
+            seen.push(seen_as);
+            list.push(Identity::Agent(key.clone(), certificate));
+        }
+    };
     for identity in agent_keys {
         let (key, certificate) = match identity {
             keys::agent::AgentIdentity::PublicKey { key, .. } => (key, None),
@@ -250,43 +274,34 @@ fn offered(target: &SshTarget, agent_keys: Vec<keys::agent::AgentIdentity>) -> V
                 .as_ref()
                 .is_some_and(|p| p.key_data() == key.key_data())
         });
-        match held {
-            Some(i) => {
-                let (_, _, file_certificate) = files.remove(i);
-                preferred.extend(with(
-                    certificate.or(file_certificate),
-                    Identity::Agent(key, None),
-                ));
-            }
-            None if !target.identities_only => {
-                others.extend(with(certificate, Identity::Agent(key, None)));
-            }
-            None => {}
+        let (list, certificate) = match held {
+            Some(i) => (&mut preferred, certificate.or(files.remove(i).2)),
+            None if !target.identities_only => (&mut others, certificate),
+            None => continue,
+        };
+        if let Some(certificate) = certificate.or_else(|| certified(&key)) {
+            offer(list, &key, Some(certificate));
         }
+        offer(list, &key, None);
     }
-    preferred.extend(others);
-    for (file, _, certificate) in files {
-        preferred.extend(with(certificate, Identity::File(file, None)));
+    preferred.append(&mut others);
+    for (file, public, certificate) in files {
+        // russh signs a file's RSA certificate with an algorithm sshd refuses: the key alone.
+        let certificate =
+            certificate.filter(|_| !public.as_ref().is_some_and(|p| p.algorithm().is_rsa()));
+        if let Some(certificate) = certificate {
+            preferred.push(Identity::File(file.clone(), Some(certificate)));
+        }
+        preferred.push(Identity::File(file, None));
     }
     preferred
 }
 
-/// The certificate for `file`'s key `public`: a `CertificateFile` that certifies it, else the
-/// `<file>-cert.pub` beside it when it does.
-fn certificate_for(
-    file: &std::path::Path,
-    public: &keys::PublicKey,
-    certificates: &[keys::Certificate],
-) -> Option<keys::Certificate> {
-    let certifies = |c: &keys::Certificate| c.public_key() == public.key_data();
-    if let Some(certificate) = certificates.iter().find(|c| certifies(c)) {
-        return Some(certificate.clone());
-    }
+/// The `<file>-cert.pub` beside an identity file, if there is one.
+fn certificate_beside(file: &std::path::Path) -> Option<keys::Certificate> {
     let mut beside = file.as_os_str().to_owned();
     beside.push("-cert.pub");
-    keys::Certificate::read_file(std::path::Path::new(&beside))
-        .ok()
-        .filter(certifies)
+    keys::Certificate::read_file(std::path::Path::new(&beside)).ok()
 }
 
 /// An identity file's public key: its `.pub`, or the key itself when it is not encrypted.
@@ -403,4 +418,132 @@ async fn keyboard_interactive(
         }
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keygen(args: &[&str]) {
+        let out = std::process::Command::new("ssh-keygen")
+            .args(args)
+            .output()
+            .expect("ssh-keygen");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn key(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, keys::PublicKey) {
+        let path = dir.join(name);
+        keygen(&[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            path.to_str().unwrap(),
+        ]);
+        let public = keys::load_public_key(path.with_extension("pub")).unwrap();
+        (path, public)
+    }
+
+    fn kinds(identities: &[Identity]) -> Vec<String> {
+        identities
+            .iter()
+            .map(|identity| match identity {
+                Identity::Agent(key, c) => format!("agent {} {}", key.comment(), c.is_some()),
+                Identity::File(file, c) => {
+                    format!(
+                        "file {} {}",
+                        file.file_name().unwrap().to_string_lossy(),
+                        c.is_some()
+                    )
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_key_and_certificate_is_offered_once_in_openssh_s_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k, k_public) = key(dir.path(), "k");
+        let (f2, _) = key(dir.path(), "f2");
+        let (_, x_public) = key(dir.path(), "x");
+        let (ca, _) = key(dir.path(), "ca");
+        let k_pub = k.with_extension("pub");
+        keygen(&[
+            "-q",
+            "-s",
+            ca.to_str().unwrap(),
+            "-I",
+            "t",
+            "-n",
+            "alice",
+            k_pub.to_str().unwrap(),
+        ]);
+        let certificate = keys::Certificate::read_file(&dir.path().join("k-cert.pub")).unwrap();
+        let mut target = SshTarget::from_ssh_g(
+            "web1",
+            &format!(
+                "user alice\nhostname web1\nidentityfile {}\nidentityfile {}\n",
+                k.display(),
+                f2.display()
+            ),
+            dir.path(),
+        )
+        .unwrap();
+        let named = |mut key: keys::PublicKey, name: &str| {
+            key.set_comment(name);
+            key
+        };
+        let (k_public, x_public) = (named(k_public, "K"), named(x_public, "X"));
+        // The agent lists K's certificate, K, and another key X.
+        let agent = || {
+            vec![
+                keys::agent::AgentIdentity::from(certificate.clone()),
+                keys::agent::AgentIdentity::from(k_public.clone()),
+                keys::agent::AgentIdentity::from(x_public.clone()),
+            ]
+        };
+        let k_of_agent = |list: Vec<Identity>| {
+            // The certificate from the agent has no comment: name it by its key.
+            list.into_iter()
+                .map(|identity| match identity {
+                    Identity::Agent(key, c) if key.key_data() == k_public.key_data() => {
+                        Identity::Agent(named(key, "K"), c)
+                    }
+                    other => other,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            kinds(&k_of_agent(offered(&target, agent()))),
+            [
+                "agent K true",
+                "agent K false",
+                "agent X false",
+                "file f2 false"
+            ]
+        );
+        target.identities_only = true;
+        assert_eq!(
+            kinds(&k_of_agent(offered(&target, agent()))),
+            ["agent K true", "agent K false", "file f2 false"]
+        );
+        // Without the agent: the file's own certificate (beside it) before its key.
+        assert_eq!(
+            kinds(&offered(&target, Vec::new())),
+            ["file k true", "file k false", "file f2 false"]
+        );
+        // An agent holding K plain: K's certificate from beside the file, through the agent.
+        let plain = vec![keys::agent::AgentIdentity::from(k_public.clone())];
+        assert_eq!(
+            kinds(&offered(&target, plain)),
+            ["agent K true", "agent K false", "file f2 false"]
+        );
+    }
 }

@@ -90,6 +90,10 @@ pub struct SshTarget {
     pub known_hosts: Vec<PathBuf>,
     /// `GlobalKnownHostsFile`: read, never written.
     pub global_known_hosts: Vec<PathBuf>,
+    /// `RevokedHostKeys`: a file of keys never accepted (public keys, one per line).
+    pub revoked_host_keys: Option<PathBuf>,
+    /// `CASignatureAlgorithms`: what a certificate authority may have signed with.
+    pub ca_signature_algorithms: Vec<String>,
     /// `HostKeyAlias`: the name host keys are looked up and recorded under.
     pub host_key_alias: Option<String>,
     pub strict: StrictHostKeyChecking,
@@ -104,6 +108,9 @@ pub struct SshTarget {
     pub alive_interval: Duration,
     pub alive_count_max: usize,
 }
+
+/// OpenSSH's `CASignatureAlgorithms` (SHA-1 `ssh-rsa` is not among them since 8.2).
+const DEFAULT_CA_SIGNATURE_ALGORITHMS: &str = "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,sk-ssh-ed25519@openssh.com,sk-ecdsa-sha2-nistp256@openssh.com,rsa-sha2-512,rsa-sha2-256";
 
 /// The keepalive interval when the ssh config sets none.
 pub const DEFAULT_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
@@ -184,7 +191,7 @@ impl SshTarget {
     }
 
     /// Reads the flat `key value` lines `ssh -G` prints (`~/` is `home`).
-    fn from_ssh_g(
+    pub(super) fn from_ssh_g(
         computer_name: &str,
         text: &str,
         home: &std::path::Path,
@@ -205,6 +212,11 @@ impl SshTarget {
             known_hosts: Vec::new(),
             global_known_hosts: Vec::new(),
             host_key_alias: None,
+            revoked_host_keys: None,
+            ca_signature_algorithms: DEFAULT_CA_SIGNATURE_ALGORITHMS
+                .split(',')
+                .map(str::to_string)
+                .collect(),
             strict: StrictHostKeyChecking::Yes,
             connect_timeout: None,
             proxy_jump: Vec::new(),
@@ -229,6 +241,12 @@ impl SshTarget {
                 }
                 "globalknownhostsfile" => {
                     target.global_known_hosts = value.split_whitespace().map(expand).collect();
+                }
+                "revokedhostkeys" if value != "none" => {
+                    target.revoked_host_keys = Some(expand(value));
+                }
+                "casignaturealgorithms" => {
+                    target.ca_signature_algorithms = value.split(',').map(str::to_string).collect();
                 }
                 "hostkeyalias" if value != "none" => {
                     target.host_key_alias = Some(value.to_string());

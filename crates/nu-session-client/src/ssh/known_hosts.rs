@@ -94,6 +94,42 @@ fn entries(files: &[PathBuf]) -> std::io::Result<Vec<Entry>> {
     Ok(entries)
 }
 
+/// The keys of a `RevokedHostKeys` file, as `@revoked` entries. A binary KRL cannot be read
+/// here, and a file that cannot be read revokes nothing it should: both are errors (as in
+/// OpenSSH, which refuses to connect when it cannot check).
+fn revoked_file(path: &std::path::Path) -> std::io::Result<Vec<Entry>> {
+    let bytes = std::fs::read(path)?;
+    if bytes.starts_with(b"SSHKRL\n\0") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} is a binary KRL, which nu-session cannot read (a list of public keys it can)",
+                path.display()
+            ),
+        ));
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut entries = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let mut fields = line.split_whitespace();
+        let (Some(_kind), Some(encoded)) =
+            (fields.next().filter(|f| !f.starts_with('#')), fields.next())
+        else {
+            continue;
+        };
+        if let Ok(key) = keys::parse_public_key_base64(encoded) {
+            entries.push(Entry {
+                marker: Marker::Revoked,
+                hosts: "*".to_string(),
+                key,
+                file: path.to_path_buf(),
+                line: n + 1,
+            });
+        }
+    }
+    Ok(entries)
+}
+
 /// The `@revoked` line of `key`, if any.
 fn revoked<'a>(entries: &'a [Entry], key: &keys::ssh_key::public::KeyData) -> Option<&'a Entry> {
     entries
@@ -141,6 +177,7 @@ fn certificate_problem(
     principal: &str,
     certificate: &keys::Certificate,
     now: u64,
+    signature_algorithms: &[String],
 ) -> Option<String> {
     let signer = certificate.signature_key();
     if !certificate.cert_type().is_host() {
@@ -152,6 +189,16 @@ fn certificate_problem(
             signer.fingerprint(keys::HashAlg::Sha256)
         ));
     };
+    let signed_with = certificate.signature().algorithm();
+    if !signature_algorithms
+        .iter()
+        .any(|a| a.as_str() == signed_with.as_str())
+    {
+        return Some(format!(
+            "its authority signed it with {}, which CASignatureAlgorithms does not allow",
+            signed_with.as_str()
+        ));
+    }
     if now < certificate.valid_after() {
         return Some(format!(
             "it is not valid before {} (Unix time; now {now})",
@@ -318,15 +365,24 @@ impl Verifier {
     /// trusted for this host, else none.
     pub(super) fn certificate_algorithms(&self) -> &'static [keys::Algorithm] {
         let name = self.name();
-        match entries(&self.files()) {
+        match self.entries() {
             Ok(entries) if authorities(&entries, &name).next().is_some() => CERTIFICATE_ALGORITHMS,
             _ => &[],
         }
     }
 
+    /// The known_hosts files' entries, and the `RevokedHostKeys` file's keys.
+    fn entries(&self) -> std::io::Result<Vec<Entry>> {
+        let mut all = entries(&self.files())?;
+        if let Some(path) = &self.target.revoked_host_keys {
+            all.extend(revoked_file(path)?);
+        }
+        Ok(all)
+    }
+
     fn unreadable(&self, e: std::io::Error) -> bool {
         self.refuse(ClientError::transport(
-            "cannot read the known_hosts files",
+            "cannot read the known_hosts files or RevokedHostKeys: refusing to connect",
             e,
         ))
     }
@@ -350,7 +406,7 @@ impl Verifier {
     /// OpenSSH does, the key inside it is checked as a plain key (the refusal says why the
     /// certificate was not enough). A revoked authority or key is refused outright.
     fn check_certificate(&self, certificate: &keys::Certificate) -> bool {
-        let entries = match entries(&self.files()) {
+        let entries = match self.entries() {
             Ok(entries) => entries,
             Err(e) => return self.unreadable(e),
         };
@@ -366,7 +422,15 @@ impl Verifier {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        match certificate_problem(&entries, &self.name(), &principal, certificate, now) {
+        let problem = certificate_problem(
+            &entries,
+            &self.name(),
+            &principal,
+            certificate,
+            now,
+            &self.target.ca_signature_algorithms,
+        );
+        match problem {
             None if revoked(&entries, key.key_data()).is_none() => true,
             None => self.check(&key, None),
             Some(problem) => self.check(&key, Some(problem)),
@@ -378,7 +442,7 @@ impl Verifier {
         let (host, port) = (&self.target.hostname, self.target.port);
         let name = self.name();
         let files = self.files();
-        let entries = match entries(&files) {
+        let entries = match self.entries() {
             Ok(entries) => entries,
             Err(e) => return self.unreadable(e),
         };
@@ -611,7 +675,15 @@ mod tests {
         let problem = |known_hosts: &str, host: &str, principal: &str, c: &keys::Certificate| {
             let file = dir.path().join("known_hosts");
             std::fs::write(&file, known_hosts).unwrap();
-            certificate_problem(&entries(&[file]).unwrap(), host, principal, c, now)
+            let allowed = ["ssh-ed25519".to_string()];
+            certificate_problem(
+                &entries(&[file]).unwrap(),
+                host,
+                principal,
+                c,
+                now,
+                &allowed,
+            )
         };
         let (ca, good) = certify(dir.path(), &["-h", "-n", "web1,web1.example.com"]);
         let trusted = format!("@cert-authority *.example.com,web? {ca}\n");
@@ -658,6 +730,107 @@ mod tests {
         let file = dir.path().join("known_hosts");
         std::fs::write(&file, revoked_ca).unwrap();
         assert!(revoked(&entries(&[file]).unwrap(), good.signature_key()).is_some());
+    }
+
+    #[test]
+    fn a_sha1_signature_of_an_rsa_authority_is_refused_as_openssh_8_2_refuses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let keygen = |args: &[&str]| {
+            let out = std::process::Command::new("ssh-keygen")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let (ca, host) = (dir.path().join("ca"), dir.path().join("host"));
+        keygen(&[
+            "-q",
+            "-t",
+            "rsa",
+            "-b",
+            "2048",
+            "-N",
+            "",
+            "-f",
+            ca.to_str().unwrap(),
+        ]);
+        keygen(&[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            host.to_str().unwrap(),
+        ]);
+        let ca_line = std::fs::read_to_string(ca.with_extension("pub")).unwrap();
+        let ca_key = ca_line
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let file = dir.path().join("known_hosts");
+        std::fs::write(&file, format!("@cert-authority * {ca_key}\n")).unwrap();
+        let entries = entries(&[file]).unwrap();
+        let defaults = SshTarget::from_ssh_g("h", "user a\nhostname h\n", dir.path())
+            .unwrap()
+            .ca_signature_algorithms;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        for (signature, accepted) in [("ssh-rsa", false), ("rsa-sha2-512", true)] {
+            let public = host.with_extension("pub");
+            keygen(&[
+                "-q",
+                "-s",
+                ca.to_str().unwrap(),
+                "-t",
+                signature,
+                "-I",
+                "t",
+                "-h",
+                public.to_str().unwrap(),
+            ]);
+            let certificate =
+                keys::Certificate::read_file(&dir.path().join("host-cert.pub")).unwrap();
+            let problem = certificate_problem(&entries, "h", "h", &certificate, now, &defaults);
+            assert_eq!(problem.is_none(), accepted, "{signature}: {problem:?}");
+            if let Some(problem) = problem {
+                assert!(problem.contains("CASignatureAlgorithms"), "{problem}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_revoked_host_keys_file_revokes_its_keys_and_a_binary_krl_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("revoked");
+        std::fs::write(&list, format!("# old web1\n{A} retired\n")).unwrap();
+        let entries = revoked_file(&list).unwrap();
+        assert!(revoked(&entries, key(A).key_data()).is_some());
+        assert!(revoked(&entries, key(B).key_data()).is_none());
+        let public = dir.path().join("a.pub");
+        std::fs::write(&public, format!("{A}\n")).unwrap();
+        let krl = dir.path().join("krl");
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-k", "-f"])
+            .arg(&krl)
+            .arg(&public)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let error = revoked_file(&krl).err().expect("a binary KRL is an error");
+        assert!(error.to_string().contains("binary KRL"), "{error}");
+        assert!(revoked_file(&dir.path().join("missing")).is_err());
     }
 
     #[test]

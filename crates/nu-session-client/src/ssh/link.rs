@@ -32,10 +32,9 @@ pub struct LinkContext {
 /// The shared SSH connection to one host, made when first needed and again after it drops.
 pub struct SshLink {
     target: SshTarget,
+    /// The connection new channels go over. One that filled up (the server's `MaxSessions`)
+    /// is replaced; the channels it carries keep it open (see [`Held`]) until the last closes.
     connection: tokio::sync::Mutex<Option<Arc<SshConnection>>>,
-    /// Connections that filled up (the server's `MaxSessions`), kept for the channels they
-    /// carry while new ones go over the current connection; dropped once closed.
-    full: Mutex<Vec<Arc<SshConnection>>>,
     direct: Mutex<Direct>,
     context: Mutex<LinkContext>,
     /// Held while the host program is copied: one copy per host at a time. True once this
@@ -56,7 +55,6 @@ impl SshLink {
         SshLink {
             target,
             connection: tokio::sync::Mutex::new(None),
-            full: Mutex::new(Vec::new()),
             direct: Mutex::new(Direct::default()),
             context: Mutex::new(LinkContext::default()),
             deploying: tokio::sync::Mutex::new(false),
@@ -105,15 +103,10 @@ impl SshLink {
 
     async fn connection(&self) -> Result<Arc<SshConnection>, ClientError> {
         let mut slot = self.connection.lock().await;
-        if let Some(connection) = slot.as_ref().filter(|c| !c.is_closed()) {
-            if !connection.is_full() {
-                return Ok(connection.clone());
-            }
-            // As OpenSSH's multiplexing client does when the master's sessions are used up:
-            // another connection, the full one kept for what it carries.
-            let mut full = self.full.lock().unwrap_or_else(|e| e.into_inner());
-            full.retain(|c| !c.is_closed());
-            full.push(connection.clone());
+        // A full one is left to the channels it carries, as OpenSSH's multiplexing client does
+        // when the master's sessions are used up: new channels get another connection.
+        if let Some(connection) = slot.as_ref().filter(|c| !c.is_closed() && !c.is_full()) {
+            return Ok(connection.clone());
         }
         // Nobody is asked for a password by a reconnect in the background: it would race
         // whatever the user is typing. It fails instead, and `connect-session` asks.
@@ -136,6 +129,7 @@ impl SshLink {
         if let Some(path) = self.socket_path(session) {
             match connection.open_socket(&path).await {
                 Ok(stream) => {
+                    let stream = Held::new(stream, &connection);
                     if let Ok(opened) = self.hello(Box::pin(stream)).await {
                         return Ok(opened);
                     }
@@ -170,10 +164,10 @@ impl SshLink {
     /// it is missing): the relay's stream.
     async fn relay(
         &self,
-        connection: &SshConnection,
+        connection: &Arc<SshConnection>,
         args: &str,
-    ) -> Result<russh::ChannelStream<russh::client::Msg>, ClientError> {
-        Ok(match host_program::start(connection, args).await? {
+    ) -> Result<Held<russh::ChannelStream<russh::client::Msg>>, ClientError> {
+        let stream = match host_program::start(connection, args).await? {
             Found::Relay(stream) => stream,
             Found::Missing(probe) => {
                 // One copy per host, however many opens need it at the same time; the others
@@ -196,7 +190,8 @@ impl SshLink {
                     }
                 }
             }
-        })
+        };
+        Ok(Held::new(stream, connection))
     }
 
     async fn hello(
@@ -229,5 +224,55 @@ impl Links {
         let link = Arc::new(SshLink::new(target));
         links.push(link.clone());
         link
+    }
+}
+
+/// A channel's stream, holding the SSH connection it runs on open for as long as it lives
+/// (a connection that filled up is no longer the link's, but its channels still need it).
+pub(crate) struct Held<S> {
+    stream: S,
+    _connection: Arc<SshConnection>,
+}
+
+impl<S> Held<S> {
+    fn new(stream: S, connection: &Arc<SshConnection>) -> Held<S> {
+        Held {
+            stream,
+            _connection: connection.clone(),
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Held<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Held<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }

@@ -146,3 +146,20 @@ fn durations_too_large_for_a_date_are_listed_without_overflow() {
     assert_eq!(row["idle_timeout"], i64::MAX, "{out}");
     assert!(row["expires_on"].is_null(), "{out}");
 }
+
+#[test]
+fn ctrl_c_gives_the_prompt_back_when_the_session_does_not_stop() {
+    let sb = Sandbox::new();
+    let _host = HostileHost::start(&sb.layout());
+    let term = sb.terminal(None, None);
+    term.wait_for(">", Duration::from_secs(20));
+    term.type_line("let s = new-session --name deaf");
+    term.type_line("invoke-session $s { loop {} }");
+    std::thread::sleep(Duration::from_secs(1));
+    term.press("C-c");
+    let screen = term.wait_for("did not stop", Duration::from_secs(20));
+    assert!(screen.contains("goes on running there"), "{screen}");
+    // The prompt is back, and the session answers the next invocation.
+    term.type_line("invoke-session $s { 6 * 7 } | $in + 100");
+    term.wait_for("142", Duration::from_secs(20));
+}

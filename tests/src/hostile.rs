@@ -39,6 +39,9 @@ pub enum Scenario {
     /// A frame header announcing more than is ever sent, then the connection closes and the
     /// session is gone.
     Truncated,
+    /// Started (one value to come), then nothing, whatever the client says (interrupts
+    /// included).
+    Deaf,
     /// Answers `42`.
     Plain,
 }
@@ -52,6 +55,7 @@ impl Scenario {
             "flood" => Scenario::Flood,
             "vanish" => Scenario::Vanish,
             "truncated" => Scenario::Truncated,
+            "deaf" => Scenario::Deaf,
             _ => Scenario::Plain,
         }
     }
@@ -383,6 +387,18 @@ fn play(
                         error: None,
                     },
                 ],
+            )
+        }
+        Scenario::Deaf => {
+            // One value to come (not a stream nu could stop reading by itself).
+            *next_seq += 1;
+            events(
+                seq,
+                vec![EventBody::Started {
+                    call_id,
+                    stream: false,
+                    bytes: None,
+                }],
             )
         }
         Scenario::Vanish => {

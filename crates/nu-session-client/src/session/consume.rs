@@ -231,16 +231,17 @@ impl Call {
         state.forgotten = true;
     }
 
-    /// Asks the host to stop this invocation; its `Finished` event still follows.
+    /// Asks the host to stop this invocation; its `Finished` event still follows (or, when
+    /// the session does not stop within [`super::STOP_GRACE`], an `Interrupted` error).
     pub fn interrupt(&self) {
-        self.session().interrupt(self.id);
+        self.session().interrupt_waited(self.id);
     }
 
     /// A handle that can interrupt this call from another thread (a signal handler).
     pub fn interrupter(&self) -> impl Fn() + Send + Sync + 'static {
         let session = self.session().clone();
         let id = self.id;
-        move || session.interrupt(id)
+        move || session.interrupt_waited(id)
     }
 }
 

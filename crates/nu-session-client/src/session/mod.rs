@@ -79,6 +79,9 @@ pub enum CallEvent {
 /// reaches it. One batch is always taken when the backlog is empty, whatever its size.
 pub const BACKLOG_LIMIT: usize = 64 << 20;
 
+/// How long an interrupted call waits for its session to stop before it gives up.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// The most output printed between invocations (a background job's) kept for the next one.
 pub const LOOSE_LIMIT: usize = 1 << 20;
 
@@ -392,6 +395,43 @@ impl Inner {
         let _ = self
             .outgoing
             .send(Outgoing::Message(ClientMessage::Interrupt { call_id }));
+    }
+
+    /// Interrupts a call the user waits on: if the host has not finished it [`STOP_GRACE`]
+    /// later (code stuck where interrupts are not checked, a broken host), the call ends with
+    /// an error and is given up, so Ctrl-C always gives the user their prompt back.
+    fn interrupt_waited(self: &Arc<Self>, call_id: u64) {
+        self.interrupt(call_id);
+        let inner = self.clone();
+        self.runtime.spawn(async move {
+            tokio::time::sleep(STOP_GRACE).await;
+            let sender = {
+                let mut state = inner.state();
+                if !state.interrupted.contains(&call_id) {
+                    return;
+                }
+                let Some(sender) = state.calls.remove(&call_id) else {
+                    return;
+                };
+                // What still comes for it is discarded.
+                state.abandoned.insert(call_id);
+                sender
+            };
+            let error = RemoteError::new(
+                ErrorKind::Interrupted,
+                format!(
+                    "interrupted, but the session did not stop within {} s: the code goes on running there",
+                    STOP_GRACE.as_secs()
+                ),
+            )
+            .with_help("its output is discarded; the next invocation waits for it to end, or remove-session stops it for good");
+            let batch = Batch {
+                first: 0,
+                events: vec![CallEvent::Finished(Some(error))],
+                weight: 0,
+            };
+            let _ = sender.send(batch).await;
+        });
     }
 
     /// A batch was consumed: acknowledge what can be.

@@ -660,3 +660,60 @@ fn output_between_invocations_is_acknowledged_by_itself_behind_an_unread_backlog
     );
     drop(handle);
 }
+
+#[test]
+fn an_interrupt_the_session_does_not_honour_still_ends_the_call() {
+    let fx = Fixture::new();
+    let (handle, mut end) = fx.attach(fx.attachment(1, 0, Vec::new()));
+    let mut call = handle.invoke("loop {}".into(), Vec::new(), None).unwrap();
+    let id = call_id_of(fx.expect(&mut end, invoked));
+    fx.send(
+        &mut end,
+        events(
+            1,
+            vec![EventBody::Started {
+                call_id: id,
+                stream: true,
+                bytes: None,
+            }],
+        ),
+    );
+    assert!(matches!(
+        call.next_event().unwrap(),
+        CallEvent::Started { .. }
+    ));
+    let asked = std::time::Instant::now();
+    call.interrupt();
+    // The host is told, and says nothing.
+    fx.expect(
+        &mut end,
+        |m| matches!(m, ClientMessage::Interrupt { call_id } if *call_id == id),
+    );
+    match call.next_event().unwrap() {
+        CallEvent::Finished(Some(error)) => {
+            assert_eq!(error.kind, ErrorKind::Interrupted);
+            assert!(error.msg.contains("did not stop"), "{}", error.msg);
+        }
+        other => panic!("{other:?}"),
+    }
+    let waited = asked.elapsed();
+    assert!(
+        waited >= super::STOP_GRACE && waited < super::STOP_GRACE * 2,
+        "{waited:?}"
+    );
+    drop(call);
+    // Its late end and output are discarded; the session goes on.
+    let mut bodies = vec![EventBody::Value {
+        call_id: id,
+        value: int(1),
+    }];
+    bodies.push(EventBody::Finished {
+        call_id: id,
+        error: None,
+    });
+    fx.send(&mut end, events(2, bodies));
+    let mut next = handle.invoke("1".into(), Vec::new(), None).unwrap();
+    let next_id = call_id_of(fx.expect(&mut end, invoked));
+    fx.send(&mut end, events(4, run_of(next_id, 1)));
+    assert_eq!(ints(&drain(&mut next)), [1]);
+}

@@ -569,6 +569,25 @@ fn host_keys_are_read_as_openssh_reads_them_hashed_rotated_revoked_aliased_globa
     opened(open(&aliased, ""));
 }
 
+/// OpenSSH's own `ssh` running `true` on `server` with `config` (and `agent`), for comparing.
+fn openssh(
+    config: &std::path::Path,
+    server: &nu_session_tests::Sshd,
+    agent: Option<&std::path::Path>,
+) -> std::process::Output {
+    let mut ssh = std::process::Command::new("ssh");
+    ssh.arg("-F")
+        .arg(config)
+        .args(["-o", "BatchMode=yes", "-p", &server.port.to_string()])
+        .arg(format!("{}@{}", server.user.name, server.address))
+        .arg("true")
+        .env_remove("SSH_AUTH_SOCK");
+    if let Some(agent) = agent {
+        ssh.env("SSH_AUTH_SOCK", agent);
+    }
+    ssh.output().expect("ssh")
+}
+
 #[test]
 fn host_certificates_signed_by_a_trusted_authority_are_accepted_and_bad_ones_refused() {
     let sb = Sandbox::new();
@@ -620,15 +639,7 @@ fn host_certificates_signed_by_a_trusted_authority_are_accepted_and_bad_ones_ref
     let trusted = format!("@cert-authority * {ca_key}\n");
     // OpenSSH agrees that the setup is sound: its ssh accepts the certificate.
     std::fs::write(&known, &trusted).expect("known_hosts");
-    let ssh = std::process::Command::new("ssh")
-        .arg("-F")
-        .arg(&config)
-        .args(["-o", "BatchMode=yes", "-p", &good.port.to_string()])
-        .arg(format!("{}@{}", good.user.name, good.address))
-        .arg("true")
-        .env_remove("SSH_AUTH_SOCK")
-        .output()
-        .expect("ssh");
+    let ssh = openssh(&config, &good, None);
     assert!(
         ssh.status.success(),
         "{}",
@@ -716,15 +727,7 @@ fn identities_only_and_identity_agent_choose_the_keys_offered_as_openssh_does() 
         !out.status.success(),
         "opened with every stray key offered first"
     );
-    let ssh = std::process::Command::new("ssh")
-        .arg("-F")
-        .arg(&config)
-        .args(["-o", "BatchMode=yes", "-p", &server.port.to_string()])
-        .arg(format!("{}@{}", server.user.name, server.address))
-        .arg("true")
-        .env("SSH_AUTH_SOCK", &crowded.socket)
-        .output()
-        .expect("ssh");
+    let ssh = openssh(&config, &server, Some(&crowded.socket));
     assert!(!ssh.status.success(), "OpenSSH got in");
     assert!(
         String::from_utf8_lossy(&ssh.stderr).contains("Too many authentication failures"),

@@ -274,15 +274,19 @@ mod accept_tests {
 mod log_tests {
     use super::*;
 
+    fn open_log(path: &std::path::Path) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap()
+    }
+
     #[test]
     fn a_log_past_its_limit_is_moved_aside_and_writing_goes_on_in_a_new_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("manager.log");
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap();
+        let mut file = open_log(&path);
         file.write_all(&vec![b'x'; LOG_LIMIT as usize + 1]).unwrap();
         rotate(&mut file, &path);
         writeln!(file, "after").unwrap();
@@ -297,21 +301,12 @@ mod log_tests {
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(rotated(&path), dir.path().join("manager.log.1"));
     }
-}
-
-#[cfg(test)]
-mod log_race_tests {
-    use super::*;
 
     #[test]
     fn a_log_another_process_moved_aside_already_is_followed_not_moved_again() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("manager.log");
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap();
+        let mut file = open_log(&path);
         file.write_all(b"old\n").unwrap();
         // Another manager rotated it and started writing the new one.
         std::fs::rename(&path, rotated(&path)).unwrap();

@@ -424,29 +424,11 @@ async fn keyboard_interactive(
 mod tests {
     use super::*;
 
-    fn keygen(args: &[&str]) {
-        let out = std::process::Command::new("ssh-keygen")
-            .args(args)
-            .output()
-            .expect("ssh-keygen");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    use crate::ssh::ssh_keygen as keygen;
 
     fn key(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, keys::PublicKey) {
         let path = dir.join(name);
-        keygen(&[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-f",
-            path.to_str().unwrap(),
-        ]);
+        crate::ssh::new_test_key(&path);
         let public = keys::load_public_key(path.with_extension("pub")).unwrap();
         (path, public)
     }

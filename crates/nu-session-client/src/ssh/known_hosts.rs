@@ -244,6 +244,14 @@ fn certificate_problem(
     None
 }
 
+/// Seconds since 1970, as certificates count validity.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// The certificate algorithms to ask a host for when an authority is trusted for it (else
 /// none: the host shows its plain key, checked against the files).
 const CERTIFICATE_ALGORITHMS: &[keys::Algorithm] = &[
@@ -418,16 +426,12 @@ impl Verifier {
             Some(alias) => alias.clone(),
             None => self.target.hostname.to_ascii_lowercase(),
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         let problem = certificate_problem(
             &entries,
             &self.name(),
             &principal,
             certificate,
-            now,
+            unix_now(),
             &self.target.ca_signature_algorithms,
         );
         match problem {
@@ -569,6 +573,7 @@ impl client::Handler for Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ssh::ssh_keygen as keygen;
 
     const A: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEYybBlOaZS/DlPZlizNGguIKPPrCBuarYor8nQObOlr";
@@ -635,21 +640,10 @@ mod tests {
     /// A CA and a host key made by `ssh-keygen`, and the host key signed with `args`
     /// (`-h`, `-n`, `-V` ...). Returns the CA's public key line and the certificate.
     fn certify(dir: &std::path::Path, args: &[&str]) -> (String, keys::Certificate) {
-        let keygen = |args: &[&str]| {
-            let out = std::process::Command::new("ssh-keygen")
-                .args(args)
-                .output()
-                .expect("ssh-keygen");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
         let (ca, host) = (dir.join("ca"), dir.join("host"));
         for key in [&ca, &host] {
             if !key.exists() {
-                keygen(&["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()]);
+                crate::ssh::new_test_key(key);
             }
         }
         let mut sign = vec!["-q", "-s", ca.to_str().unwrap(), "-I", "test"];
@@ -668,10 +662,7 @@ mod tests {
     #[test]
     fn a_host_certificate_is_checked_as_openssh_checks_it() {
         let dir = tempfile::tempdir().unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = unix_now();
         let problem = |known_hosts: &str, host: &str, principal: &str, c: &keys::Certificate| {
             let file = dir.path().join("known_hosts");
             std::fs::write(&file, known_hosts).unwrap();
@@ -735,17 +726,6 @@ mod tests {
     #[test]
     fn a_sha1_signature_of_an_rsa_authority_is_refused_as_openssh_8_2_refuses_it() {
         let dir = tempfile::tempdir().unwrap();
-        let keygen = |args: &[&str]| {
-            let out = std::process::Command::new("ssh-keygen")
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
         let (ca, host) = (dir.path().join("ca"), dir.path().join("host"));
         keygen(&[
             "-q",
@@ -758,15 +738,7 @@ mod tests {
             "-f",
             ca.to_str().unwrap(),
         ]);
-        keygen(&[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-f",
-            host.to_str().unwrap(),
-        ]);
+        crate::ssh::new_test_key(&host);
         let ca_line = std::fs::read_to_string(ca.with_extension("pub")).unwrap();
         let ca_key = ca_line
             .split_whitespace()
@@ -779,10 +751,7 @@ mod tests {
         let defaults = SshTarget::from_ssh_g("h", "user a\nhostname h\n", dir.path())
             .unwrap()
             .ca_signature_algorithms;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = unix_now();
         for (signature, accepted) in [("ssh-rsa", false), ("rsa-sha2-512", true)] {
             let public = host.with_extension("pub");
             keygen(&[
@@ -817,17 +786,7 @@ mod tests {
         let public = dir.path().join("a.pub");
         std::fs::write(&public, format!("{A}\n")).unwrap();
         let krl = dir.path().join("krl");
-        let out = std::process::Command::new("ssh-keygen")
-            .args(["-k", "-f"])
-            .arg(&krl)
-            .arg(&public)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        keygen(&["-k", "-f", krl.to_str().unwrap(), public.to_str().unwrap()]);
         let error = revoked_file(&krl).err().expect("a binary KRL is an error");
         assert!(error.to_string().contains("binary KRL"), "{error}");
         assert!(revoked_file(&dir.path().join("missing")).is_err());

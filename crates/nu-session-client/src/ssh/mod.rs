@@ -23,3 +23,32 @@ pub use config::{DEFAULT_ALIVE_INTERVAL, SshOptions, SshTarget, StrictHostKeyChe
 pub use connection::SshConnection;
 pub use host_program::{DEPLOY_ENV, Deploy, DeployProgress};
 pub use link::{LinkContext, Links, SshLink};
+
+/// `ssh-keygen` with `args`, which must succeed: tests make their keys and certificates with
+/// the real tool.
+#[cfg(test)]
+pub(crate) fn ssh_keygen(args: &[&str]) {
+    let out = std::process::Command::new("ssh-keygen")
+        .args(args)
+        .output()
+        .expect("ssh-keygen");
+    assert!(
+        out.status.success(),
+        "ssh-keygen {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A new ed25519 key pair without a passphrase at `path` (and `path.pub`).
+#[cfg(test)]
+pub(crate) fn new_test_key(path: &std::path::Path) {
+    ssh_keygen(&[
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-f",
+        &path.to_string_lossy(),
+    ]);
+}

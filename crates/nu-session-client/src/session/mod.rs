@@ -256,10 +256,8 @@ impl State {
     /// A batch handed over is done with (consumed, or given up): it no longer holds back the
     /// acknowledgement, and when an older batch still does, it is acknowledged by itself.
     fn release(&mut self, first: u64) {
-        if let Some(last) = self.outstanding.remove(&first)
-            && self.oldest_held().is_some_and(|oldest| oldest < first)
-        {
-            self.consumed_above.push((first, last));
+        if let Some(last) = self.outstanding.remove(&first) {
+            self.done_with(first, last);
         }
     }
 
@@ -271,23 +269,19 @@ impl State {
         }
     }
 
-    /// Keeps output printed while no invocation ran, within [`LOOSE_LIMIT`] (each piece weighs
-    /// its bytes and a little more, so empty ones count too).
+    /// Keeps output printed while no invocation ran, within [`LOOSE_LIMIT`] (each piece
+    /// weighs a little more than its bytes, so empty ones count too), the oldest given up first.
     fn keep_loose(&mut self, events: impl IntoIterator<Item = CallEvent>) {
-        const PIECE: usize = 32;
         for event in events {
-            if let CallEvent::Output { bytes, .. } = &event {
-                self.loose_bytes += PIECE + bytes.len();
+            if matches!(event, CallEvent::Output { .. }) {
+                self.loose_bytes += route::weight(&event);
                 self.loose.push_back(event);
             }
         }
-        while self.loose_bytes > LOOSE_LIMIT {
-            match self.loose.pop_front() {
-                Some(CallEvent::Output { bytes, .. }) => {
-                    self.loose_bytes -= PIECE + bytes.len();
-                }
-                _ => self.loose_bytes = 0,
-            }
+        while self.loose_bytes > LOOSE_LIMIT
+            && let Some(event) = self.loose.pop_front()
+        {
+            self.loose_bytes -= route::weight(&event);
         }
     }
 

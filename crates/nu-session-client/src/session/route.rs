@@ -233,8 +233,8 @@ async fn hand_over(inner: &Inner, to: Destination, run: Vec<(u64, Option<u64>, C
     }
 }
 
-/// What an event of the backlog weighs in memory, about.
-fn weight(event: &CallEvent) -> usize {
+/// What an event weighs in memory, about (for the bounds of the backlog and of loose output).
+pub(super) fn weight(event: &CallEvent) -> usize {
     const BASE: usize = 32;
     BASE + match event {
         CallEvent::Value(value) => nu_session_protocol::value_weight(value),

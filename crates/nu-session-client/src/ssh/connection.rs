@@ -77,9 +77,13 @@ impl SshConnection {
         prompter: Option<Prompter>,
     ) -> Result<SshConnection, ClientError> {
         let refusal = Arc::new(Mutex::new(None));
-        let verifier = Verifier {
-            target: target.clone(),
-            refusal: refusal.clone(),
+        // The known_hosts files are read once, off the I/O threads, for the algorithms to ask
+        // for and the key the host shows.
+        let verifier = {
+            let (target, refusal) = (target.clone(), refusal.clone());
+            tokio::task::spawn_blocking(move || Verifier::load(target, refusal))
+                .await
+                .map_err(|e| ClientError::transport("cannot read the known_hosts files", e))?
         };
         let mut config = client::Config {
             keepalive_interval: Some(target.alive_interval),
@@ -87,12 +91,7 @@ impl SshConnection {
             nodelay: true,
             ..Default::default()
         };
-        let asking = verifier.clone();
-        config.preferred.host_key_certificates =
-            tokio::task::spawn_blocking(move || asking.certificate_algorithms())
-                .await
-                .unwrap_or_default()
-                .into();
+        config.preferred.host_key_certificates = verifier.certificate_algorithms().into();
         let config = Arc::new(config);
         let timeout = target.connect_timeout.unwrap_or(Duration::from_secs(30));
         let name = &target.computer_name;

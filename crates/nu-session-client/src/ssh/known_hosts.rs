@@ -339,11 +339,38 @@ fn glob(pattern: &str, text: &str) -> bool {
 /// Decides on the server's host key.
 #[derive(Clone)]
 pub(super) struct Verifier {
-    pub(super) target: SshTarget,
-    pub(super) refusal: Arc<Mutex<Option<ClientError>>>,
+    target: SshTarget,
+    refusal: Arc<Mutex<Option<ClientError>>>,
+    /// The known_hosts files' entries and the `RevokedHostKeys` file's keys, read once per
+    /// connection (or why they could not be: then every key is refused).
+    entries: Arc<Result<Vec<Entry>, String>>,
 }
 
 impl Verifier {
+    /// Reads the files `target` names (blocking: call it off the I/O threads). A refusal is
+    /// written to `refusal`.
+    pub(super) fn load(target: SshTarget, refusal: Arc<Mutex<Option<ClientError>>>) -> Verifier {
+        let files: Vec<PathBuf> = target
+            .known_hosts
+            .iter()
+            .chain(&target.global_known_hosts)
+            .cloned()
+            .collect();
+        let read = || -> std::io::Result<Vec<Entry>> {
+            let mut all = entries(&files)?;
+            if let Some(path) = &target.revoked_host_keys {
+                all.extend(revoked_file(path)?);
+            }
+            Ok(all)
+        };
+        let entries = Arc::new(read().map_err(|e| e.to_string()));
+        Verifier {
+            target,
+            refusal,
+            entries,
+        }
+    }
+
     fn refuse(&self, error: ClientError) -> bool {
         if let Ok(mut refusal) = self.refusal.lock() {
             *refusal = Some(error);
@@ -372,37 +399,22 @@ impl Verifier {
     /// The certificate algorithms to offer: all of them when an `@cert-authority` line is
     /// trusted for this host, else none.
     pub(super) fn certificate_algorithms(&self) -> &'static [keys::Algorithm] {
-        let name = self.name();
-        match self.entries() {
-            Ok(entries) if authorities(&entries, &name).next().is_some() => CERTIFICATE_ALGORITHMS,
+        match &*self.entries {
+            Ok(entries) if authorities(entries, &self.name()).next().is_some() => {
+                CERTIFICATE_ALGORITHMS
+            }
             _ => &[],
         }
     }
 
-    /// The known_hosts files' entries, and the `RevokedHostKeys` file's keys.
-    fn entries(&self) -> std::io::Result<Vec<Entry>> {
-        let mut all = entries(&self.files())?;
-        if let Some(path) = &self.target.revoked_host_keys {
-            all.extend(revoked_file(path)?);
-        }
-        Ok(all)
-    }
-
-    fn unreadable(&self, e: std::io::Error) -> bool {
-        self.refuse(ClientError::transport(
-            "cannot read the known_hosts files or RevokedHostKeys: refusing to connect",
-            e,
-        ))
-    }
-
-    fn revoked(&self, what: &str, entry: &Entry) -> bool {
+    fn revoked(&self, what: &str, file: &std::path::Path, line: usize) -> bool {
         self.refuse(
             ClientError::transport(
                 &format!(
                     "the {what} of {} is REVOKED: refusing to connect",
                     self.target.computer_name
                 ),
-                format!("{}:{} marks it @revoked", entry.file.display(), entry.line),
+                format!("{}:{line} marks it @revoked", file.display()),
             )
             .with_help(
                 "a revoked key is never accepted; ask the host's administrator for its new key",
@@ -410,16 +422,29 @@ impl Verifier {
         )
     }
 
+    /// The host's key (`Ok`) or certificate (`Err`), accepted or not.
+    fn decide(&self, presented: &Result<PublicKey, keys::Certificate>) -> bool {
+        let entries = match &*self.entries {
+            Ok(entries) => entries,
+            Err(e) => {
+                return self.refuse(ClientError::transport(
+                    "cannot read the known_hosts files or RevokedHostKeys: refusing to connect",
+                    e,
+                ));
+            }
+        };
+        match presented {
+            Ok(key) => self.check(entries, key, None),
+            Err(certificate) => self.check_certificate(entries, certificate),
+        }
+    }
+
     /// A host certificate: accepted when a trusted authority vouches for it. Otherwise, as
     /// OpenSSH does, the key inside it is checked as a plain key (the refusal says why the
     /// certificate was not enough). A revoked authority or key is refused outright.
-    fn check_certificate(&self, certificate: &keys::Certificate) -> bool {
-        let entries = match self.entries() {
-            Ok(entries) => entries,
-            Err(e) => return self.unreadable(e),
-        };
-        if let Some(entry) = revoked(&entries, certificate.signature_key()) {
-            return self.revoked("certificate authority", entry);
+    fn check_certificate(&self, entries: &[Entry], certificate: &keys::Certificate) -> bool {
+        if let Some(entry) = revoked(entries, certificate.signature_key()) {
+            return self.revoked("certificate authority", &entry.file, entry.line);
         }
         let key = PublicKey::new(certificate.public_key().clone(), "");
         let principal = match &self.target.host_key_alias {
@@ -427,7 +452,7 @@ impl Verifier {
             None => self.target.hostname.to_ascii_lowercase(),
         };
         let problem = certificate_problem(
-            &entries,
+            entries,
             &self.name(),
             &principal,
             certificate,
@@ -435,22 +460,18 @@ impl Verifier {
             &self.target.ca_signature_algorithms,
         );
         match problem {
-            None if revoked(&entries, key.key_data()).is_none() => true,
-            None => self.check(&key, None),
-            Some(problem) => self.check(&key, Some(problem)),
+            None if revoked(entries, key.key_data()).is_none() => true,
+            None => self.check(entries, &key, None),
+            Some(problem) => self.check(entries, &key, Some(problem)),
         }
     }
 
     /// A plain host key. `certificate`: why the host's certificate was not accepted.
-    fn check(&self, key: &PublicKey, certificate: Option<String>) -> bool {
+    fn check(&self, entries: &[Entry], key: &PublicKey, certificate: Option<String>) -> bool {
         let (host, port) = (&self.target.hostname, self.target.port);
         let name = self.name();
         let files = self.files();
-        let entries = match self.entries() {
-            Ok(entries) => entries,
-            Err(e) => return self.unreadable(e),
-        };
-        match verdict(&entries, &name, key) {
+        match verdict(entries, &name, key) {
             Verdict::Known => return true,
             Verdict::Revoked(file, line) => {
                 let what = if certificate.is_some() {
@@ -458,14 +479,7 @@ impl Verifier {
                 } else {
                     "host key"
                 };
-                let entry = Entry {
-                    marker: Marker::Revoked,
-                    hosts: String::new(),
-                    key: key.clone(),
-                    file,
-                    line,
-                };
-                return self.revoked(what, &entry);
+                return self.revoked(what, &file, line);
             }
             Verdict::Changed(file, line) => {
                 return self.refuse(
@@ -554,18 +568,13 @@ impl client::Handler for Verifier {
         &mut self,
         key: &keys::PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        // The files are read (and maybe written, accept-new) off the I/O threads.
+        // Off the I/O threads: hashed entries cost an HMAC each, accept-new writes a file.
         let verifier = self.clone();
-        let decided = match key {
-            keys::PublicKeyOrCertificate::PublicKey { key, .. } => {
-                let key = key.clone();
-                tokio::task::spawn_blocking(move || verifier.check(&key, None))
-            }
-            keys::PublicKeyOrCertificate::Certificate(certificate) => {
-                let certificate = certificate.clone();
-                tokio::task::spawn_blocking(move || verifier.check_certificate(&certificate))
-            }
+        let presented = match key {
+            keys::PublicKeyOrCertificate::PublicKey { key, .. } => Ok(key.clone()),
+            keys::PublicKeyOrCertificate::Certificate(certificate) => Err(certificate.clone()),
         };
+        let decided = tokio::task::spawn_blocking(move || verifier.decide(&presented));
         Ok(decided.await.unwrap_or(false))
     }
 }

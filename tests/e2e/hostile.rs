@@ -86,32 +86,66 @@ fn errors_with_broken_spans_and_escape_sequences_reach_the_user_inert() {
     assert_ne!(msg, ESCAPES);
 }
 
+/// The plugin's peak memory, in MiB, and the result of `script` before it (as JSON).
+const PEAK: &str = "let pid = plugin list | where name == session | get 0.pid
+         let hwm = open --raw $'/proc/($pid)/status' | lines | where $it starts-with VmHWM | first | parse -r '(?<kb>\\d+)' | get 0.kb | into int";
+
 #[test]
-fn a_flood_for_invocations_nobody_started_keeps_the_plugin_s_memory_bounded() {
+fn a_flood_for_invocations_nobody_started_is_not_kept() {
     let sb = Sandbox::new();
     let _host = HostileHost::start(&sb.layout());
     // 400 MiB for call 999999, then our answer.
-    let script = "let s = new-session --name flood
-         let r = invoke-session $s { 42 }
-         let pid = plugin list | where name == session | get 0.pid
-         let hwm = open --raw $'/proc/($pid)/status' | lines | where $it starts-with VmHWM | first | parse -r '(?<kb>\\d+)' | get 0.kb | into int
-         {r: $r, hwm_mib: ($hwm // 1024), received: (receive-session $s | length)}
-         | to json -r";
-    let out = run_within(&sb, script, Duration::from_secs(120));
+    let script = format!(
+        "let s = new-session --name flood
+         let r = invoke-session $s {{ 42 }}
+         {PEAK}
+         {{r: $r, hwm_mib: ($hwm // 1024), received: (receive-session $s | length)}}
+         | to json -r"
+    );
+    let out = run_within(&sb, &script, Duration::from_secs(120));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let out: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(out["r"], serde_json::json!([42]));
     let hwm = out["hwm_mib"].as_u64().unwrap();
     assert!(
-        hwm < 200,
+        hwm < 100,
         "the plugin grew to {hwm} MiB for 400 MiB nobody asked for"
     );
-    // What was kept is received; the rest is said to be left on the host.
-    let received = out["received"].as_u64().unwrap();
-    assert!((1..=64).contains(&received), "{received} received");
-    assert!(stderr.contains("left on the host"), "{stderr}");
+    // Output of an invocation this client neither started nor was told of is not kept.
+    assert_eq!(out["received"], 0);
 }
+
+#[test]
+fn a_host_that_ignores_the_window_is_cut_off_and_the_plugin_stays_small() {
+    let sb = Sandbox::new();
+    let _host = HostileHost::start(&sb.layout());
+    // 400 MiB for our own invocation, whatever the client's window says.
+    let script = format!(
+        "let s = new-session --name overflow
+         let r = try {{ invoke-session $s {{ 42 }}; 'no error' }} catch {{|e| $e.msg }}
+         {PEAK}
+         {{r: $r, hwm_mib: ($hwm // 1024), state: (get-session | get 0.state)}}
+         | to json -r"
+    );
+    let out = run_within(&sb, &script, Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let out: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let r = out["r"].as_str().unwrap();
+    assert!(r.contains("more output"), "{r}");
+    let hwm = out["hwm_mib"].as_u64().unwrap();
+    let window = WINDOW_MIB;
+    assert!(
+        hwm < window + 100,
+        "the plugin grew to {hwm} MiB past a window of {window} MiB"
+    );
+    // The session is left as it is on its host (this host is not trusted again by itself).
+    assert_eq!(out["state"], "Disconnected");
+}
+
+/// The client's window per invocation, in MiB (`nu_session_client::WINDOW`).
+const WINDOW_MIB: u64 = 8;
 
 #[test]
 fn a_missing_finished_or_a_truncated_frame_is_an_error_not_a_hang() {

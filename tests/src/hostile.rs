@@ -33,6 +33,8 @@ pub enum Scenario {
     Escapes,
     /// 400 MiB of output for an invocation nobody started (call id 999999), then `42`.
     Flood,
+    /// 400 MiB of output for the invocation itself, sent whatever the client's window says.
+    Overflow,
     /// Started and one value, then the connection closes and the session is gone: no
     /// `Finished` ever.
     Vanish,
@@ -53,6 +55,7 @@ impl Scenario {
             "spans" => Scenario::Spans,
             "escapes" => Scenario::Escapes,
             "flood" => Scenario::Flood,
+            "overflow" => Scenario::Overflow,
             "vanish" => Scenario::Vanish,
             "truncated" => Scenario::Truncated,
             "deaf" => Scenario::Deaf,
@@ -266,12 +269,10 @@ fn worker(
                 let info = lock(world).sessions[&id].clone();
                 HostMessage::Attached(Attachment {
                     info,
-                    next_seq,
-                    acked: next_seq - 1,
                     pending_calls: Vec::new(),
+                    kept: Vec::new(),
                     last_call_from_client: None,
                     heartbeat: Duration::from_secs(3600),
-                    kept_until: next_seq - 1,
                 })
             }
             ClientMessage::Invoke(Invocation { call_id, .. }) => {
@@ -388,6 +389,29 @@ fn play(
                     },
                 ],
             )
+        }
+        Scenario::Overflow => {
+            // One value to come (so the client holds nothing back on purpose), and then 400.
+            let mib = Value::string("x".repeat(1 << 20), Span::unknown());
+            let started = EventBody::Started {
+                call_id,
+                stream: false,
+                bytes: None,
+            };
+            if !conn.send(events(seq, vec![started])) {
+                return None;
+            }
+            for n in 1..=400 {
+                let body = EventBody::Value {
+                    call_id,
+                    value: mib.clone(),
+                };
+                if !conn.send(events(seq + n, vec![body])) {
+                    return None;
+                }
+            }
+            *next_seq = seq + 401;
+            return None;
         }
         Scenario::Deaf => {
             // One value to come (not a stream nu could stop reading by itself).

@@ -22,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         idle_timeout: std::time::Duration::from_secs(60),
         output_buffering: Default::default(),
     })?;
-    let session = host.attach(info.instance_id, None)?;
+    let session = host.attach(info.instance_id)?;
     for round in 0..3 {
         let start = Instant::now();
         let mut call = session.invoke(code.clone(), Vec::new(), None)?;

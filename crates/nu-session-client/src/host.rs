@@ -5,7 +5,9 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use nu_session_protocol::{Attachment, ClientMessage, HostMessage, SessionInfo, SessionSettings};
+use nu_session_protocol::{
+    Attachment, ClientMessage, HostMessage, Received, SessionInfo, SessionSettings,
+};
 use tokio::runtime::Handle;
 use uuid::Uuid;
 
@@ -175,35 +177,28 @@ impl Host {
         }
     }
 
-    /// Becomes the session's attached client. Output after event `resume_after` that the host
-    /// still keeps is sent again. A session attached to another client is a `Busy` error.
-    pub fn attach(
-        &self,
-        instance_id: Uuid,
-        resume_after: Option<u64>,
-    ) -> Result<SessionHandle, ClientError> {
+    /// Becomes the session's attached client; everything it keeps is sent to this client (as
+    /// far as the windows go). A session attached to another client is a `Busy` error.
+    pub fn attach(&self, instance_id: Uuid) -> Result<SessionHandle, ClientError> {
         let (conn, attachment) = self
             .runtime
-            .block_on(self.attach_conn(instance_id, resume_after))?;
-        Ok(SessionHandle::start(
-            self.clone(),
-            conn,
-            attachment,
-            resume_after.unwrap_or(0),
-        ))
+            .block_on(self.attach_conn(instance_id, Vec::new()))?;
+        Ok(SessionHandle::start(self.clone(), conn, attachment))
     }
 
-    /// A connection to the session, attached.
+    /// A connection to the session, attached, the host told what this client has already
+    /// (`resume`: after a broken connection).
     pub(crate) async fn attach_conn(
         &self,
         instance_id: Uuid,
-        resume_after: Option<u64>,
+        resume: Vec<Received>,
     ) -> Result<(Wire, Attachment), ClientError> {
         let mut conn = self.transport.connect_session(instance_id).await?;
         conn.send(ClientMessage::Attach {
             instance_id,
-            resume_after,
             client: Some(self.client.id),
+            resume,
+            window: crate::session::WINDOW as u64,
         })
         .await
         .map_err(|e| ClientError::transport("cannot send to the session", e))?;

@@ -34,8 +34,8 @@ pub use nu_session_protocol::{
     SessionInfo, SessionSettings, value_weight,
 };
 pub use session::{
-    BACKLOG_LIMIT, BacklogEvent, Call, CallEvent, Link, LinkState, LinkWatch, Next, Notice,
-    Receive, SessionHandle,
+    BacklogEvent, Call, CallEvent, HELD_WINDOW, Link, LinkState, LinkWatch, Next, Notice, Receive,
+    SessionHandle, WINDOW,
 };
 pub use transport::Transport;
 

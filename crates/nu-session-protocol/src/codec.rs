@@ -227,15 +227,17 @@ impl EncodedEvent {
     }
 
     /// A [`crate::EventBody::Values`] event of `count` values encoded one after the other
-    /// (each by [`crate::value::encode`]) in `values`, numbered `seq`.
-    pub fn values(seq: u64, call_id: u64, count: usize, values: &[u8]) -> EncodedEvent {
-        let mut bytes = Vec::with_capacity(EVENT_HEAD + 24 + values.len());
+    /// (each by [`crate::value::encode`]) in `values`, numbered `seq`; `first` is the index of
+    /// the first of them in the group as made.
+    pub fn values(seq: u64, call_id: u64, first: u32, count: usize, values: &[u8]) -> EncodedEvent {
+        let mut bytes = Vec::with_capacity(EVENT_HEAD + 32 + values.len());
         bytes.resize(EVENT_HEAD, 0);
-        // As serde writes the struct variant compact: {"Values": [call_id, [value, ...]]}.
+        // As serde writes the struct variant compact: {"Values": [call_id, first, [value, ...]]}.
         bytes.push(0x81);
         let _ = rmp::encode::write_str(&mut bytes, "Values");
-        bytes.push(0x92);
+        bytes.push(0x93);
         let _ = rmp::encode::write_uint(&mut bytes, call_id);
+        let _ = rmp::encode::write_uint(&mut bytes, u64::from(first));
         let _ = rmp::encode::write_array_len(&mut bytes, count as u32);
         bytes.extend_from_slice(values);
         let mut event = EncodedEvent {
@@ -244,6 +246,39 @@ impl EncodedEvent {
         };
         event.set_seq(seq);
         event
+    }
+
+    /// This group of values (made by [`EncodedEvent::values`]) without the values before the
+    /// index `from` (counted as `first` counts): what is left when a consumer took only part
+    /// of the group, how many values were cut and what they cost (see [`crate::value_cost`]).
+    pub fn values_from(&self, from: u32) -> Result<(EncodedEvent, usize, usize), ProtocolError> {
+        let malformed =
+            |what: &str| ProtocolError::Malformed(format!("not a group of values: {what}"));
+        let mut rd = self.as_bytes();
+        let fields = (|| {
+            let head = rmp::decode::read_array_len(&mut rd).ok()?;
+            let seq: u64 = rmp::decode::read_int(&mut rd).ok()?;
+            let variants = rmp::decode::read_map_len(&mut rd).ok()?;
+            let mut name = [0u8; 6];
+            let name = rmp::decode::read_str(&mut rd, &mut name).ok()?;
+            let arity = rmp::decode::read_array_len(&mut rd).ok()?;
+            let call_id: u64 = rmp::decode::read_int(&mut rd).ok()?;
+            let first: u32 = rmp::decode::read_int(&mut rd).ok()?;
+            let count = rmp::decode::read_array_len(&mut rd).ok()?;
+            (head == 2 && variants == 1 && name == "Values" && arity == 3)
+                .then_some((seq, call_id, first, count))
+        })();
+        let (seq, call_id, first, count) = fields.ok_or_else(|| malformed("its header"))?;
+        let skip = from.saturating_sub(first).min(count);
+        let mut cost = 0;
+        for _ in 0..skip {
+            let mut de = rmp_serde::Deserializer::new(&mut rd);
+            let value = crate::value::deserialize(&mut de)
+                .map_err(|e: rmp_serde::decode::Error| malformed(&e.to_string()))?;
+            cost += crate::value_cost(&value);
+        }
+        let rest = EncodedEvent::values(seq, call_id, first + skip, (count - skip) as usize, rd);
+        Ok((rest, skip as usize, cost))
     }
 
     /// Numbers the event: writes `[seq, ` in front of the body, as serde encodes the struct
@@ -466,24 +501,43 @@ mod tests {
         for value in &values {
             bytes.extend(crate::value::encode(value).unwrap());
         }
-        let event = EncodedEvent::values(77, 5, values.len(), &bytes);
-        let frame = events_frame(1, event.as_bytes().len(), std::iter::once(&event)).unwrap();
-        match read_frame::<HostMessage>(&mut &frame[..]).unwrap().unwrap() {
-            HostMessage::Events(events) => {
-                assert_eq!(events[0].seq, 77);
-                match &events[0].body {
-                    crate::EventBody::Values {
-                        call_id,
-                        values: got,
-                    } => {
-                        assert_eq!(*call_id, 5);
-                        assert_eq!(got, &values);
+        let event = EncodedEvent::values(77, 5, 0, values.len(), &bytes);
+        let decoded = |event: &EncodedEvent| {
+            let frame = events_frame(1, event.as_bytes().len(), std::iter::once(event)).unwrap();
+            match read_frame::<HostMessage>(&mut &frame[..]).unwrap().unwrap() {
+                HostMessage::Events(mut events) => {
+                    assert_eq!(events[0].seq, 77);
+                    match events.remove(0).body {
+                        crate::EventBody::Values {
+                            call_id,
+                            first,
+                            values,
+                        } => {
+                            assert_eq!(call_id, 5);
+                            (first, values)
+                        }
+                        other => panic!("unexpected {other:?}"),
                     }
-                    other => panic!("unexpected {other:?}"),
                 }
+                other => panic!("unexpected {other:?}"),
             }
-            other => panic!("unexpected {other:?}"),
-        }
+        };
+        assert_eq!(decoded(&event), (0, values.clone()));
+        // The group without what a consumer took: indexes count from the group as made, and
+        // what was cut costs what those values cost.
+        let (rest, cut, cost) = event.values_from(2).unwrap();
+        assert_eq!(decoded(&rest), (2, values[2..].to_vec()));
+        assert_eq!(cut, 2);
+        assert_eq!(
+            cost,
+            crate::value_cost(&values[0]) + crate::value_cost(&values[1])
+        );
+        let (same, none, nothing) = rest.values_from(1).unwrap();
+        assert_eq!(decoded(&same), (2, values[2..].to_vec()));
+        assert_eq!((none, nothing), (0, 0));
+        let (empty, last, cost) = rest.values_from(9).unwrap();
+        assert_eq!(decoded(&empty), (3, vec![]));
+        assert_eq!((last, cost), (1, crate::value_cost(&values[2])));
     }
 
     #[test]

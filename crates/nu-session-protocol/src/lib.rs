@@ -23,7 +23,7 @@ pub use codec::{
 pub use message::*;
 
 /// Bumped on any incompatible change to [`message`]; the hello exchange refuses a mismatch.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Written by `nu-session-host connect` before relaying: clients skip whatever a login shell
 /// printed up to this marker.

@@ -23,15 +23,17 @@ pub enum ClientMessage {
         instance_id: Uuid,
     },
     /// Worker: become the session's one attached client, answered by [`HostMessage::Attached`].
-    /// `resume_after` is the last event sequence number this client has received; events after
-    /// it that are still kept are sent again. `client` identifies the client process: an
-    /// attachment of the same client on another connection (one that broke) is taken over; one
-    /// of another client makes the session busy.
+    /// `client` identifies the client process: an attachment of the same client on another
+    /// connection (one that broke) is taken over; one of another client makes the session busy.
+    /// `resume` says, per invocation, the newest event this client already has (after a broken
+    /// connection): those are not sent again. `window` is how much of one invocation's output
+    /// (by [`EventBody::cost`]) may be unacknowledged at once: the host sends an invocation's
+    /// output only as far as that, and goes on as acknowledgements make room.
     Attach {
         instance_id: Uuid,
-        resume_after: Option<u64>,
-        #[serde(default)]
         client: Option<Uuid>,
+        resume: Vec<Received>,
+        window: u64,
     },
     /// Worker: detach this client, leaving the session running, with new settings when given;
     /// answered by [`HostMessage::Disconnected`].
@@ -45,15 +47,14 @@ pub enum ClientMessage {
     Interrupt {
         call_id: u64,
     },
-    /// Worker: every event up to and including `seq` has been processed and may be forgotten.
-    Ack {
-        seq: u64,
-    },
-    /// Worker: the events `first..=last` have been processed and may be forgotten, while older
-    /// ones are still held (output of another invocation, not received yet).
-    AckRange {
-        first: u64,
-        last: u64,
+    /// Worker: output of one invocation was consumed and may be forgotten (see [`Ack`]).
+    Ack(Ack),
+    /// Worker: from now on, up to `window` of the invocation `call_id`'s output (by
+    /// [`EventBody::cost`]) may be unacknowledged, instead of the attachment's window: for a
+    /// consumer that holds a whole result before handing it on.
+    Window {
+        call_id: u64,
+        window: u64,
     },
     /// Manager: why the session `instance_id` ended, answered by [`HostMessage::EndReason`].
     EndReason {
@@ -78,9 +79,10 @@ pub enum HostMessage {
     Disconnected(SessionInfo),
     /// Output of invocations, in sequence order, batched.
     Events(Vec<Event>),
-    /// `count` events were discarded to make room (output buffering `Drop`) since the last
-    /// report; the events that follow are the newest ones, contiguous.
+    /// `count` values or pieces of output of the invocation `call_id` (`None`: printed while
+    /// none ran) were discarded to make room (output buffering `Drop`) since the last report.
     Dropped {
+        call_id: Option<u64>,
         count: u64,
     },
     /// The request failed; the connection stays usable unless the error says otherwise.
@@ -190,21 +192,35 @@ pub struct SessionInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attachment {
     pub info: SessionInfo,
-    /// The sequence number the next new event will get: every event before it exists already
-    /// (or was acknowledged).
-    pub next_seq: u64,
-    /// Every event up to this one was acknowledged and is gone.
-    pub acked: u64,
     /// Invocations running or queued now, in order (by any client).
     pub pending_calls: Vec<u64>,
+    /// Invocations whose output is kept, not all consumed yet, in order.
+    pub kept: Vec<u64>,
     /// The highest invocation id this client has sent to this session, so that a client that
     /// reattaches after a broken connection can send again what never arrived.
     pub last_call_from_client: Option<u64>,
     /// How often the attached client must be heard from (see [`ClientMessage::Ping`]).
     pub heartbeat: Duration,
-    /// The newest event kept (not acknowledged) when the client attached, `acked` when none:
-    /// what a receive waits for (events acknowledged by range leave holes below `next_seq`).
-    pub kept_until: u64,
+}
+
+/// The newest event of an invocation a client has received ([`ClientMessage::Attach`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Received {
+    pub call_id: u64,
+    pub seq: u64,
+}
+
+/// What a consumer has consumed of one invocation's output: every event of it up to `seq`,
+/// all of event `seq` when `part` is `None`, else (a group of values) only its values before
+/// the index `part` (counted from the group's first value as made, see
+/// [`EventBody::Values`]). Acknowledgements are cumulative per invocation: sending one again,
+/// or an older one, changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// `None`: what the session printed while no invocation ran.
+    pub call_id: Option<u64>,
+    pub seq: u64,
+    pub part: Option<u32>,
 }
 
 /// One piece of code to run in a session.
@@ -257,6 +273,9 @@ pub enum EventBody {
     /// sent, so a slow producer's values still go one by one, at once).
     Values {
         call_id: u64,
+        /// The index of the first value here among the group's values as made: more than 0
+        /// when the ones before were consumed (acknowledged with a `part`).
+        first: u32,
         #[serde(with = "crate::value::many")]
         values: Vec<Value>,
     },
@@ -281,19 +300,49 @@ pub enum EventBody {
     },
 }
 
+/// What an event counts for beyond its contents (see [`EventBody::cost`]).
+pub const EVENT_COST: usize = 32;
+
 impl EventBody {
     /// Bytes this event holds, roughly; buffers are bounded by this.
     pub fn weight(&self) -> usize {
-        const BASE: usize = 32;
+        self.cost()
+    }
+
+    /// What the event counts for in its invocation's flow-control window: about what it takes
+    /// in memory once decoded. Both ends compute it from the event alone, so they agree on
+    /// every window; a group of values costs what its values cost one by one, so a group that
+    /// lost its first values (see [`Ack`]) costs what is left.
+    pub fn cost(&self) -> usize {
         match self {
-            EventBody::Value { value, .. } => BASE + value_weight(value),
-            EventBody::Values { values, .. } => {
-                values.iter().map(|v| BASE + value_weight(v)).sum::<usize>()
+            EventBody::Value { value, .. } => value_cost(value),
+            EventBody::Values { values, .. } => values.iter().map(value_cost).sum(),
+            EventBody::Output { bytes, .. } | EventBody::Bytes { bytes, .. } => {
+                EVENT_COST + bytes.len()
             }
-            EventBody::Output { bytes, .. } | EventBody::Bytes { bytes, .. } => BASE + bytes.len(),
-            EventBody::Started { .. } | EventBody::Finished { .. } => BASE,
+            EventBody::Started { .. } | EventBody::Finished { error: None, .. } => EVENT_COST,
+            EventBody::Finished {
+                error: Some(error), ..
+            } => EVENT_COST + error.weight(),
         }
     }
+
+    /// The invocation the event belongs to (`None`: printed while none ran).
+    pub fn call_id(&self) -> Option<u64> {
+        match self {
+            EventBody::Started { call_id, .. }
+            | EventBody::Value { call_id, .. }
+            | EventBody::Values { call_id, .. }
+            | EventBody::Bytes { call_id, .. }
+            | EventBody::Finished { call_id, .. } => Some(*call_id),
+            EventBody::Output { call_id, .. } => *call_id,
+        }
+    }
+}
+
+/// What one value of a stream costs in its invocation's window (see [`EventBody::cost`]).
+pub fn value_cost(value: &Value) -> usize {
+    EVENT_COST + value_weight(value)
 }
 
 /// Bytes a value holds, roughly (its encoding is about as long).
@@ -381,6 +430,15 @@ pub struct RemoteLabel {
 }
 
 impl RemoteError {
+    /// Bytes the error holds, roughly.
+    pub fn weight(&self) -> usize {
+        self.msg.len()
+            + self.help.as_ref().map_or(0, String::len)
+            + self.code.as_ref().map_or(0, String::len)
+            + self.labels.iter().map(|l| 32 + l.text.len()).sum::<usize>()
+            + self.inner.iter().map(RemoteError::weight).sum::<usize>()
+    }
+
     pub fn new(kind: ErrorKind, msg: impl Into<String>) -> Self {
         RemoteError {
             msg: msg.into(),

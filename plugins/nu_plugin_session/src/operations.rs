@@ -21,7 +21,7 @@ pub fn open(
     settings: SessionSettings,
 ) -> Result<Session, ClientError> {
     let info = host.create_session(settings)?;
-    let handle = host.attach(info.instance_id, None)?;
+    let handle = host.attach(info.instance_id)?;
     let port = host.port();
     Ok(Session::from_info(
         id,
@@ -47,7 +47,7 @@ pub fn connect(plugin: &SessionPlugin, id: i64, span: Span) -> Result<(), Labele
             _ => return Err(wrong_state(session, Action::Connect, span)),
         }
     };
-    match host.attach(instance_id, None) {
+    match host.attach(instance_id) {
         Ok(handle) => {
             if let Some(session) = plugin.sessions().get_mut(id) {
                 session.attached(handle);

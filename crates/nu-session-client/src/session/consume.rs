@@ -1,144 +1,85 @@
-//! The consuming side: a [`Call`] (one invocation's events) and a [`Receive`] (the backlog of
-//! invocations started elsewhere) share one [`Consumer`], which counts what the user has been
-//! handed and acknowledges it [`ACK_LAG`] events later, or at once when the user waits.
+//! The consuming side: a [`Call`] (one invocation's output) and a [`Receive`] (the backlog's)
+//! take items from the ledger, waiting for them, and say what they handed on with the items'
+//! tickets: [`ACK_LAG`] items later, at once when they wait, or (while deferred) not until
+//! they are done.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-
-use super::{ACK_LAG, BacklogEvent, CallEvent, Inner, RELEASE_AFTER, State};
+use super::ledger::Ticket;
+use super::{ACK_LAG, BacklogEvent, CallEvent, Inner, Link, RELEASE_AFTER, State, ended_error};
 use crate::ClientError;
 
-/// Events handed over together, with the sequence number of the first.
-pub(super) struct Batch<T> {
-    pub first: u64,
-    pub events: Vec<T>,
-    /// What the events weigh (counted for the backlog only).
-    pub weight: usize,
-}
-
-/// Consumed batches waiting [`ACK_LAG`] more events before they are acknowledged.
+/// What a consumer took and has not said it handed on: the tickets of the values among it, so
+/// that what was taken is consumed [`ACK_LAG`] values later.
 #[derive(Default)]
-struct Lag {
-    consumed: u64,
-    held: VecDeque<(u64, u64)>,
-}
-
-impl Lag {
-    /// `first`'s batch is consumed; acknowledges the batches far enough behind (none while
-    /// `defer`).
-    fn batch_done(&mut self, session: &Inner, first: u64, defer: bool) {
-        self.held.push_back((first, self.consumed));
-        if defer {
-            return;
-        }
-        while let Some(&(first, at)) = self.held.front() {
-            if at + ACK_LAG > self.consumed {
-                break;
-            }
-            self.held.pop_front();
-            session.consumed(first);
-        }
-    }
-
-    /// Every held batch (the consumer is done, gave up, or waits).
-    fn release(&mut self, state: &mut State) {
-        for (first, _) in self.held.drain(..) {
-            state.release(first);
-        }
-    }
-}
-
-/// What a consumer took from its channel and has not handed to the user yet.
-struct Consumer<T> {
-    pending: VecDeque<T>,
-    /// The batch `pending` comes from (its first sequence number).
-    batch: Option<u64>,
-    lag: Lag,
-    session: Arc<Inner>,
-    /// Nothing is acknowledged (but at the end): what was taken is held by the user, not
-    /// handed on yet (see [`Call::defer_acks`]).
+struct Taken {
+    /// Tickets of the values taken and not consumed, oldest first.
+    values: VecDeque<Ticket>,
+    /// The newest ticket of each stream taken (values or not), for consuming all of it.
+    newest: Vec<Ticket>,
+    /// Nothing is consumed (but at the end): what was taken is held by the user, not handed on
+    /// yet (see [`Call::defer_acks`]).
     defer: bool,
 }
 
-impl<T> Consumer<T> {
-    fn new(session: Arc<Inner>) -> Self {
-        Consumer {
-            pending: VecDeque::new(),
-            batch: None,
-            lag: Lag::default(),
-            session,
-            defer: false,
+impl Taken {
+    fn took(&mut self, event: &CallEvent, ticket: Ticket, state: &mut State) {
+        match self.newest.iter_mut().find(|t| t.call_id == ticket.call_id) {
+            Some(newest) => *newest = ticket,
+            None => self.newest.push(ticket),
+        }
+        if matches!(event, CallEvent::Value(_)) {
+            self.values.push_back(ticket);
+        }
+        while !self.defer && self.values.len() > ACK_LAG {
+            if let Some(old) = self.values.pop_front() {
+                state.ledger.confirm(old);
+            }
         }
     }
 
-    /// The next event already taken; when its batch is used up, that batch is consumed.
-    fn next_taken(&mut self) -> Option<T> {
-        if let Some(event) = self.pending.pop_front() {
-            self.lag.consumed += 1;
-            return Some(event);
+    /// Everything taken is consumed.
+    fn all(&mut self, state: &mut State) {
+        self.values.clear();
+        for ticket in &self.newest {
+            state.ledger.confirm(*ticket);
         }
-        if let Some(first) = self.batch.take() {
-            self.lag.batch_done(&self.session, first, self.defer);
-        }
-        None
     }
 
-    fn take(&mut self, batch: Batch<T>) {
-        if batch.weight > 0 {
-            let mut state = self.session.state();
-            state.backlog_bytes = state.backlog_bytes.saturating_sub(batch.weight);
+    /// The consumer is done: everything taken is consumed, and acknowledged now.
+    fn done(&mut self, state: &mut State) {
+        self.all(state);
+        for ticket in self.newest.drain(..) {
+            state.ledger.flush(ticket.call_id);
         }
-        self.batch = Some(batch.first);
-        self.pending.extend(batch.events);
-    }
-
-    /// The user waits for more: whatever they took has had time to reach the engine, and the
-    /// host may be waiting for these acknowledgements to make room (output buffering `Block`).
-    fn waiting(&mut self) {
-        if self.lag.held.is_empty() || self.defer {
-            return;
-        }
-        let mut state = self.session.state();
-        self.lag.release(&mut state);
-        self.session.acknowledge(&mut state);
-    }
-
-    /// Done: everything taken (and the batches `also`) counts as consumed, and is acknowledged.
-    fn finish(&mut self, also: Vec<u64>) {
-        let mut state = self.session.state();
-        for first in self.batch.take().into_iter().chain(also) {
-            state.release(first);
-        }
-        self.lag.release(&mut state);
-        self.session.acknowledge(&mut state);
-    }
-
-    /// Lets go without acknowledging anything more (see [`Call::forget`]).
-    fn forget(&mut self) {
-        self.lag.held.clear();
-        self.batch = None;
     }
 }
 
 /// One invocation's events, read with [`Call::next_event`] (blocking). Dropping an unfinished call
-/// interrupts it on the host.
+/// interrupts it on the host and discards the rest of its output.
 pub struct Call {
     id: u64,
-    rx: mpsc::Receiver<Batch<CallEvent>>,
-    consumer: Consumer<CallEvent>,
+    session: Arc<Inner>,
+    taken: Taken,
+    /// Loose output to show before the call's own (printed by a background job meanwhile).
+    first: VecDeque<CallEvent>,
     finished: bool,
+    /// Let go of without consuming more (see [`Call::forget`]).
+    forgotten: bool,
 }
 
 impl Call {
-    pub(super) fn new(id: u64, rx: mpsc::Receiver<Batch<CallEvent>>, session: Arc<Inner>) -> Call {
+    pub(super) fn new(id: u64, session: Arc<Inner>) -> Call {
+        let first = session.state().ledger.take_loose().into();
         Call {
             id,
-            rx,
-            consumer: Consumer::new(session),
+            session,
+            taken: Taken::default(),
+            first,
             finished: false,
+            forgotten: false,
         }
     }
 
@@ -146,15 +87,15 @@ impl Call {
         self.id
     }
 
-    fn session(&self) -> &Arc<Inner> {
-        &self.consumer.session
-    }
-
-    /// While `defer`, nothing taken is acknowledged (until it is turned off and more is
-    /// taken, or the call ends): for a user that holds events before handing them on, so that
-    /// what it held is not lost if it is killed.
+    /// While `defer`, nothing taken is consumed (until it is turned off and more is taken, or
+    /// the call ends): for a user that holds events before handing them on, so that what it
+    /// held is not lost if it is killed. Meanwhile the call's window is [`super::HELD_WINDOW`].
     pub fn defer_acks(&mut self, defer: bool) {
-        self.consumer.defer = defer;
+        self.taken.defer = defer;
+        let mut state = self.session.state();
+        let window = defer.then_some(super::HELD_WINDOW);
+        state.ledger.set_window(self.id, window);
+        self.session.settle(state);
     }
 
     /// The next event, waiting for it. An error means the connection was lost.
@@ -168,78 +109,68 @@ impl Call {
 
     /// The next event if one comes within `wait`; `None` if none did.
     pub fn next_event_within(&mut self, wait: Duration) -> Result<Option<CallEvent>, ClientError> {
-        // Read the clock only when there is a wait (a bulk stream mostly has its next event).
-        let mut deadline = None;
+        if let Some(event) = self.first.pop_front() {
+            return Ok(Some(event));
+        }
+        if self.finished {
+            return Err(self.session.lost_error());
+        }
+        let session = self.session.clone();
+        let mut state = session.state();
+        let mut waiting = Waiting::new(wait);
         loop {
-            if let Some(event) = self.consumer.next_taken() {
+            if let Some(error) = state.failed.remove(&self.id) {
+                state.ledger.discard(self.id);
+                session.settle(state);
+                self.finished = true;
+                return Ok(Some(CallEvent::Finished(Some(error))));
+            }
+            if let Some((event, ticket)) = state.ledger.take(self.id) {
+                self.taken.took(&event, ticket, &mut state);
                 if matches!(event, CallEvent::Finished(_)) {
                     self.finished = true;
+                    self.taken.all(&mut state);
                 }
+                session.settle(state);
                 return Ok(Some(event));
             }
-            let next = match self.rx.try_recv() {
-                Ok(batch) => Some(batch),
-                Err(mpsc::error::TryRecvError::Disconnected) => None,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    let now = tokio::time::Instant::now();
-                    let deadline = *deadline.get_or_insert(now + wait);
-                    let rx = &mut self.rx;
-                    let release = (now + RELEASE_AFTER).min(deadline);
-                    let waited = self
-                        .consumer
-                        .session
-                        .runtime
-                        .block_on(async { tokio::time::timeout_at(release, rx.recv()).await });
-                    match waited {
-                        Ok(next) => next,
-                        Err(_) => {
-                            self.consumer.waiting();
-                            let rx = &mut self.rx;
-                            let waited = self.consumer.session.runtime.block_on(async {
-                                tokio::time::timeout_at(deadline, rx.recv()).await
-                            });
-                            match waited {
-                                Ok(next) => next,
-                                Err(_) => return Ok(None),
-                            }
-                        }
-                    }
-                }
-            };
-            match next {
-                Some(batch) => self.consumer.take(batch),
-                None => {
+            match session.link() {
+                Link::Ended(reason) => {
                     self.finished = true;
-                    return Err(self.session().lost_error());
+                    return Ok(Some(CallEvent::Finished(Some(ended_error(&reason)))));
                 }
+                Link::Down(_) | Link::Detached => {
+                    self.finished = true;
+                    return Err(session.lost_error());
+                }
+                Link::Up | Link::Reconnecting => {}
+            }
+            match waiting.wait(&session, state, &mut self.taken, self.id) {
+                Some(next) => state = next,
+                None => return Ok(None),
             }
         }
     }
 
     /// Lets go of the invocation without stopping it, as if this client had vanished: it runs on
-    /// in the session, and what this call did not hand on (including events held back for
-    /// [`ACK_LAG`]) stays on the host for [`super::SessionHandle::receive`].
+    /// in the session, and what this call did not hand on stays on the host for
+    /// [`super::SessionHandle::receive`].
     pub fn forget(mut self) {
         self.finished = true;
-        self.consumer.forget();
-        let session = self.session().clone();
-        let mut state = session.state();
-        // Its output goes to the backlog from now on.
-        state.calls.remove(&self.id);
-        // Batches already handed to this call stay outstanding: never acknowledged here.
-        self.rx.close();
-        state.forgotten = true;
+        self.forgotten = true;
+        // This client is going away: nothing more is acknowledged.
+        self.session.state().ledger.freeze();
     }
 
     /// Asks the host to stop this invocation; its `Finished` event still follows (or, when
     /// the session does not stop within [`super::STOP_GRACE`], an `Interrupted` error).
     pub fn interrupt(&self) {
-        self.session().interrupt_waited(self.id);
+        self.session.interrupt_waited(self.id);
     }
 
     /// A handle that can interrupt this call from another thread (a signal handler).
     pub fn interrupter(&self) -> impl Fn() + Send + Sync + 'static {
-        let session = self.session().clone();
+        let session = self.session.clone();
         let id = self.id;
         move || session.interrupt_waited(id)
     }
@@ -247,21 +178,17 @@ impl Call {
 
 impl Drop for Call {
     fn drop(&mut self) {
-        if !self.finished {
-            self.session().interrupt(self.id);
-            self.session().state().abandoned.insert(self.id);
-        }
-        if self.session().state().forgotten {
-            // See `forget`: nothing more is acknowledged by this client.
+        if self.forgotten {
             return;
         }
-        // What this call still holds was given up by the user: it counts as consumed.
-        self.session().state().calls.remove(&self.id);
-        let mut rest = Vec::new();
-        while let Ok(batch) = self.rx.try_recv() {
-            rest.push(batch.first);
+        if !self.finished {
+            self.session.interrupt(self.id);
         }
-        self.consumer.finish(rest);
+        // What this call still holds, or will get, was given up by the user: consumed.
+        let mut state = self.session.state();
+        state.failed.remove(&self.id);
+        state.ledger.discard(self.id);
+        self.session.settle(state);
     }
 }
 
@@ -274,37 +201,27 @@ pub enum Next<T> {
     Waiting,
 }
 
-/// The backlog, read with [`Receive::next_event`]: output of invocations started elsewhere.
+/// The backlog, read with [`Receive::next_event`]: output of invocations started elsewhere, one
+/// invocation after the other, until every one known has finished.
 pub struct Receive {
-    rx: Option<std::sync::mpsc::Receiver<Batch<BacklogEvent>>>,
-    consumer: Consumer<BacklogEvent>,
-    /// Every event up to this one existed when the client attached.
-    until_seq: u64,
+    session: Arc<Inner>,
+    taken: Taken,
+    /// Printed while no invocation ran: shown first.
+    first: VecDeque<CallEvent>,
 }
 
 impl Receive {
-    pub(super) fn new(
-        rx: std::sync::mpsc::Receiver<Batch<BacklogEvent>>,
-        session: Arc<Inner>,
-        until_seq: u64,
-    ) -> Receive {
+    pub(super) fn new(session: Arc<Inner>, loose: Vec<CallEvent>) -> Receive {
         Receive {
-            rx: Some(rx),
-            consumer: Consumer::new(session),
-            until_seq,
+            session,
+            taken: Taken::default(),
+            first: loose.into(),
         }
     }
 
     /// See [`Call::defer_acks`].
     pub fn defer_acks(&mut self, defer: bool) {
-        self.consumer.defer = defer;
-    }
-
-    /// Hands `events` (of no invocation) out before anything else.
-    pub(super) fn show_first(&mut self, events: Vec<CallEvent>) {
-        for event in events.into_iter().rev() {
-            self.consumer.pending.push_front((None, event));
-        }
+        self.taken.defer = defer;
     }
 
     /// The next event with its invocation id; `Ok(None)` when everything is received.
@@ -320,82 +237,108 @@ impl Receive {
 
     /// Like [`Receive::next_event`], waiting at most about `wait` (then [`Next::Waiting`]).
     pub fn next_event_within(&mut self, wait: Duration) -> Result<Next<BacklogEvent>, ClientError> {
-        let mut deadline = None;
+        if let Some(event) = self.first.pop_front() {
+            return Ok(Next::Event((None, event)));
+        }
+        let session = self.session.clone();
+        let mut state = session.state();
+        let mut waiting = Waiting::new(wait);
         loop {
-            if let Some(event) = self.consumer.next_taken() {
-                return Ok(Next::Event(event));
-            }
-            let session = self.consumer.session.clone();
-            let Some(rx) = &self.rx else {
+            // One invocation after the other, in order.
+            let Some(call_id) = state.ledger.backlog().first().copied() else {
+                self.taken.all(&mut state);
+                session.settle(state);
                 return Ok(Next::End);
             };
-            match rx.try_recv() {
-                Ok(batch) => {
-                    self.consumer.take(batch);
-                    continue;
-                }
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    return Err(session.lost_error());
-                }
-                Err(std::sync::mpsc::TryRecvError::Empty) => {}
-            }
-            // Batches are queued before `received` moves past them, and before the invocations
-            // they end leave `foreign_pending` (under the same lock): once both say everything
-            // is here, every batch is in the channel — including any queued since the look
-            // above, so it looks once more before saying it is done.
-            let done = {
-                let state = session.state();
-                state.foreign_pending.is_empty() && state.received >= self.until_seq
-            };
-            if done {
-                match rx.try_recv() {
-                    Ok(batch) => {
-                        self.consumer.take(batch);
-                        continue;
-                    }
-                    Err(_) => {
-                        // Said before the end: events that were not kept here.
-                        let withheld = std::mem::take(&mut session.state().withheld);
-                        if withheld > 0 {
-                            return Ok(Next::Event((None, CallEvent::Withheld(withheld))));
-                        }
-                        return Ok(Next::End);
-                    }
-                }
+            if let Some((event, ticket)) = state.ledger.take(call_id) {
+                self.taken.took(&event, ticket, &mut state);
+                session.settle(state);
+                return Ok(Next::Event((Some(call_id), event)));
             }
             if !session.usable() {
                 return Err(session.lost_error());
             }
-            let deadline = *deadline.get_or_insert_with(|| std::time::Instant::now() + wait);
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left.min(Duration::from_millis(20))) {
-                Ok(batch) => self.consumer.take(batch),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    self.consumer.waiting();
-                    if std::time::Instant::now() >= deadline {
-                        return Ok(Next::Waiting);
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(session.lost_error());
-                }
+            match waiting.wait(&session, state, &mut self.taken, call_id) {
+                Some(next) => state = next,
+                None => return Ok(Next::Waiting),
             }
         }
     }
 }
 
+/// A consumer's wait for the next item: up to its deadline; once it has waited
+/// [`RELEASE_AFTER`], what it took has had time to reach the engine and is consumed, and the
+/// host, which may be waiting for room, hears of it.
+struct Waiting {
+    wait: Duration,
+    /// Since when, and until when (the clock is read only once there is a wait: a bulk stream
+    /// mostly has its next item).
+    since: Option<(Instant, Instant)>,
+    released: bool,
+}
+
+impl Waiting {
+    fn new(wait: Duration) -> Waiting {
+        Waiting {
+            wait,
+            since: None,
+            released: false,
+        }
+    }
+
+    /// Waits for output, the state unlocked meanwhile; `None` when the deadline has passed.
+    fn wait<'a>(
+        &mut self,
+        session: &'a Inner,
+        mut state: std::sync::MutexGuard<'a, State>,
+        taken: &mut Taken,
+        call_id: u64,
+    ) -> Option<std::sync::MutexGuard<'a, State>> {
+        let now = Instant::now();
+        let (since, deadline) = *self.since.get_or_insert((now, now + self.wait));
+        if now >= deadline {
+            return None;
+        }
+        if !self.released && now >= since + RELEASE_AFTER {
+            self.released = true;
+            if !taken.defer {
+                taken.all(&mut state);
+            }
+            state.ledger.flush(call_id);
+            state.send(&session.outgoing);
+            // What was consumed may have ended a stream: look again before waiting.
+            return Some(state);
+        }
+        let until = if self.released {
+            deadline
+        } else {
+            (since + RELEASE_AFTER).min(deadline)
+        };
+        Some(
+            session
+                .arrived
+                .wait_timeout(state, until - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0),
+        )
+    }
+}
+
 impl Drop for Receive {
     fn drop(&mut self) {
-        // Unread events stay on the host (they are not acknowledged) for the next receive; what
-        // was read is acknowledged.
-        self.consumer.finish(Vec::new());
-        if let Some(rx) = self.rx.take() {
-            *self
-                .consumer
-                .session
-                .backlog
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(rx);
+        // What was read is consumed; what was not stays (on the host, and here for the next
+        // receive).
+        let mut state = self.session.state();
+        self.taken.done(&mut state);
+        for call_id in state
+            .ledger
+            .backlog_taken()
+            .into_iter()
+            .chain(state.ledger.backlog())
+        {
+            state.ledger.untake(call_id);
         }
+        state.receiving = false;
+        self.session.settle(state);
     }
 }

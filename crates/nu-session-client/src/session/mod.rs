@@ -1,36 +1,39 @@
 //! An attached session: [`SessionHandle`] sends invocations and interrupts; a reader task
-//! receives the session's numbered output and hands each invocation's events to its [`Call`].
+//! receives the session's output, each invocation's its own stream, and the consumers take it:
+//! a [`Call`] its invocation's, a [`Receive`] the backlog's (invocations started elsewhere, or
+//! sent with [`SessionHandle::invoke_detached`]).
 //!
-//! Exactly-once output: the host keeps every event until it is acknowledged, and this client
-//! acknowledges an event only once it has been *consumed* (handed to the user by a [`Call`] or a
-//! [`Receive`], or discarded because its call was abandoned here). Events that arrived but were
-//! not consumed when the client goes away are sent again to the next client that attaches.
-//!
-//! Output of invocations this handle did not start (started by another client, or sent with
-//! [`SessionHandle::invoke_detached`]) is kept for [`SessionHandle::receive`].
+//! Exactly-once output: the host keeps every event until this client acknowledges it, and this
+//! client acknowledges what was *consumed* (handed on by a consumer, or given up here), never
+//! what merely arrived ([`ledger`]). Events that arrived but were not consumed when the client
+//! goes away are sent again to the next client that attaches. Flow control is per invocation:
+//! the host sends an invocation's output only as far as this client has room for it
+//! ([`WINDOW`]), so a reader never waits for a slow consumer, one invocation's unread output
+//! never holds back another's, and a host cannot make this client hold more than that.
 //!
 //! Broken connections: when the connection fails without a disconnect, a supervisor task
 //! reattaches with backoff (the same client takes over its old attachment on the host), resumes
-//! the output after the last event received, and sends again the invocations and interrupts the
-//! host may not have received (it ignores an invocation id it has seen). Calls simply wait
-//! meanwhile. If it gives up, the session is left disconnected on its host; if the host says the
-//! session is gone (its worker crashed), the calls end with the reason.
+//! each invocation's output after the last event received, and sends again the invocations and
+//! interrupts the host may not have received (it ignores an invocation id it has seen). Calls
+//! simply wait meanwhile. If it gives up, the session is left disconnected on its host; if the
+//! host says the session is gone (its worker crashed), the calls end with the reason.
 //!
 //! The jobs are in rooms of their own: this module has the handle and the state it shares with
-//! them; `consume` the consuming side ([`Call`], [`Receive`]) and its acknowledgements, `route`
-//! the reader that hands events to their consumers, `supervise` the connection and
+//! them; `ledger` what arrived, was taken, consumed and acknowledged (pure); `consume` the
+//! consumers ([`Call`], [`Receive`]); `route` the reader; `supervise` the connection and
 //! reconnecting. What the connection is doing ([`LinkState`]) is a `watch` value: anyone can
 //! subscribe ([`SessionHandle::watch_link`]) instead of polling.
 
 mod consume;
+mod ledger;
 mod route;
 mod supervise;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use nu_protocol::Value;
@@ -42,8 +45,8 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use consume::Batch;
 pub use consume::{Call, Next, Receive};
+use ledger::{Ledger, Owner};
 
 use crate::transport::Wire;
 use crate::{ClientError, Host};
@@ -66,18 +69,34 @@ pub enum CallEvent {
         bytes: Vec<u8>,
     },
     Finished(Option<RemoteError>),
-    /// The host discarded this many older events to make room (output buffering `Drop`).
+    /// The host discarded this many older values or pieces of output to make room (output
+    /// buffering `Drop`).
     Dropped(u64),
-    /// This many events of other invocations were not kept here: the backlog held
-    /// [`BACKLOG_LIMIT`] bytes nobody received. They stay on the host (never acknowledged).
-    Withheld(u64),
 }
 
-/// The most output of invocations this client did not start (the backlog) it holds before a
-/// [`Receive`] takes it: four times a host's default output buffer. A host keeps no more than
-/// its buffer unacknowledged, so only a host configured larger, or a broken or hostile one,
-/// reaches it. One batch is always taken when the backlog is empty, whatever its size.
-pub const BACKLOG_LIMIT: usize = 64 << 20;
+impl CallEvent {
+    /// What the event takes in memory, about (as [`nu_session_protocol::EventBody::cost`]).
+    fn cost(&self) -> usize {
+        use nu_session_protocol::EVENT_COST;
+        match self {
+            CallEvent::Value(value) => nu_session_protocol::value_cost(value),
+            CallEvent::Bytes(bytes) | CallEvent::Output { bytes, .. } => EVENT_COST + bytes.len(),
+            CallEvent::Finished(Some(error)) => EVENT_COST + error.weight(),
+            _ => EVENT_COST,
+        }
+    }
+}
+
+/// How much of one invocation's output (by [`nu_session_protocol::EventBody::cost`], about
+/// what it takes in memory) the host may send this client before it has been consumed.
+pub const WINDOW: usize = 8 << 20;
+
+/// The window of a call whose consumer holds its values before handing them on (see
+/// [`Call::defer_acks`]): as much as a result delivered to `nu` as one list may hold.
+pub const HELD_WINDOW: usize = 256 << 20;
+
+/// The most output all invocations together may hold here: more is a broken or hostile host.
+const TOTAL_LIMIT: usize = 512 << 20;
 
 /// How long an interrupted call waits for its session to stop before it gives up.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -85,17 +104,14 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// The most output printed between invocations (a background job's) kept for the next one.
 pub const LOOSE_LIMIT: usize = 1 << 20;
 
-/// Events consumed here are acknowledged only once this many more have been consumed after them:
-/// Nushell's plugin protocol keeps up to 100 stream items in flight between the plugin and the
-/// engine, so an event is acknowledged only when the engine has surely taken it. A client killed
+/// Values taken are consumed only once this many more have been taken after them: Nushell's
+/// plugin protocol keeps up to 100 stream items in flight between the plugin and the engine,
+/// so a value is consumed only when the engine has surely taken it. A client killed
 /// mid-stream therefore loses nothing; the next client may get the last few again.
-const ACK_LAG: u64 = 128;
+const ACK_LAG: usize = 128;
 
-/// A consumer that has waited this long for the next event acknowledges what it holds back.
+/// A consumer that has waited this long for the next event consumes what it holds back.
 const RELEASE_AFTER: Duration = Duration::from_millis(50);
-
-/// Batches of events per channel message keep the hand-over between threads cheap.
-const CALL_CHANNEL_BATCHES: usize = 16;
 
 /// Reconnect attempts: the first at once, then after this, doubling up to [`MAX_RETRY_DELAY`]
 /// (about once a second, as PowerShell does).
@@ -199,104 +215,38 @@ struct Inner {
     instance_id: Uuid,
     outgoing: mpsc::UnboundedSender<Outgoing>,
     state: Mutex<State>,
+    /// Consumers wait here for output (or the end of the connection).
+    arrived: Condvar,
     /// What the connection does (the session's end included: it is said only here).
     link: watch::Sender<LinkState>,
     /// What the host said when this client (last) attached.
     attachment: Mutex<Attachment>,
     runtime: Handle,
-    /// The backlog's receiving end, while no [`Receive`] holds it.
-    backlog: Mutex<Option<std::sync::mpsc::Receiver<Batch<BacklogEvent>>>>,
     notify: Mutex<Vec<Notify>>,
 }
 
 struct State {
-    calls: HashMap<u64, mpsc::Sender<Batch<CallEvent>>>,
-    /// Invocations of ours that were given up before they finished: their output is discarded.
-    abandoned: HashSet<u64>,
+    /// Each invocation's output: arrived, taken, consumed, acknowledged.
+    ledger: Ledger,
     /// Invocations sent that the host has not shown it received yet (no event for them): sent
     /// again after a reconnect unless the host says it has them.
     unconfirmed: BTreeMap<u64, Invocation>,
     /// Invocations asked to stop that have not finished: asked again after a reconnect.
     interrupted: HashSet<u64>,
-    /// The highest sequence number received.
-    received: u64,
-    /// The highest sequence number acknowledged.
-    acked: u64,
-    /// Batches handed over and not consumed yet: first → last sequence number.
-    outstanding: BTreeMap<u64, u64>,
-    /// What the session printed while no invocation ran (a background job), for the next
-    /// call or receive to show: at most [`LOOSE_LIMIT`] bytes, the oldest given up first.
-    loose: VecDeque<CallEvent>,
-    loose_bytes: usize,
-    /// The backlog's weight (its events' sizes) not taken by a receive yet.
-    backlog_bytes: usize,
-    /// The first event not kept because the backlog was full: nothing from it on is
-    /// acknowledged cumulatively (it stays on the host), and how many were not kept since the
-    /// last report.
-    withheld_from: Option<u64>,
-    withheld: u64,
-    /// Batches consumed while an older one was still outstanding: acknowledged by themselves.
-    consumed_above: Vec<(u64, u64)>,
-    /// Ranges acknowledged by themselves above `acked`: sent again after a reconnect (the
-    /// message may have been lost with the connection).
-    acked_ranges: Vec<(u64, u64)>,
+    /// Calls that end with this error instead of their own end (the host refused them, or an
+    /// interrupt was not honoured in time).
+    failed: HashMap<u64, RemoteError>,
+    /// A receive is in progress (one at a time).
+    receiving: bool,
     /// Waiting for the answer to a request (a disconnect).
     reply: Option<oneshot::Sender<HostMessage>>,
-    /// Dropped events not reported yet.
-    dropped: u64,
-    /// A call was forgotten: this client is going away and acknowledges nothing more.
-    forgotten: bool,
-    /// Invocations of other clients that were running or queued when this client attached and
-    /// whose end has not been handed to the backlog yet.
-    foreign_pending: HashSet<u64>,
-    backlog: std::sync::mpsc::Sender<Batch<BacklogEvent>>,
 }
 
 impl State {
-    /// A batch handed over is done with (consumed, or given up): it no longer holds back the
-    /// acknowledgement, and when an older batch still does, it is acknowledged by itself.
-    fn release(&mut self, first: u64) {
-        if let Some(last) = self.outstanding.remove(&first) {
-            self.done_with(first, last);
-        }
-    }
-
-    /// Events `first..=last`, never handed over, are done with: acknowledged with the others
-    /// when nothing older is held, else by themselves.
-    fn done_with(&mut self, first: u64, last: u64) {
-        if self.oldest_held().is_some_and(|oldest| oldest < first) {
-            self.consumed_above.push((first, last));
-        }
-    }
-
-    /// Keeps output printed while no invocation ran, within [`LOOSE_LIMIT`] (each piece
-    /// weighs a little more than its bytes, so empty ones count too), the oldest given up first.
-    fn keep_loose(&mut self, events: impl IntoIterator<Item = CallEvent>) {
-        for event in events {
-            if matches!(event, CallEvent::Output { .. }) {
-                self.loose_bytes += route::weight(&event);
-                self.loose.push_back(event);
-            }
-        }
-        while self.loose_bytes > LOOSE_LIMIT
-            && let Some(event) = self.loose.pop_front()
-        {
-            self.loose_bytes -= route::weight(&event);
-        }
-    }
-
-    fn take_loose(&mut self) -> Vec<CallEvent> {
-        self.loose_bytes = 0;
-        self.loose.drain(..).collect()
-    }
-
-    /// The oldest event received and not done with: handed over and not consumed, or not
-    /// kept (the cumulative acknowledgement stays below it).
-    fn oldest_held(&self) -> Option<u64> {
-        let outstanding = self.outstanding.keys().next().copied();
-        match (outstanding, self.withheld_from) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+    /// Takes the ledger's messages and sends them.
+    fn send(&mut self, outgoing: &mpsc::UnboundedSender<Outgoing>) {
+        for message in self.ledger.messages() {
+            let _ = outgoing.send(Outgoing::Message(message));
         }
     }
 }
@@ -306,23 +256,34 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Sends what the ledger says to send; wakes the consumers (output arrived, or the link
+    /// changed).
+    fn settle(&self, mut state: MutexGuard<'_, State>) {
+        state.send(&self.outgoing);
+        drop(state);
+        self.arrived.notify_all();
+    }
+
     fn link(&self) -> Link {
         self.link.borrow().link.clone()
     }
 
     fn set_link(&self, link: Link) {
         self.link.send_modify(|state| state.link = link);
+        self.arrived.notify_all();
     }
 
     /// Moves the link from `from` to `to`; false (and nothing changes) when it was not `from`.
     fn set_link_from(&self, from: Link, to: Link) -> bool {
-        self.link.send_if_modified(|state| {
+        let moved = self.link.send_if_modified(|state| {
             let moves = state.link == from;
             if moves {
                 state.link = to;
             }
             moves
-        })
+        });
+        self.arrived.notify_all();
+        moved
     }
 
     /// The connection failed: counted, and reconnecting. False when it was not up (closed,
@@ -399,18 +360,10 @@ impl Inner {
         let inner = self.clone();
         self.runtime.spawn(async move {
             tokio::time::sleep(STOP_GRACE).await;
-            let sender = {
-                let mut state = inner.state();
-                if !state.interrupted.contains(&call_id) {
-                    return;
-                }
-                let Some(sender) = state.calls.remove(&call_id) else {
-                    return;
-                };
-                // What still comes for it is discarded.
-                state.abandoned.insert(call_id);
-                sender
-            };
+            let mut state = inner.state();
+            if !state.interrupted.contains(&call_id) || state.ledger.ended(call_id) {
+                return;
+            }
             let error = RemoteError::new(
                 ErrorKind::Interrupted,
                 format!(
@@ -419,102 +372,41 @@ impl Inner {
                 ),
             )
             .with_help("its output is discarded; the next invocation waits for it to end, or remove-session stops it for good");
-            let batch = Batch {
-                first: 0,
-                events: vec![CallEvent::Finished(Some(error))],
-                weight: 0,
-            };
-            let _ = sender.send(batch).await;
+            state.failed.insert(call_id, error);
+            inner.settle(state);
         });
-    }
-
-    /// A batch was consumed: acknowledge what can be.
-    fn consumed(&self, first: u64) {
-        let mut state = self.state();
-        state.release(first);
-        self.acknowledge(&mut state);
-    }
-
-    /// Acknowledges everything received up to the oldest batch not consumed yet, and, by
-    /// itself, each batch consumed above it (so unread output of another invocation holds
-    /// back nothing of this client's own).
-    fn acknowledge(&self, state: &mut State) {
-        if state.forgotten {
-            return;
-        }
-        let upto = match state.oldest_held() {
-            Some(first) => first.saturating_sub(1),
-            None => state.received,
-        };
-        if upto > state.acked {
-            state.acked = upto;
-            let _ = self
-                .outgoing
-                .send(Outgoing::Message(ClientMessage::Ack { seq: upto }));
-        }
-        let acked = state.acked;
-        state.acked_ranges.retain(|(_, last)| *last > acked);
-        for (first, last) in std::mem::take(&mut state.consumed_above) {
-            if last > acked {
-                let first = first.max(acked + 1);
-                // Kept for resending: one range for a run of batches, however long it goes on.
-                match state.acked_ranges.last_mut() {
-                    Some(range) if range.1 + 1 == first => range.1 = last,
-                    _ => state.acked_ranges.push((first, last)),
-                }
-                let _ = self
-                    .outgoing
-                    .send(Outgoing::Message(ClientMessage::AckRange { first, last }));
-            }
-        }
     }
 }
 
 impl SessionHandle {
-    pub(crate) fn start(
-        host: Host,
-        conn: Wire,
-        attachment: Attachment,
-        resumed_from: u64,
-    ) -> SessionHandle {
+    pub(crate) fn start(host: Host, conn: Wire, attachment: Attachment) -> SessionHandle {
         let (outgoing, to_send) = mpsc::unbounded_channel::<Outgoing>();
-        let (backlog_tx, backlog_rx) = std::sync::mpsc::channel();
         let runtime = host.runtime().clone();
-        let foreign_pending = attachment.pending_calls.iter().copied().collect();
+        let mut ledger = Ledger::new(WINDOW, TOTAL_LIMIT, LOOSE_LIMIT);
+        // A new handle has no invocations yet: every one the host keeps output of, or runs,
+        // is the backlog's.
+        for call_id in attachment.kept.iter().chain(&attachment.pending_calls) {
+            ledger.expect(*call_id, Owner::Backlog);
+        }
         let inner = Arc::new(Inner {
             instance_id: attachment.info.instance_id,
             host,
             outgoing,
             state: Mutex::new(State {
-                calls: HashMap::new(),
-                abandoned: HashSet::new(),
+                ledger,
                 unconfirmed: BTreeMap::new(),
                 interrupted: HashSet::new(),
-                // Events up to the host's acknowledged mark are gone: nothing to wait for there.
-                received: resumed_from.max(attachment.acked),
-                acked: resumed_from.max(attachment.acked),
-                outstanding: BTreeMap::new(),
-                loose: VecDeque::new(),
-                loose_bytes: 0,
-                backlog_bytes: 0,
-                withheld_from: None,
-                withheld: 0,
-                consumed_above: Vec::new(),
-                acked_ranges: Vec::new(),
+                failed: HashMap::new(),
+                receiving: false,
                 reply: None,
-                dropped: 0,
-                forgotten: false,
-                // A new handle has no invocations yet: every pending one is another client's.
-                foreign_pending,
-                backlog: backlog_tx,
             }),
+            arrived: Condvar::new(),
             link: watch::Sender::new(LinkState {
                 link: Link::Up,
                 breaks: 0,
             }),
             attachment: Mutex::new(attachment),
             runtime: runtime.clone(),
-            backlog: Mutex::new(Some(backlog_rx)),
             notify: Mutex::new(Vec::new()),
         });
         runtime.spawn(BACKGROUND.scope((), supervise::supervise(inner.clone(), conn, to_send)));
@@ -566,6 +458,7 @@ impl SessionHandle {
             }
             !ended
         });
+        self.inner.arrived.notify_all();
         let _ = self.inner.outgoing.send(Outgoing::Close);
     }
 
@@ -592,11 +485,6 @@ impl SessionHandle {
         }
     }
 
-    /// The last event number received (for resuming on another connection).
-    pub fn last_seq(&self) -> u64 {
-        self.inner.state().received
-    }
-
     /// Sends now, or once reconnected.
     fn send(&self, message: ClientMessage) -> Result<(), ClientError> {
         if !self.inner.usable() {
@@ -616,9 +504,8 @@ impl SessionHandle {
         bindings: Vec<Binding>,
         input: Option<Value>,
     ) -> Result<Call, ClientError> {
-        let (tx, rx) = mpsc::channel(CALL_CHANNEL_BATCHES);
-        let call_id = self.start_invocation(source, bindings, input, Some(tx))?;
-        Ok(Call::new(call_id, rx, self.inner.clone()))
+        let call_id = self.start_invocation(source, bindings, input, Owner::Call)?;
+        Ok(Call::new(call_id, self.inner.clone()))
     }
 
     /// Starts running `source` without waiting for its output: it stays on the host for
@@ -629,19 +516,19 @@ impl SessionHandle {
         bindings: Vec<Binding>,
         input: Option<Value>,
     ) -> Result<u64, ClientError> {
-        self.start_invocation(source, bindings, input, None)
+        self.start_invocation(source, bindings, input, Owner::Backlog)
     }
 
-    /// Sends a new invocation, its events going to `call` (or the backlog), kept until the host
-    /// shows it has it; its id. The id is taken and the message queued under the session's
-    /// lock: the host ignores an id not above the last it saw (a resend after a reconnect), so
-    /// invocations from several threads must leave in the order of their ids.
+    /// Sends a new invocation, its output going to `owner`, kept until the host shows it has
+    /// it; its id. The id is taken and the message queued under the session's lock: the host
+    /// ignores an id not above the last it saw (a resend after a reconnect), so invocations from
+    /// several threads must leave in the order of their ids.
     fn start_invocation(
         &self,
         source: String,
         bindings: Vec<Binding>,
         input: Option<Value>,
-        call: Option<mpsc::Sender<Batch<CallEvent>>>,
+        owner: Owner,
     ) -> Result<u64, ClientError> {
         if !self.inner.usable() {
             return Err(self.inner.lost_error());
@@ -670,18 +557,7 @@ impl SessionHandle {
             return Err(ClientError::lost());
         }
         state.unconfirmed.insert(call_id, invocation);
-        if let Some(call) = call {
-            // What a background job printed since the last invocation shows first.
-            let loose = state.take_loose();
-            if !loose.is_empty() {
-                let _ = call.try_send(Batch {
-                    first: 0,
-                    events: loose,
-                    weight: 0,
-                });
-            }
-            state.calls.insert(call_id, call);
-        }
+        state.ledger.expect(call_id, owner);
         Ok(call_id)
     }
 
@@ -719,24 +595,21 @@ impl SessionHandle {
         }
     }
 
-    /// The output of invocations this handle did not start, as it arrives, until every
-    /// invocation that was running or queued when this client attached has finished and every
-    /// event that existed then has been delivered. One receive at a time per handle.
+    /// The output of invocations this handle did not start, as it arrives, until every such
+    /// invocation known now has finished and its output has been delivered. One receive at a
+    /// time per handle.
     pub fn receive(&self) -> Result<Receive, ClientError> {
-        let rx = self
-            .inner
-            .backlog
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| {
-                ClientError::transport("cannot receive", "another receive is in progress")
-            })?;
-        let until_seq = self.inner.attachment().kept_until;
-        let mut receive = Receive::new(rx, self.inner.clone(), until_seq);
-        let loose = self.inner.state().take_loose();
-        receive.show_first(loose);
-        Ok(receive)
+        let mut state = self.inner.state();
+        if state.receiving {
+            return Err(ClientError::transport(
+                "cannot receive",
+                "another receive is in progress",
+            ));
+        }
+        state.receiving = true;
+        let loose = state.ledger.take_loose();
+        drop(state);
+        Ok(Receive::new(self.inner.clone(), loose))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Supervision: runs a handle's connection, and when it fails without a disconnect, attaches
-//! again with backoff, resumes after the last event received and sends again what the host may
-//! have missed; gives up after the client's reconnect time, or learns that the session is gone.
+//! again with backoff, resumes each invocation's output after the last event received and sends
+//! again what the host may have missed; gives up after the client's reconnect time, or learns
+//! that the session is gone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,10 +10,9 @@ use futures::{SinkExt, StreamExt};
 use nu_session_protocol::{Attachment, ClientMessage, ErrorKind};
 use tokio::sync::mpsc;
 
-use super::route::{finish_calls, read_events};
-use super::{
-    ATTEMPT_TIMEOUT, FIRST_RETRY_DELAY, Inner, Link, MAX_RETRY_DELAY, Notice, Outgoing, ended_error,
-};
+use super::ledger::Owner;
+use super::route::read_events;
+use super::{ATTEMPT_TIMEOUT, FIRST_RETRY_DELAY, Inner, Link, MAX_RETRY_DELAY, Notice, Outgoing};
 use crate::transport::Wire;
 
 /// Runs the handle's connection, and the next one each time it fails, until a disconnect, the
@@ -54,12 +54,9 @@ pub(super) async fn supervise(
             None => break,
         }
     }
-    // Every waiting call learns the end: why the session ended, or (by its channel closing)
-    // that the connection is gone.
-    match inner.link() {
-        Link::Ended(reason) => finish_calls(&inner, &ended_error(&reason)).await,
-        _ => inner.state().calls.clear(),
-    }
+    // Every waiting consumer learns the end (from the link): why the session ended, or that
+    // the connection is gone.
+    inner.arrived.notify_all();
 }
 
 /// Sends what the handle queues, and a [`ClientMessage::Ping`] whenever nothing else went for a
@@ -111,10 +108,10 @@ async fn reconnect(
             // Closed meanwhile.
             return None;
         }
-        let resume = inner.state().received;
+        let resume = inner.state().ledger.resume();
         let attempt = tokio::time::timeout(
             ATTEMPT_TIMEOUT,
-            inner.host.attach_conn(inner.instance_id, Some(resume)),
+            inner.host.attach_conn(inner.instance_id, resume),
         )
         .await;
         match attempt {
@@ -193,6 +190,10 @@ async fn resume_messages(
     let mut state = inner.state();
     let confirmed = attachment.last_call_from_client.unwrap_or(0);
     state.unconfirmed.retain(|id, _| *id > confirmed);
+    // Invocations another client ran while this one was away are the backlog's.
+    for call_id in attachment.kept.iter().chain(&attachment.pending_calls) {
+        state.ledger.expect(*call_id, Owner::Backlog);
+    }
     let mut messages: Vec<ClientMessage> = state
         .unconfirmed
         .values()
@@ -205,16 +206,7 @@ async fn resume_messages(
             .iter()
             .map(|&call_id| ClientMessage::Interrupt { call_id }),
     );
-    if state.acked > attachment.acked && !state.forgotten {
-        messages.push(ClientMessage::Ack { seq: state.acked });
-    }
-    if !state.forgotten {
-        messages.extend(
-            state
-                .acked_ranges
-                .iter()
-                .map(|&(first, last)| ClientMessage::AckRange { first, last }),
-        );
-    }
+    state.ledger.acknowledge_again();
+    messages.extend(state.ledger.messages());
     messages
 }

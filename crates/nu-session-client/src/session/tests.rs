@@ -1,6 +1,7 @@
 //! The session core against a host played by the test, over an in-memory duplex (and, for
-//! reattaching, a Unix socket where the session's would be) with the real codec: routing to
-//! calls and the backlog, acknowledgements, resuming after a broken connection, the end.
+//! reattaching, a Unix socket where the session's would be) with the real codec: each
+//! invocation's output to its call or the backlog, acknowledgements, flow control, resuming
+//! after a broken connection, the end.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +10,8 @@ use futures::{SinkExt, StreamExt};
 use nu_protocol::{Span, Value};
 use nu_session_protocol::layout::Layout;
 use nu_session_protocol::{
-    Attachment, ClientMessage, ErrorKind, Event, EventBody, FrameCodec, Hello, HostMessage,
-    OutputBuffering, RemoteError, SessionInfo,
+    Ack, Attachment, ClientMessage, ErrorKind, Event, EventBody, FrameCodec, Hello, HostMessage,
+    OutputBuffering, Received, RemoteError, SessionInfo,
 };
 use tokio::net::UnixListener;
 use tokio_util::codec::Framed;
@@ -60,7 +61,9 @@ impl Fixture {
         }
     }
 
-    fn attachment(&self, next_seq: u64, acked: u64, pending_calls: Vec<u64>) -> Attachment {
+    /// What the host says when the client attaches: `pending_calls` run there (another
+    /// client's).
+    fn attachment(&self, pending_calls: Vec<u64>) -> Attachment {
         Attachment {
             info: SessionInfo {
                 instance_id: self.instance_id,
@@ -75,12 +78,10 @@ impl Fixture {
                 running: false,
                 disconnected_on: None,
             },
-            next_seq,
-            acked,
             pending_calls,
+            kept: Vec::new(),
             last_call_from_client: None,
             heartbeat: Duration::from_secs(10),
-            kept_until: next_seq.saturating_sub(1),
         }
     }
 
@@ -92,8 +93,7 @@ impl Fixture {
             Box::pin(client) as std::pin::Pin<Box<dyn crate::transport::Stream>>,
             FrameCodec::new(),
         );
-        let resumed_from = attachment.acked;
-        let handle = SessionHandle::start(self.host.clone(), conn, attachment, resumed_from);
+        let handle = SessionHandle::start(self.host.clone(), conn, attachment);
         (handle, Framed::new(host, FrameCodec::new()))
     }
 
@@ -128,22 +128,34 @@ impl Fixture {
         self.runtime.block_on(end.send(message)).unwrap();
     }
 
-    /// The highest acknowledgement the client sends within a moment.
-    fn last_ack<S>(&self, end: &mut HostEnd<S>) -> Option<u64>
+    /// The acknowledgements the client sends within a moment.
+    fn acks<S>(&self, end: &mut HostEnd<S>) -> Vec<Ack>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         self.runtime.block_on(async {
-            let mut last = None;
+            let mut acks = Vec::new();
             while let Ok(Some(Ok(message))) =
                 tokio::time::timeout(Duration::from_millis(300), end.next()).await
             {
-                if let ClientMessage::Ack { seq } = message {
-                    last = Some(seq);
+                if let ClientMessage::Ack(ack) = message {
+                    acks.push(ack);
                 }
             }
-            last
+            acks
         })
+    }
+
+    /// The last acknowledgement of `call_id`'s output the client sends within a moment.
+    fn last_ack<S>(&self, end: &mut HostEnd<S>, call_id: Option<u64>) -> Option<(u64, Option<u32>)>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        self.acks(end)
+            .into_iter()
+            .filter(|a| a.call_id == call_id)
+            .map(|a| (a.seq, a.part))
+            .next_back()
     }
 }
 
@@ -220,7 +232,7 @@ fn ints(events: &[CallEvent]) -> Vec<i64> {
 fn events_reach_their_call_and_others_go_to_the_backlog() {
     let fx = Fixture::new();
     // Another client's invocation 7 was running when this one attached.
-    let (handle, mut end) = fx.attach(fx.attachment(1, 0, vec![7]));
+    let (handle, mut end) = fx.attach(fx.attachment(vec![7]));
     let mut call = handle.invoke("seq 1 3".into(), Vec::new(), None).unwrap();
     let id = call_id_of(fx.expect(&mut end, invoked));
     assert_eq!(id, call.id());
@@ -246,28 +258,28 @@ fn events_reach_their_call_and_others_go_to_the_backlog() {
 #[test]
 fn what_was_consumed_is_acknowledged_and_nothing_before() {
     let fx = Fixture::new();
-    let (handle, mut end) = fx.attach(fx.attachment(1, 0, Vec::new()));
+    let (handle, mut end) = fx.attach(fx.attachment(Vec::new()));
     let mut call = handle.invoke("seq".into(), Vec::new(), None).unwrap();
     let id = call_id_of(fx.expect(&mut end, invoked));
     // 500 values in one message: nothing is acknowledged before the user took them.
     fx.send(&mut end, events(1, run_of(id, 500)));
-    assert_eq!(fx.last_ack(&mut end), None);
+    assert_eq!(fx.last_ack(&mut end, Some(id)), None);
     for _ in 0..300 {
         call.next_event().unwrap();
     }
-    // The batch is not used up: still nothing (the engine may not have the values yet).
-    assert_eq!(fx.last_ack(&mut end), None);
+    // Not the end: still nothing (the engine may not have the values yet, and a quarter of
+    // the window was not consumed).
+    assert_eq!(fx.last_ack(&mut end, Some(id)), None);
     let rest = drain(&mut call);
     assert_eq!(rest.len(), 502 - 300);
-    // Waiting for more (the call is done) releases the lag: everything up to the last event.
-    drop(call);
-    assert_eq!(fx.last_ack(&mut end), Some(502));
+    // The end: everything up to the last event.
+    assert_eq!(fx.last_ack(&mut end, Some(id)), Some((502, None)));
 }
 
 #[test]
 fn an_abandoned_call_is_interrupted_and_its_output_discarded() {
     let fx = Fixture::new();
-    let (handle, mut end) = fx.attach(fx.attachment(1, 0, Vec::new()));
+    let (handle, mut end) = fx.attach(fx.attachment(Vec::new()));
     let call = handle.invoke("sleep 1hr".into(), Vec::new(), None).unwrap();
     let id = call_id_of(fx.expect(&mut end, invoked));
     drop(call);
@@ -275,7 +287,7 @@ fn an_abandoned_call_is_interrupted_and_its_output_discarded() {
     assert!(matches!(interrupt, ClientMessage::Interrupt { call_id } if call_id == id));
     // Its events are discarded, not kept for receive, and acknowledged.
     fx.send(&mut end, events(1, run_of(id, 2)));
-    assert_eq!(fx.last_ack(&mut end), Some(4));
+    assert_eq!(fx.last_ack(&mut end, Some(id)), Some((4, None)));
     let mut receive = handle.receive().unwrap();
     assert!(receive.next_event().unwrap().is_none());
 }
@@ -283,7 +295,7 @@ fn an_abandoned_call_is_interrupted_and_its_output_discarded() {
 #[test]
 fn a_broken_connection_resumes_after_the_last_event_and_sends_again_what_was_missed() {
     let fx = Fixture::new();
-    let (handle, mut end) = fx.attach(fx.attachment(1, 0, Vec::new()));
+    let (handle, mut end) = fx.attach(fx.attachment(Vec::new()));
     let mut watch = handle.watch_link();
     // The session's socket, where reattaching looks for it.
     let listener = {
@@ -330,18 +342,21 @@ fn a_broken_connection_resumes_after_the_last_event_and_sends_again_what_was_mis
     assert!(matches!(hello, ClientMessage::Hello(_)));
     fx.send(&mut end, HostMessage::Hello(Hello::current()));
     let attach = fx.expect(&mut end, |_| true);
-    assert!(
-        matches!(
-            attach,
-            ClientMessage::Attach {
-                resume_after: Some(2),
-                ..
-            }
-        ),
-        "{attach:?}"
-    );
+    // It says what it has of the invocation, so that only the rest comes.
+    match &attach {
+        ClientMessage::Attach { resume, .. } => {
+            assert!(
+                resume.contains(&Received {
+                    call_id: id,
+                    seq: 2
+                }),
+                "{attach:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
     // The host has the first invocation (it sent events of it), not the second.
-    let mut attachment = fx.attachment(3, 0, vec![id]);
+    let mut attachment = fx.attachment(vec![id]);
     attachment.last_call_from_client = Some(id);
     fx.send(&mut end, HostMessage::Attached(attachment));
     let again = call_id_of(fx.expect(&mut end, invoked));
@@ -358,7 +373,7 @@ fn a_broken_connection_resumes_after_the_last_event_and_sends_again_what_was_mis
 #[test]
 fn the_sessions_end_is_said_once_and_ends_what_waits() {
     let fx = Fixture::new();
-    let (handle, mut end) = fx.attach(fx.attachment(1, 0, Vec::new()));
+    let (handle, mut end) = fx.attach(fx.attachment(Vec::new()));
     let mut call = handle.invoke("exit".into(), Vec::new(), None).unwrap();
     let id = call_id_of(fx.expect(&mut end, invoked));
     let waiting = handle.invoke("'queued'".into(), Vec::new(), None).unwrap();
@@ -407,7 +422,7 @@ fn the_sessions_end_is_said_once_and_ends_what_waits() {
 #[test]
 fn repeated_zero_and_backward_sequence_numbers_are_delivered_once_and_never_panic() {
     let fx = Fixture::new();
-    let (handle, mut end) = fx.attach(fx.attachment(1, 0, Vec::new()));
+    let (handle, mut end) = fx.attach(fx.attachment(Vec::new()));
     let mut call = handle.invoke("seq 1 3".into(), Vec::new(), None).unwrap();
     let id = call_id_of(fx.expect(&mut end, invoked));
     let value = |seq, i| Event {
@@ -456,13 +471,13 @@ fn repeated_zero_and_backward_sequence_numbers_are_delivered_once_and_never_pani
         1
     );
     drop(call);
-    assert_eq!(fx.last_ack(&mut end), Some(5));
+    assert_eq!(fx.last_ack(&mut end, Some(id)), Some((5, None)));
 }
 
 #[test]
 fn concurrent_invocations_reach_the_host_in_the_order_of_their_ids() {
     let fx = Fixture::new();
-    let (handle, mut end) = fx.attach(fx.attachment(1, 0, Vec::new()));
+    let (handle, mut end) = fx.attach(fx.attachment(Vec::new()));
     let threads = 8;
     let each = 200;
     std::thread::scope(|scope| {
@@ -491,7 +506,7 @@ fn concurrent_invocations_reach_the_host_in_the_order_of_their_ids() {
 fn unread_output_of_another_invocation_holds_back_none_of_ours() {
     let fx = Fixture::new();
     // Invocation 7 ran while nobody was connected; its output waits for receive-session.
-    let (handle, mut end) = fx.attach(fx.attachment(1, 0, vec![7]));
+    let (handle, mut end) = fx.attach(fx.attachment(vec![7]));
     let mut bodies = run_of(7, 3);
     bodies.pop();
     fx.send(&mut end, events(1, bodies));
@@ -500,26 +515,23 @@ fn unread_output_of_another_invocation_holds_back_none_of_ours() {
     fx.send(&mut end, events(5, run_of(id, 3)));
     assert_eq!(ints(&drain(&mut call)), [1, 2, 3]);
     drop(call);
-    // Ours (5 to 9) is acknowledged by itself; the backlog (1 to 4) is not.
-    let range = fx.expect(&mut end, |m| {
-        matches!(
-            m,
-            ClientMessage::Ack { .. } | ClientMessage::AckRange { .. }
-        )
-    });
-    assert!(
-        matches!(range, ClientMessage::AckRange { first: 5, last: 9 }),
-        "{range:?}"
+    // Ours is acknowledged, the backlog is not.
+    let acks = fx.acks(&mut end);
+    assert_eq!(
+        acks,
+        [Ack {
+            call_id: Some(id),
+            seq: 9,
+            part: None
+        }]
     );
-    assert_eq!(fx.last_ack(&mut end), None);
 }
 
 #[test]
-fn a_flood_for_invocations_nobody_waits_for_is_bounded_and_left_on_the_host() {
+fn a_flood_for_an_invocation_nobody_started_is_not_kept() {
     let fx = Fixture::new();
-    let (handle, mut end) = fx.attach(fx.attachment(1, 0, Vec::new()));
-    // A host floods 200 MiB of output for an invocation nobody started or receives, one MiB
-    // per event.
+    let (handle, mut end) = fx.attach(fx.attachment(Vec::new()));
+    // A host floods 200 MiB of output for an invocation nobody started, one MiB per event.
     let mib = Value::string("x".repeat(1 << 20), Span::unknown());
     for seq in 1..=200 {
         let body = EventBody::Value {
@@ -528,58 +540,136 @@ fn a_flood_for_invocations_nobody_waits_for_is_bounded_and_left_on_the_host() {
         };
         fx.send(&mut end, events(seq, vec![body]));
     }
-    // Our own invocation still gets its answer, acknowledged by itself.
+    // Our own invocation still gets its answer.
     let mut call = handle.invoke("6 * 7".into(), Vec::new(), None).unwrap();
     let id = call_id_of(fx.expect(&mut end, invoked));
     fx.send(&mut end, events(201, run_of(id, 1)));
     assert_eq!(ints(&drain(&mut call)), [1]);
     drop(call);
-    let range = fx.expect(&mut end, |m| {
-        matches!(
-            m,
-            ClientMessage::Ack { .. } | ClientMessage::AckRange { .. }
-        )
-    });
-    assert!(
-        matches!(
-            range,
-            ClientMessage::AckRange {
-                first: 201,
-                last: 203
-            }
-        ),
-        "{range:?}"
-    );
-    {
-        let state = handle.inner.state();
-        assert!(
-            state.backlog_bytes <= super::BACKLOG_LIMIT,
-            "{} bytes held",
-            state.backlog_bytes
-        );
-    }
-    // A receive gets what was kept, then how many were not; nothing was acknowledged past the
-    // first of those, so the host still has them.
+    // Nothing of it was kept, nor acknowledged: it stays on the host.
     let mut receive = handle.receive().unwrap();
-    let (mut kept, mut withheld) = (0, 0);
-    while let Some((_, event)) = receive.next_event().unwrap() {
-        match event {
-            CallEvent::Value(_) => kept += 1,
-            CallEvent::Withheld(count) => withheld += count,
-            other => panic!("{other:?}"),
+    assert!(receive.next_event().unwrap().is_none());
+    drop(receive);
+    assert!(
+        fx.acks(&mut end).iter().all(|a| a.call_id == Some(id)),
+        "acknowledged output of an invocation nobody started"
+    );
+}
+
+#[test]
+fn a_host_that_sends_past_the_window_is_cut_off() {
+    let fx = Fixture::new();
+    let (handle, mut end) = fx.attach(fx.attachment(Vec::new()));
+    let mut call = handle.invoke("1".into(), Vec::new(), None).unwrap();
+    let id = call_id_of(fx.expect(&mut end, invoked));
+    let started = EventBody::Started {
+        call_id: id,
+        stream: false,
+        bytes: None,
+    };
+    fx.send(&mut end, events(1, vec![started]));
+    let mib = Value::string("x".repeat(1 << 20), Span::unknown());
+    let past = super::WINDOW / (1 << 20) as usize + 4;
+    for seq in 2..2 + past as u64 {
+        let body = EventBody::Value {
+            call_id: id,
+            value: mib.clone(),
+        };
+        if fx
+            .runtime
+            .block_on(end.send(events(seq, vec![body])))
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert!(matches!(
+        call.next_event().unwrap(),
+        CallEvent::Started { .. }
+    ));
+    // The values within the window come; then the connection is refused, saying why.
+    let mut error = None;
+    for _ in 0..past {
+        match call.next_event() {
+            Ok(CallEvent::Value(_)) => {}
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let error = error.expect("the call ended");
+    assert!(error.contains("more output"), "{error}");
+    assert!(!handle.is_alive());
+}
+
+#[test]
+fn a_receive_that_stops_early_leaves_the_rest_for_the_next() {
+    let fx = Fixture::new();
+    let (handle, mut end) = fx.attach(fx.attachment(vec![7]));
+    let started = EventBody::Started {
+        call_id: 7,
+        stream: true,
+        bytes: None,
+    };
+    let group = EventBody::Values {
+        call_id: 7,
+        first: 0,
+        values: (1..=50).map(int).collect(),
+    };
+    let finished = EventBody::Finished {
+        call_id: 7,
+        error: None,
+    };
+    fx.send(&mut end, events(1, vec![started, group, finished]));
+    let mut receive = handle.receive().unwrap();
+    let mut took = Vec::new();
+    while took.len() < 3 {
+        match receive.next_event().unwrap() {
+            Some((_, CallEvent::Value(v))) => took.push(v.as_int().unwrap()),
+            Some(_) => {}
+            None => panic!("ended early"),
         }
     }
     drop(receive);
-    assert_eq!(kept + withheld, 200);
-    assert!((60..=64).contains(&kept), "{kept} kept");
-    let acked = handle.inner.state().acked;
-    assert_eq!(acked, kept, "acknowledged past what was kept");
+    assert_eq!(took, [1, 2, 3]);
+    // Three handed on: acknowledged inside the group.
+    assert_eq!(fx.last_ack(&mut end, Some(7)), Some((2, Some(3))));
+    let mut receive = handle.receive().unwrap();
+    let mut rest = Vec::new();
+    while let Some((_, event)) = receive.next_event().unwrap() {
+        rest.push(event);
+    }
+    assert_eq!(ints(&rest), (4..=50).collect::<Vec<_>>());
+    drop(receive);
+    assert_eq!(fx.last_ack(&mut end, Some(7)), Some((3, None)));
+}
+
+#[test]
+fn a_call_that_holds_its_values_asks_for_a_larger_window() {
+    let fx = Fixture::new();
+    let (handle, mut end) = fx.attach(fx.attachment(Vec::new()));
+    let mut call = handle.invoke("1..10".into(), Vec::new(), None).unwrap();
+    let id = call_id_of(fx.expect(&mut end, invoked));
+    call.defer_acks(true);
+    let asked = fx.expect(&mut end, |m| matches!(m, ClientMessage::Window { .. }));
+    assert!(
+        matches!(asked, ClientMessage::Window { call_id, window } if call_id == id && window == super::HELD_WINDOW as u64),
+        "{asked:?}"
+    );
+    call.defer_acks(false);
+    let back = fx.expect(&mut end, |m| matches!(m, ClientMessage::Window { .. }));
+    assert!(
+        matches!(back, ClientMessage::Window { window, .. } if window == super::WINDOW as u64),
+        "{back:?}"
+    );
 }
 
 #[test]
 fn what_a_background_job_prints_between_invocations_is_shown_by_the_next() {
     let fx = Fixture::new();
-    let (handle, mut end) = fx.attach(fx.attachment(1, 0, Vec::new()));
+    let (handle, mut end) = fx.attach(fx.attachment(Vec::new()));
     let printed = |seq: u64, text: &str| {
         events(
             seq,
@@ -592,7 +682,7 @@ fn what_a_background_job_prints_between_invocations_is_shown_by_the_next() {
     };
     fx.send(&mut end, printed(1, "from the job\n"));
     // It is acknowledged (nothing holds it on the host) and kept for the next invocation.
-    assert_eq!(fx.last_ack(&mut end), Some(1));
+    assert_eq!(fx.last_ack(&mut end, None), Some((1, None)));
     let mut call = handle.invoke("1".into(), Vec::new(), None).unwrap();
     let id = call_id_of(fx.expect(&mut end, invoked));
     fx.send(&mut end, events(2, run_of(id, 1)));
@@ -605,38 +695,19 @@ fn what_a_background_job_prints_between_invocations_is_shown_by_the_next() {
     drop(call);
     // With no invocation to come, a receive shows it.
     fx.send(&mut end, printed(5, "later\n"));
-    assert_eq!(fx.last_ack(&mut end), Some(5));
+    assert_eq!(fx.last_ack(&mut end, None), Some((5, None)));
     let mut receive = handle.receive().unwrap();
     let first = receive.next_event().unwrap();
     assert!(
         matches!(&first, Some((None, CallEvent::Output { bytes, .. })) if bytes == b"later\n"),
         "{first:?}"
     );
-    // Only so much is kept.
-    drop(receive);
-    let mut state = handle.inner.state();
-    state.keep_loose((0..3).map(|_| CallEvent::Output {
-        stderr: true,
-        bytes: vec![b'x'; super::LOOSE_LIMIT / 2 - 64],
-    }));
-    assert!(state.loose_bytes <= super::LOOSE_LIMIT);
-    assert_eq!(state.loose.len(), 2);
-    // Empty pieces count too: a flood of them stays bounded.
-    state.keep_loose((0..200_000).map(|_| CallEvent::Output {
-        stderr: true,
-        bytes: Vec::new(),
-    }));
-    assert!(
-        state.loose.len() <= super::LOOSE_LIMIT / 32,
-        "{}",
-        state.loose.len()
-    );
 }
 
 #[test]
-fn output_between_invocations_is_acknowledged_by_itself_behind_an_unread_backlog() {
+fn output_between_invocations_is_acknowledged_at_once_behind_an_unread_backlog() {
     let fx = Fixture::new();
-    let (handle, mut end) = fx.attach(fx.attachment(1, 0, vec![7]));
+    let (handle, mut end) = fx.attach(fx.attachment(vec![7]));
     // Invocation 7's output waits for a receive; then the session prints on its own.
     let mut bodies = run_of(7, 2);
     bodies.pop();
@@ -648,15 +719,13 @@ fn output_between_invocations_is_acknowledged_by_itself_behind_an_unread_backlog
     };
     fx.send(&mut end, events(4, vec![printed]));
     // Kept here, so forgotten there: a reconnect must not bring it back to be shown twice.
-    let range = fx.expect(&mut end, |m| {
-        matches!(
-            m,
-            ClientMessage::Ack { .. } | ClientMessage::AckRange { .. }
-        )
-    });
-    assert!(
-        matches!(range, ClientMessage::AckRange { first: 4, last: 4 }),
-        "{range:?}"
+    assert_eq!(
+        fx.acks(&mut end),
+        [Ack {
+            call_id: None,
+            seq: 4,
+            part: None
+        }]
     );
     drop(handle);
 }
@@ -664,7 +733,7 @@ fn output_between_invocations_is_acknowledged_by_itself_behind_an_unread_backlog
 #[test]
 fn an_interrupt_the_session_does_not_honour_still_ends_the_call() {
     let fx = Fixture::new();
-    let (handle, mut end) = fx.attach(fx.attachment(1, 0, Vec::new()));
+    let (handle, mut end) = fx.attach(fx.attachment(Vec::new()));
     let mut call = handle.invoke("loop {}".into(), Vec::new(), None).unwrap();
     let id = call_id_of(fx.expect(&mut end, invoked));
     fx.send(

@@ -243,7 +243,7 @@ fn idle_timer(worker: &Worker) {
                     closed.store(true, Ordering::SeqCst);
                     writer.shutdown();
                 }
-                serving::detach(&mut state);
+                serving::detach(worker, &mut state);
             }
         }
         let expired = {

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use nu_session_protocol::{
-    Attachment, ClientMessage, ErrorKind, Hello, HostMessage, OutputBuffering, RemoteError,
+    Attachment, ClientMessage, ErrorKind, Hello, HostMessage, OutputBuffering, Received,
+    RemoteError,
 };
 use std::os::unix::net::UnixStream;
 use uuid::Uuid;
@@ -18,6 +19,9 @@ use super::sending::send_output;
 use super::{State, Worker};
 use crate::conn::{Conn, Writer};
 use crate::log;
+
+/// The smallest window a client may ask for: one event at a time would crawl.
+const MIN_WINDOW: usize = 64 * 1024;
 
 /// Serves one connection until it closes.
 pub(super) fn serve(worker: &Arc<Worker>, stream: UnixStream) {
@@ -50,14 +54,16 @@ pub(super) fn serve(worker: &Arc<Worker>, stream: UnixStream) {
         let reply = match message {
             ClientMessage::Attach {
                 instance_id,
-                resume_after,
                 client,
+                resume,
+                window,
             } => {
                 let request = AttachRequest {
                     conn_id,
                     instance_id,
-                    resume_after,
                     client,
+                    resume,
+                    window,
                 };
                 attach(worker, request, &writer, &closed)
             }
@@ -97,17 +103,20 @@ pub(super) fn serve(worker: &Arc<Worker>, stream: UnixStream) {
                 worker.interrupt(call_id);
                 None
             }
-            ClientMessage::Ack { seq } => {
-                // Only the attached client's acknowledgements count: a client that has
-                // disconnected must not take output away from the next one.
+            ClientMessage::Window { call_id, window } => {
                 if worker.lock().attached_conn == Some(conn_id) {
-                    worker.outbox.ack(seq);
+                    let window = usize::try_from(window)
+                        .unwrap_or(usize::MAX)
+                        .max(MIN_WINDOW);
+                    worker.outbox.set_window(call_id, window);
                 }
                 None
             }
-            ClientMessage::AckRange { first, last } => {
+            ClientMessage::Ack(ack) => {
+                // Only the attached client's acknowledgements count: a client that has
+                // disconnected must not take output away from the next one.
                 if worker.lock().attached_conn == Some(conn_id) {
-                    worker.outbox.ack_range(first, last);
+                    worker.outbox.ack(ack);
                 }
                 None
             }
@@ -138,13 +147,14 @@ pub(super) fn serve(worker: &Arc<Worker>, stream: UnixStream) {
     worker.outbox.wake();
     let mut state = worker.lock();
     if state.attached_conn == Some(conn_id) {
-        detach(&mut state);
+        detach(worker, &mut state);
         log!("client connection {conn_id} closed; session disconnected");
     }
 }
 
 /// Leaves the session with nobody attached; the idle timeout counts from now.
-pub(super) fn detach(state: &mut State) {
+pub(super) fn detach(worker: &Worker, state: &mut State) {
+    worker.outbox.detach();
     state.attached_conn = None;
     state.attached_link = None;
     state.info.attached = false;
@@ -175,7 +185,7 @@ fn disconnect(
         state.info.output_buffering = mode;
         worker.outbox.set_mode(mode);
     }
-    detach(&mut state);
+    detach(worker, &mut state);
     // Stop sending output on this connection: it stays on the host until someone receives it.
     closed.store(true, Ordering::SeqCst);
     worker.outbox.wake();
@@ -195,8 +205,9 @@ fn not_attached() -> HostMessage {
 struct AttachRequest {
     conn_id: u64,
     instance_id: Uuid,
-    resume_after: Option<u64>,
     client: Option<Uuid>,
+    resume: Vec<Received>,
+    window: u64,
 }
 
 fn attach(
@@ -208,8 +219,9 @@ fn attach(
     let AttachRequest {
         conn_id,
         instance_id,
-        resume_after,
         client,
+        resume,
+        window,
     } = request;
     if instance_id != worker.id {
         return Some(HostMessage::Error(RemoteError::new(
@@ -217,7 +229,7 @@ fn attach(
             format!("no session {instance_id} here"),
         )));
     }
-    let attachment = {
+    let (attachment, generation) = {
         let mut state = worker.lock();
         match state.attached_conn {
             Some(other) if other != conn_id => {
@@ -248,6 +260,12 @@ fn attach(
             }
             None => {}
         }
+        // The window is the client's to choose, within reason: never so small that nothing
+        // but one event at a time could go.
+        let window = usize::try_from(window)
+            .unwrap_or(usize::MAX)
+            .max(MIN_WINDOW);
+        let generation = worker.outbox.attach(&resume, window);
         state.attached_conn = Some(conn_id);
         state.attached_link = Some((writer.clone(), closed.clone()));
         state.info.attached = true;
@@ -257,21 +275,19 @@ fn attach(
         let running = worker.running_call.load(Ordering::SeqCst);
         let mut info = state.info.clone();
         info.running = running != 0;
-        Attachment {
+        let attachment = Attachment {
             info,
-            next_seq: worker.outbox.next_seq(),
-            kept_until: worker.outbox.kept_until(),
-            acked: worker.outbox.acked(),
             pending_calls: (running != 0)
                 .then_some(running)
                 .into_iter()
                 .chain(state.queue.iter().map(|i| i.call_id))
                 .collect(),
+            kept: worker.outbox.kept(),
             last_call_from_client: client.and_then(|c| state.last_call.get(&c).copied()),
             heartbeat: state.config.client_heartbeat,
-        }
+        };
+        (attachment, generation)
     };
-    worker.outbox.wake();
     if writer.send(&HostMessage::Attached(attachment)).is_err() {
         return None;
     }
@@ -280,6 +296,6 @@ fn attach(
     let closed = closed.clone();
     let _ = std::thread::Builder::new()
         .name("send".into())
-        .spawn(move || send_output(&worker, &writer, &closed, resume_after.unwrap_or(0)));
+        .spawn(move || send_output(&worker, &writer, &closed, generation));
     None
 }

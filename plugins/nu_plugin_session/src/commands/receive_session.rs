@@ -182,7 +182,6 @@ impl Values {
                     CallEvent::Value(value) => return Polled::Value(local_value(value, span)),
                     CallEvent::Output { stderr, bytes } => self.output.write(stderr, &bytes),
                     CallEvent::Dropped(count) => self.output.dropped(count),
-                    CallEvent::Withheld(count) => self.output.withheld(count),
                     CallEvent::Finished(Some(remote)) => {
                         self.bytes = None;
                         if self.lone {

@@ -240,7 +240,6 @@ impl Run {
             match call.next_event()? {
                 CallEvent::Output { stderr, bytes } => output.write(stderr, &bytes),
                 CallEvent::Dropped(count) => output.dropped(count),
-                CallEvent::Withheld(count) => output.withheld(count),
                 event => return Ok(event),
             }
         }
@@ -277,10 +276,9 @@ impl Run {
                 value => Ok(PipelineData::value(value, None)),
             },
             CallEvent::Value(value) => Ok(PipelineData::value(local_value(value, head), None)),
-            CallEvent::Output { .. }
-            | CallEvent::Dropped(_)
-            | CallEvent::Withheld(_)
-            | CallEvent::Bytes(_) => Ok(PipelineData::empty()),
+            CallEvent::Output { .. } | CallEvent::Dropped(_) | CallEvent::Bytes(_) => {
+                Ok(PipelineData::empty())
+            }
         }
     }
 
@@ -320,7 +318,6 @@ impl Run {
                 Ok(None) => return Step::Waiting,
                 Ok(Some(CallEvent::Output { stderr, bytes })) => output.write(stderr, &bytes),
                 Ok(Some(CallEvent::Dropped(count))) => output.dropped(count),
-                Ok(Some(CallEvent::Withheld(count))) => output.withheld(count),
                 Ok(Some(CallEvent::Finished(error))) => {
                     self.done = true;
                     return match error {
@@ -371,7 +368,6 @@ impl Run {
                 CallEvent::Started { .. }
                 | CallEvent::Output { .. }
                 | CallEvent::Dropped(_)
-                | CallEvent::Withheld(_)
                 | CallEvent::Bytes(_) => {}
             }
         }

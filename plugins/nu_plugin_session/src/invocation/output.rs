@@ -28,17 +28,6 @@ impl OutputSink {
         );
     }
 
-    pub fn withheld(&self, count: u64) {
-        self.write(
-            true,
-            format!(
-                "warning: {count} outputs of other invocations were left on the host: this client keeps at most {} MiB that nobody receives; disconnect-session, then connect-session and receive-session to get them\n",
-                nu_session_client::BACKLOG_LIMIT >> 20
-            )
-            .as_bytes(),
-        );
-    }
-
     pub fn write(&self, stderr: bool, bytes: &[u8]) {
         if stderr || !self.stdout_ok {
             let _ = std::io::stderr().write_all(bytes);

@@ -34,8 +34,8 @@ pub use nu_session_protocol::{
     SessionInfo, SessionSettings, value_weight,
 };
 pub use session::{
-    BacklogEvent, Call, CallEvent, HELD_WINDOW, Link, LinkState, LinkWatch, Next, Notice, Receive,
-    SessionHandle, WINDOW,
+    BacklogEvent, Call, CallEvent, HELD_WINDOW, Handover, Link, LinkState, LinkWatch, Next, Notice,
+    Receive, SessionHandle, WINDOW,
 };
 pub use transport::Transport;
 

@@ -32,30 +32,48 @@ fn encode<T: serde::Serialize>(
         })
 }
 
-/// Writes compact, reads with `nu`'s own decoder.
-macro_rules! compact_encoder {
-    ($message:ty) => {
-        impl Encoder<$message> for CompactMsgPack {
-            fn encode(
-                &self,
-                data: &$message,
-                writer: &mut impl std::io::Write,
-            ) -> Result<(), ShellError> {
-                encode(data, writer)
-            }
+/// What the plugin sends: written compact; a call's response names the stream it returns, for
+/// [`crate::delivery`].
+impl Encoder<PluginOutput> for CompactMsgPack {
+    fn encode(
+        &self,
+        data: &PluginOutput,
+        writer: &mut impl std::io::Write,
+    ) -> Result<(), ShellError> {
+        crate::delivery::sent(data);
+        encode(data, writer)
+    }
 
-            fn decode(
-                &self,
-                reader: &mut impl std::io::BufRead,
-            ) -> Result<Option<$message>, ShellError> {
-                Encoder::<$message>::decode(&MsgPackSerializer, reader)
-            }
-        }
-    };
+    fn decode(
+        &self,
+        reader: &mut impl std::io::BufRead,
+    ) -> Result<Option<PluginOutput>, ShellError> {
+        Encoder::<PluginOutput>::decode(&MsgPackSerializer, reader)
+    }
 }
 
-compact_encoder!(PluginOutput);
-compact_encoder!(PluginInput);
+/// What `nu` sends: read with `nu`'s own decoder; its acknowledgements of the streams this
+/// plugin returned are told to [`crate::delivery`].
+impl Encoder<PluginInput> for CompactMsgPack {
+    fn encode(
+        &self,
+        data: &PluginInput,
+        writer: &mut impl std::io::Write,
+    ) -> Result<(), ShellError> {
+        encode(data, writer)
+    }
+
+    fn decode(
+        &self,
+        reader: &mut impl std::io::BufRead,
+    ) -> Result<Option<PluginInput>, ShellError> {
+        let message = Encoder::<PluginInput>::decode(&MsgPackSerializer, reader)?;
+        if let Some(message) = &message {
+            crate::delivery::received(message);
+        }
+        Ok(message)
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,7 @@
 //! - [`errors`]: building the errors users see.
 //! - [`completion`]: completing arguments in the user's shell.
 //! - [`encoding`]: the plugin's messages to `nu`, compact MessagePack.
+//! - [`delivery`]: what `nu` took of a stream the plugin returned (its acknowledgements).
 //! - [`status`]: the one status line that shows the progress of work that takes a while.
 //! - [`passwords`]: asking the user for passphrases and passwords on their terminal.
 //! - [`interactive`]: the prompt of `enter-session` (line editor, rendering, Ctrl-C).
@@ -27,6 +28,7 @@
 pub mod code;
 pub mod commands;
 pub mod completion;
+pub mod delivery;
 pub mod encoding;
 pub mod errors;
 pub mod fanout;

@@ -4,7 +4,7 @@
 //! they are done.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::ledger::Ticket;
@@ -45,14 +45,6 @@ impl Taken {
         self.values.clear();
         for ticket in &self.newest {
             state.ledger.confirm(*ticket);
-        }
-    }
-
-    /// The consumer is done: everything taken is consumed, and acknowledged now.
-    fn done(&mut self, state: &mut State) {
-        self.all(state);
-        for ticket in self.newest.drain(..) {
-            state.ledger.flush(ticket.call_id);
         }
     }
 }
@@ -145,7 +137,7 @@ impl Call {
                 }
                 Link::Up | Link::Reconnecting => {}
             }
-            match waiting.wait(&session, state, &mut self.taken, self.id) {
+            match waiting.wait(&session, state, Some(&mut self.taken), self.id) {
                 Some(next) => state = next,
                 None => return Ok(None),
             }
@@ -203,9 +195,16 @@ pub enum Next<T> {
 
 /// The backlog, read with [`Receive::next_event`]: output of invocations started elsewhere, one
 /// invocation after the other, until every one known has finished.
+///
+/// What a receive takes is consumed as it is taken, unless its user follows what is done with
+/// each value ([`Receive::follow`]): then a value is consumed only when that user says it was
+/// taken ([`Handover::taken`]), and when it stops early ([`Handover::stopped`]) the rest is
+/// given back, for the next receive.
 pub struct Receive {
     session: Arc<Inner>,
-    taken: Taken,
+    handover: Handover,
+    /// The newest item taken.
+    last: Option<Ticket>,
     /// Printed while no invocation ran: shown first.
     first: VecDeque<CallEvent>,
 }
@@ -213,15 +212,32 @@ pub struct Receive {
 impl Receive {
     pub(super) fn new(session: Arc<Inner>, loose: Vec<CallEvent>) -> Receive {
         Receive {
+            handover: Handover(Arc::new(Handed {
+                session: session.clone(),
+                state: Mutex::new(HandedState::default()),
+            })),
             session,
-            taken: Taken::default(),
+            last: None,
             first: loose.into(),
         }
     }
 
-    /// See [`Call::defer_acks`].
-    pub fn defer_acks(&mut self, defer: bool) {
-        self.taken.defer = defer;
+    /// From now on, a value is consumed only when the returned handle says the user took it:
+    /// for a user that hands values on to someone who may stop reading (`nu`, `| first 3`).
+    /// Tell it of each value handed on with [`Receive::handed_out`].
+    pub fn follow(&mut self) -> Handover {
+        self.handover.lock().followed = true;
+        self.handover.clone()
+    }
+
+    /// What was taken so far makes the value just handed on (see [`Receive::follow`]).
+    pub fn handed_out(&mut self) {
+        if let Some(last) = self.last {
+            let mut handed = self.handover.lock();
+            if handed.followed {
+                handed.pending.push_back(last);
+            }
+        }
     }
 
     /// The next event with its invocation id; `Ok(None)` when everything is received.
@@ -243,26 +259,157 @@ impl Receive {
         let session = self.session.clone();
         let mut state = session.state();
         let mut waiting = Waiting::new(wait);
+        let followed = self.handover.lock().followed;
         loop {
             // One invocation after the other, in order.
             let Some(call_id) = state.ledger.backlog().first().copied() else {
-                self.taken.all(&mut state);
-                session.settle(state);
+                drop(state);
+                self.handover.ended();
                 return Ok(Next::End);
             };
             if let Some((event, ticket)) = state.ledger.take(call_id) {
-                self.taken.took(&event, ticket, &mut state);
+                self.last = Some(ticket);
+                self.handover.lock().took(ticket);
+                if !followed {
+                    state.ledger.confirm(ticket);
+                }
                 session.settle(state);
                 return Ok(Next::Event((Some(call_id), event)));
             }
             if !session.usable() {
                 return Err(session.lost_error());
             }
-            match waiting.wait(&session, state, &mut self.taken, call_id) {
+            match waiting.wait(&session, state, None, call_id) {
                 Some(next) => state = next,
                 None => return Ok(Next::Waiting),
             }
         }
+    }
+}
+
+impl Drop for Receive {
+    fn drop(&mut self) {
+        // Taken as it was taken: done. Followed: done when its follower says so, or lets go.
+        if !self.handover.lock().followed {
+            self.handover.resolve(true);
+        }
+    }
+}
+
+/// Says, from another thread, which values a followed [`Receive`] handed on were taken.
+#[derive(Clone)]
+pub struct Handover(Arc<Handed>);
+
+struct Handed {
+    session: Arc<Inner>,
+    state: Mutex<HandedState>,
+}
+
+#[derive(Default)]
+struct HandedState {
+    followed: bool,
+    /// Per value handed on and not taken yet: the newest item it needed.
+    pending: VecDeque<Ticket>,
+    /// The newest item taken of each stream.
+    newest: Vec<Ticket>,
+    /// The receive reached its end: nothing more is handed on.
+    ended: bool,
+    /// Consumed, or given back: the session may receive again.
+    resolved: bool,
+}
+
+impl HandedState {
+    fn took(&mut self, ticket: Ticket) {
+        match self.newest.iter_mut().find(|t| t.call_id == ticket.call_id) {
+            Some(newest) => *newest = ticket,
+            None => self.newest.push(ticket),
+        }
+    }
+}
+
+impl Handover {
+    fn lock(&self) -> MutexGuard<'_, HandedState> {
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The oldest value handed on and not taken was taken: it and what came before it are
+    /// consumed.
+    pub fn taken(&self) {
+        let (ticket, done) = {
+            let mut handed = self.lock();
+            let ticket = handed.pending.pop_front();
+            (ticket, handed.ended && handed.pending.is_empty())
+        };
+        if let Some(ticket) = ticket {
+            let mut state = self.0.session.state();
+            state.ledger.confirm(ticket);
+            self.0.session.settle(state);
+        }
+        if done {
+            self.resolve(true);
+        }
+    }
+
+    /// Whoever read the values stopped: what was handed on and not taken goes back, for the
+    /// next receive.
+    pub fn stopped(&self) {
+        self.resolve(false);
+    }
+
+    /// The receive reached its end: when everything handed on was taken, it is done.
+    fn ended(&self) {
+        let done = {
+            let mut handed = self.lock();
+            handed.ended = true;
+            handed.pending.is_empty()
+        };
+        if done {
+            self.resolve(true);
+        }
+    }
+
+    fn resolve(&self, all: bool) {
+        self.0.resolve(all);
+    }
+}
+
+impl Handed {
+    /// Done: everything taken is consumed (`all`), or only what was said to be; the rest is
+    /// given back; what was consumed is acknowledged; the session may receive again.
+    fn resolve(&self, all: bool) {
+        let newest = {
+            let mut handed = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if std::mem::replace(&mut handed.resolved, true) {
+                return;
+            }
+            handed.pending.clear();
+            std::mem::take(&mut handed.newest)
+        };
+        let mut state = self.session.state();
+        for ticket in &newest {
+            if all {
+                state.ledger.confirm(*ticket);
+            }
+            state.ledger.flush(ticket.call_id);
+        }
+        for call_id in state
+            .ledger
+            .backlog_taken()
+            .into_iter()
+            .chain(state.ledger.backlog())
+        {
+            state.ledger.untake(call_id);
+        }
+        state.receiving = false;
+        self.session.settle(state);
+    }
+}
+
+impl Drop for Handed {
+    fn drop(&mut self) {
+        // Let go of without a word (its follower is gone): what was not said to be taken goes
+        // back.
+        self.resolve(false);
     }
 }
 
@@ -291,7 +438,7 @@ impl Waiting {
         &mut self,
         session: &'a Inner,
         mut state: std::sync::MutexGuard<'a, State>,
-        taken: &mut Taken,
+        taken: Option<&mut Taken>,
         call_id: u64,
     ) -> Option<std::sync::MutexGuard<'a, State>> {
         let now = Instant::now();
@@ -301,7 +448,7 @@ impl Waiting {
         }
         if !self.released && now >= since + RELEASE_AFTER {
             self.released = true;
-            if !taken.defer {
+            if let Some(taken) = taken.filter(|t| !t.defer) {
                 taken.all(&mut state);
             }
             state.ledger.flush(call_id);
@@ -321,24 +468,5 @@ impl Waiting {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0),
         )
-    }
-}
-
-impl Drop for Receive {
-    fn drop(&mut self) {
-        // What was read is consumed; what was not stays (on the host, and here for the next
-        // receive).
-        let mut state = self.session.state();
-        self.taken.done(&mut state);
-        for call_id in state
-            .ledger
-            .backlog_taken()
-            .into_iter()
-            .chain(state.ledger.backlog())
-        {
-            state.ledger.untake(call_id);
-        }
-        state.receiving = false;
-        self.session.settle(state);
     }
 }

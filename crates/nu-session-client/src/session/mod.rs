@@ -45,7 +45,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-pub use consume::{Call, Next, Receive};
+pub use consume::{Call, Handover, Next, Receive};
 use ledger::{Ledger, Owner};
 
 use crate::transport::Wire;

@@ -1,15 +1,18 @@
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nu_protocol::{
-    Example, LabeledError, PipelineData, ShellError, Signature, Span, Type, Value, value_from_bytes,
+    Example, LabeledError, ListStream, PipelineData, ShellError, Signature, Span, Type, Value,
+    value_from_bytes,
 };
-use nu_session_client::{BytesKind, CallEvent, Next, Receive};
+use nu_session_client::{BytesKind, CallEvent, Handover, Next, Receive};
 
 use super::SessionCommand;
+use crate::delivery::{self, Delivery, Follower};
 use crate::errors::{client_error, many_failed, named, remote_error};
 use crate::fanout::who;
-use crate::invocation::list::{self, Polled};
+use crate::invocation::list::Polled;
 use crate::invocation::local_value;
 use crate::invocation::output::OutputSink;
 use crate::select::{ASK_A_HOST, Need, select, selection_signature};
@@ -71,9 +74,14 @@ impl SessionCommand for ReceiveSession {
         } = *cx;
         let selected = select(cx, input, NEED)?.or_lone_failure()?;
         let lone = selected.ids.len() == 1 && selected.unreachable.is_empty();
+        let followed = Arc::new(Followed::default());
         let mut receives = VecDeque::new();
         for id in &selected.ids {
-            let receive = start(plugin, *id, span);
+            let receive = start(plugin, *id, span).map(|mut receive| {
+                let handover = receive.follow();
+                lock(&followed.all).push(handover.clone());
+                (receive, handover)
+            });
             // One session: its connection error is the command's error.
             if lone {
                 receives.push_back((who(plugin, *id), Ok(receive?)));
@@ -90,10 +98,74 @@ impl SessionCommand for ReceiveSession {
             output: OutputSink::new(engine),
             span,
             bytes: None,
+            followed: followed.clone(),
         };
-        let signals = engine.signals().clone();
-        Ok(list::deliver(values, span, signals))
+        // Always a stream, never one list: `nu` says which values its consumer took, so that
+        // what a `| first 3` left stays on the host for the next receive.
+        let delivery = Delivery::new(followed);
+        let stream = stream(values, delivery.clone());
+        delivery::returning(delivery);
+        Ok(PipelineData::list_stream(
+            ListStream::new(stream, span, engine.signals().clone()),
+            None,
+        ))
     }
+}
+
+/// The values of `values` as `nu` pulls them, each one's receive told when `nu` took it (or, not
+/// followed, when handed on); ends when `nu` stops reading.
+fn stream(mut values: Values, delivery: Arc<Delivery>) -> impl Iterator<Item = Value> + Send {
+    std::iter::from_fn(move || {
+        loop {
+            if delivery.stopped() {
+                return None;
+            }
+            match values.poll(Duration::from_millis(100)) {
+                Polled::Value(value) => {
+                    if !delivery.followed() {
+                        delivery.taken();
+                    }
+                    return Some(value);
+                }
+                Polled::Done => return None,
+                Polled::Waiting => {}
+            }
+        }
+    })
+}
+
+/// The receives whose values are on their way to `nu`: one per value handed on, oldest first
+/// (`None` for a value of no receive: an error), told in order as `nu` takes them.
+#[derive(Default)]
+struct Followed {
+    pending: Mutex<VecDeque<Option<Handover>>>,
+    all: Mutex<Vec<Handover>>,
+}
+
+impl Followed {
+    fn handed_on(&self, handover: Option<&Handover>) {
+        lock(&self.pending).push_back(handover.cloned());
+    }
+}
+
+impl Follower for Arc<Followed> {
+    fn taken(&self) {
+        let next = lock(&self.pending).pop_front();
+        if let Some(Some(handover)) = next {
+            handover.taken();
+        }
+    }
+
+    fn stopped(&self) {
+        lock(&self.pending).clear();
+        for handover in lock(&self.all).drain(..) {
+            handover.stopped();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Connects the session when needed and starts receiving its backlog.
@@ -107,11 +179,14 @@ fn start(plugin: &SessionPlugin, id: i64, span: Span) -> Result<Receive, Labeled
     handle.receive().map_err(|e| client_error(&e, span))
 }
 
+/// A session's receive and the handle that says what `nu` took of it.
+type Following = (Receive, Handover);
+
 /// The values of the sessions' backlogs, one session after the other. With one session, an
 /// error is a value where it happened; with several, the failures come after every value, as
 /// one error named after the sessions.
 struct Values {
-    receives: VecDeque<(String, Result<Receive, LabeledError>)>,
+    receives: VecDeque<(String, Result<Following, LabeledError>)>,
     failures: Vec<LabeledError>,
     total: usize,
     lone: bool,
@@ -119,20 +194,7 @@ struct Values {
     span: Span,
     /// The byte stream result being received, whole.
     bytes: Option<(BytesKind, Vec<u8>)>,
-}
-
-impl list::Source for Values {
-    fn poll(&mut self, wait: Duration) -> Polled {
-        Values::poll(self, wait)
-    }
-
-    fn defer_acks(&mut self, defer: bool) {
-        for (_, receive) in self.receives.iter_mut() {
-            if let Ok(receive) = receive {
-                receive.defer_acks(defer);
-            }
-        }
-    }
+    followed: Arc<Followed>,
 }
 
 impl Values {
@@ -149,6 +211,21 @@ impl Values {
         None
     }
 
+    /// A value of the current receive is handed on: what it took so far makes it.
+    fn mine(&mut self, value: Value) -> Polled {
+        if let Some((_, Ok((receive, handover)))) = self.receives.front_mut() {
+            receive.handed_out();
+            self.followed.handed_on(Some(handover));
+        }
+        Polled::Value(value)
+    }
+
+    /// A value of no receive (an error) is handed on.
+    fn other(&mut self, value: Value) -> Polled {
+        self.followed.handed_on(None);
+        Polled::Value(value)
+    }
+
     /// The next value if one comes within `wait`.
     fn poll(&mut self, wait: Duration) -> Polled {
         let span = self.span;
@@ -158,17 +235,17 @@ impl Values {
                     return Polled::Done;
                 }
                 let error = many_failed(std::mem::take(&mut self.failures), self.total, "sessions");
-                return Polled::Value(Value::error(
+                return self.other(Value::error(
                     ShellError::LabeledError(Box::new(error)),
                     span,
                 ));
             };
             let receive = match receive {
-                Ok(receive) => receive,
+                Ok((receive, _)) => receive,
                 Err(error) => {
                     let error = error.clone();
                     if let Some(value) = self.fail(error) {
-                        return Polled::Value(value);
+                        return self.other(value);
                     }
                     continue;
                 }
@@ -179,13 +256,13 @@ impl Values {
                     self.receives.pop_front();
                 }
                 Ok(Next::Event((_, event))) => match event {
-                    CallEvent::Value(value) => return Polled::Value(local_value(value, span)),
+                    CallEvent::Value(value) => return self.mine(local_value(value, span)),
                     CallEvent::Output { stderr, bytes } => self.output.write(stderr, &bytes),
                     CallEvent::Dropped(count) => self.output.dropped(count),
                     CallEvent::Finished(Some(remote)) => {
                         self.bytes = None;
                         if self.lone {
-                            return Polled::Value(Value::error(
+                            return self.mine(Value::error(
                                 ShellError::LabeledError(Box::new(remote_error(
                                     &remote, None, span,
                                 ))),
@@ -209,19 +286,14 @@ impl Values {
                     CallEvent::Finished(None) => {
                         // A byte stream result is received as one value, as `collect` makes it.
                         if let Some((kind, bytes)) = self.bytes.take() {
-                            return Polled::Value(value_from_bytes(
-                                bytes,
-                                span,
-                                kind.into(),
-                                false,
-                            ));
+                            return self.mine(value_from_bytes(bytes, span, kind.into(), false));
                         }
                     }
                     CallEvent::Started { .. } => {}
                 },
                 Err(e) => {
                     if let Some(value) = self.fail(client_error(&e, span)) {
-                        return Polled::Value(value);
+                        return self.other(value);
                     }
                 }
             }

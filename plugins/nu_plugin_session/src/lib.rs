@@ -17,6 +17,7 @@
 //!   variables and parameters.
 //! - [`errors`]: building the errors users see.
 //! - [`completion`]: completing arguments in the user's shell.
+//! - [`serve`]: serving `nu`, the plugin's messages written together where they may wait.
 //! - [`encoding`]: the plugin's messages to `nu`, compact MessagePack.
 //! - [`delivery`]: what `nu` took of a stream the plugin returned (its acknowledgements).
 //! - [`status`]: the one status line that shows the progress of work that takes a while.
@@ -40,6 +41,7 @@ pub mod operations;
 pub mod passwords;
 pub mod record;
 pub mod select;
+pub mod serve;
 pub mod sessions;
 pub mod status;
 

@@ -8,17 +8,22 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::ledger::Ticket;
-use super::{ACK_LAG, BacklogEvent, CallEvent, Inner, Link, RELEASE_AFTER, State, ended_error};
+use super::{
+    ACK_LAG, BYTES_LAG, BacklogEvent, CallEvent, Inner, Link, RELEASE_AFTER, State, ended_error,
+};
 use crate::ClientError;
 
-/// What a consumer took and has not said it handed on: the tickets of the values among it, so
-/// that what was taken is consumed [`ACK_LAG`] values later.
+/// What a call took and has not said it handed on: the tickets of the values and byte pieces
+/// among it, so that what was taken is consumed [`ACK_LAG`] values (or [`BYTES_LAG`] bytes)
+/// later.
 #[derive(Default)]
 struct Taken {
-    /// Tickets of the values taken and not consumed, oldest first.
-    values: VecDeque<Ticket>,
-    /// The newest ticket of each stream taken (values or not), for consuming all of it.
-    newest: Vec<Ticket>,
+    /// Tickets of the values and pieces taken and not consumed, oldest first, with their bytes.
+    lagging: VecDeque<(Ticket, usize)>,
+    /// Bytes among them.
+    bytes: usize,
+    /// The newest ticket taken (values or not), for consuming all of it.
+    newest: Option<Ticket>,
     /// Nothing is consumed (but at the end): what was taken is held by the user, not handed on
     /// yet (see [`Call::defer_acks`]).
     defer: bool,
@@ -26,15 +31,18 @@ struct Taken {
 
 impl Taken {
     fn took(&mut self, event: &CallEvent, ticket: Ticket, state: &mut State) {
-        match self.newest.iter_mut().find(|t| t.call_id == ticket.call_id) {
-            Some(newest) => *newest = ticket,
-            None => self.newest.push(ticket),
+        self.newest = Some(ticket);
+        match event {
+            CallEvent::Value(_) => self.lagging.push_back((ticket, 0)),
+            CallEvent::Bytes(bytes) => {
+                self.lagging.push_back((ticket, bytes.len()));
+                self.bytes += bytes.len();
+            }
+            _ => {}
         }
-        if matches!(event, CallEvent::Value(_)) {
-            self.values.push_back(ticket);
-        }
-        while !self.defer && self.values.len() > ACK_LAG {
-            if let Some(old) = self.values.pop_front() {
+        while !self.defer && (self.lagging.len() > ACK_LAG || self.bytes > BYTES_LAG) {
+            if let Some((old, bytes)) = self.lagging.pop_front() {
+                self.bytes -= bytes;
                 state.ledger.confirm(old);
             }
         }
@@ -42,9 +50,10 @@ impl Taken {
 
     /// Everything taken is consumed.
     fn all(&mut self, state: &mut State) {
-        self.values.clear();
-        for ticket in &self.newest {
-            state.ledger.confirm(*ticket);
+        self.lagging.clear();
+        self.bytes = 0;
+        if let Some(ticket) = self.newest {
+            state.ledger.confirm(ticket);
         }
     }
 }
@@ -332,12 +341,18 @@ impl Handover {
         self.0.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The oldest value handed on and not taken was taken: it and what came before it are
-    /// consumed.
-    pub fn taken(&self) {
+    /// Whether `other` follows the same receive.
+    pub fn same(&self, other: &Handover) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The oldest `count` values handed on and not taken were taken: they and what came before
+    /// them are consumed.
+    pub fn taken(&self, count: usize) {
         let (ticket, done) = {
             let mut handed = self.lock();
-            let ticket = handed.pending.pop_front();
+            let count = count.min(handed.pending.len());
+            let ticket = handed.pending.drain(..count).next_back();
             (ticket, handed.ended && handed.pending.is_empty())
         };
         if let Some(ticket) = ticket {
@@ -461,12 +476,13 @@ impl Waiting {
         } else {
             (since + RELEASE_AFTER).min(deadline)
         };
-        Some(
-            session
-                .arrived
-                .wait_timeout(state, until - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0),
-        )
+        state.waiting += 1;
+        let mut state = session
+            .arrived
+            .wait_timeout(state, until - now)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|e| e.into_inner().0);
+        state.waiting -= 1;
+        Some(state)
     }
 }

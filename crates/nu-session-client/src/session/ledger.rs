@@ -94,6 +94,8 @@ struct Stream {
     unacked: usize,
     /// How many items were taken so far (tickets count from 1).
     taken: u64,
+    /// No item before this index is fresh (where a take starts looking).
+    fresh: usize,
     /// Its `Finished` was taken: its consumer has everything.
     finish_taken: bool,
     /// Its `Finished` was consumed: nothing more comes.
@@ -112,6 +114,7 @@ impl Stream {
             acked: None,
             unacked: 0,
             taken: 0,
+            fresh: 0,
             finish_taken: false,
             ended: false,
         }
@@ -304,10 +307,13 @@ impl Ledger {
     pub fn take(&mut self, call_id: u64) -> Option<(CallEvent, Ticket)> {
         let stream = self.streams.get_mut(&call_id)?;
         let keep = stream.owner == Owner::Backlog;
-        let item = stream
-            .items
-            .iter_mut()
-            .find(|i| i.state == ItemState::Fresh)?;
+        let at = stream.fresh
+            + stream
+                .items
+                .range(stream.fresh..)
+                .position(|i| i.state == ItemState::Fresh)?;
+        stream.fresh = at + 1;
+        let item = &mut stream.items[at];
         stream.taken += 1;
         item.state = ItemState::Taken(stream.taken);
         stream.finish_taken |= item.last;
@@ -330,10 +336,11 @@ impl Ledger {
         let Some(stream) = self.streams.get_mut(&ticket.call_id) else {
             return;
         };
-        for item in &mut stream.items {
+        // Taken in order: the items up to the ticket are at the front.
+        for item in stream.items.range_mut(..stream.fresh) {
             match item.state {
                 ItemState::Taken(n) if n <= ticket.taken => item.state = ItemState::Consumed,
-                ItemState::Fresh => break,
+                ItemState::Taken(_) => break,
                 _ => {}
             }
         }
@@ -352,6 +359,7 @@ impl Ledger {
                 stream.finish_taken &= !item.last;
             }
         }
+        stream.fresh = 0;
     }
 
     /// Acknowledges what was consumed of `call_id`'s output and not acknowledged yet (its
@@ -383,6 +391,7 @@ impl Ledger {
             .is_some_and(|i| i.state == ItemState::Consumed)
         {
             let item = stream.items.pop_front().expect("checked above");
+            stream.fresh = stream.fresh.saturating_sub(1);
             stream.cost -= item.cost;
             self.total -= item.cost;
             if let Some(mark) = item.mark {

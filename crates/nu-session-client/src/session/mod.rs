@@ -110,6 +110,9 @@ pub const LOOSE_LIMIT: usize = 1 << 20;
 /// mid-stream therefore loses nothing; the next client may get the last few again.
 const ACK_LAG: usize = 128;
 
+/// Likewise for a byte stream: Nushell keeps up to 50 pieces of 8 KiB in flight.
+const BYTES_LAG: usize = 1 << 20;
+
 /// A consumer that has waited this long for the next event consumes what it holds back.
 const RELEASE_AFTER: Duration = Duration::from_millis(50);
 
@@ -238,6 +241,8 @@ struct State {
     failed: HashMap<u64, RemoteError>,
     /// A receive is in progress (one at a time).
     receiving: bool,
+    /// Consumers waiting on `arrived`.
+    waiting: usize,
     /// Waiting for the answer to a request (a disconnect).
     reply: Option<oneshot::Sender<HostMessage>>,
 }
@@ -260,8 +265,12 @@ impl Inner {
     /// changed).
     fn settle(&self, mut state: MutexGuard<'_, State>) {
         state.send(&self.outgoing);
+        // Waking nobody costs a system call per value: only when someone waits.
+        let wake = state.waiting > 0;
         drop(state);
-        self.arrived.notify_all();
+        if wake {
+            self.arrived.notify_all();
+        }
     }
 
     fn link(&self) -> Link {
@@ -398,6 +407,7 @@ impl SessionHandle {
                 interrupted: HashSet::new(),
                 failed: HashMap::new(),
                 receiving: false,
+                waiting: 0,
                 reply: None,
             }),
             arrived: Condvar::new(),

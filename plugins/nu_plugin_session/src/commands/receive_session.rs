@@ -1,4 +1,5 @@
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -120,6 +121,7 @@ fn stream(mut values: Values, delivery: Arc<Delivery>) -> impl Iterator<Item = V
             if delivery.stopped() {
                 return None;
             }
+            values.followed.apply();
             match values.poll(Duration::from_millis(100)) {
                 Polled::Value(value) => {
                     if !delivery.followed() {
@@ -127,7 +129,10 @@ fn stream(mut values: Values, delivery: Arc<Delivery>) -> impl Iterator<Item = V
                     }
                     return Some(value);
                 }
-                Polled::Done => return None,
+                Polled::Done => {
+                    values.followed.apply();
+                    return None;
+                }
                 Polled::Waiting => {}
             }
         }
@@ -135,28 +140,57 @@ fn stream(mut values: Values, delivery: Arc<Delivery>) -> impl Iterator<Item = V
 }
 
 /// The receives whose values are on their way to `nu`: one per value handed on, oldest first
-/// (`None` for a value of no receive: an error), told in order as `nu` takes them.
+/// (`None` for a value of no receive: an error), told in order as `nu` takes them. `nu`'s
+/// acknowledgements are only counted as they come (one per value: a million for a million
+/// values); the producer tells the receives in batches ([`Followed::apply`]).
 #[derive(Default)]
 struct Followed {
     pending: Mutex<VecDeque<Option<Handover>>>,
     all: Mutex<Vec<Handover>>,
+    taken: AtomicUsize,
 }
 
 impl Followed {
     fn handed_on(&self, handover: Option<&Handover>) {
         lock(&self.pending).push_back(handover.cloned());
     }
+
+    /// Tells the receives what `nu` took since the last time.
+    fn apply(&self) {
+        let count = self.taken.swap(0, Ordering::SeqCst);
+        if count == 0 {
+            return;
+        }
+        let taken: Vec<_> = {
+            let mut pending = lock(&self.pending);
+            let count = count.min(pending.len());
+            pending.drain(..count).collect()
+        };
+        // Runs of the same receive, told at once.
+        let mut run: Option<(Handover, usize)> = None;
+        for handover in taken.into_iter().flatten() {
+            match &mut run {
+                Some((current, n)) if current.same(&handover) => *n += 1,
+                _ => {
+                    if let Some((current, n)) = run.replace((handover, 1)) {
+                        current.taken(n);
+                    }
+                }
+            }
+        }
+        if let Some((current, n)) = run {
+            current.taken(n);
+        }
+    }
 }
 
 impl Follower for Arc<Followed> {
     fn taken(&self) {
-        let next = lock(&self.pending).pop_front();
-        if let Some(Some(handover)) = next {
-            handover.taken();
-        }
+        self.taken.fetch_add(1, Ordering::SeqCst);
     }
 
     fn stopped(&self) {
+        self.apply();
         lock(&self.pending).clear();
         for handover in lock(&self.all).drain(..) {
             handover.stopped();
